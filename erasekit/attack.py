@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PGDResult", "pgd_attack", "harmful_target_loss", "target_token_loss"]
+__all__ = ["PGDResult", "AdversarialImages", "pgd_attack", "harmful_target_loss", "target_token_loss"]
 
 
 @dataclass
@@ -40,6 +40,39 @@ class PGDResult:
     image: Tensor
     loss_history: list[float]
     meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class AdversarialImages:
+    """A batch of PGD images (one per harmful prompt), the artifact saved by :mod:`erasekit.artifacts`.
+
+    Attributes:
+        images: (B, 3, H, W) float in [0, 1].
+        loss_history: (B, steps) per-image loss curves, or None.
+        meta: attack settings (eps, alpha, steps, ...) and whatever provenance the caller adds.
+    """
+
+    images: Tensor
+    loss_history: Tensor | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(self.images.shape)}")
+        if self.loss_history is not None and self.loss_history.shape[0] != self.images.shape[0]:
+            raise ValueError(f"loss_history {tuple(self.loss_history.shape)} does not match "
+                             f"{self.images.shape[0]} images")
+
+    @classmethod
+    def from_results(cls, results: Sequence[PGDResult], meta: dict | None = None) -> "AdversarialImages":
+        """Stack :class:`PGDResult` s (same image size; loss curves kept if all have the same length)."""
+        if not results:
+            raise ValueError("no PGD results to stack")
+        images = torch.stack([r.image for r in results])
+        lengths = {len(r.loss_history) for r in results}
+        hist = (torch.tensor([r.loss_history for r in results], dtype=torch.float64)
+                if len(lengths) == 1 else None)
+        return cls(images, hist, {**results[0].meta, **(meta or {})})
 
 
 def pgd_attack(
