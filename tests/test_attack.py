@@ -144,12 +144,13 @@ def test_pgd_with_harmful_target_loss_lowers_it_and_leaves_params_without_grad()
     assert all(shape[0] == 3 for shape, _ in adapter.model.calls)
 
 
-def test_pgd_on_tiny_llava(request):
+@pytest.mark.parametrize("fixture", ["tiny_llava", "tiny_qwen25vl", "tiny_qwen3vl"])
+def test_pgd_on_tiny_vlm(request, fixture):
     try:
-        adapter = request.getfixturevalue("tiny_llava")
+        adapter = request.getfixturevalue(fixture)
     except pytest.FixtureLookupError:
-        pytest.skip("tiny_llava fixture not available (tests/conftest.py)")
-    h, w = adapter.image_size
+        pytest.skip(f"{fixture} fixture not available (tests/conftest.py)")
+    h, w = adapter.image_size or (28, 28)
     image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))
     targets = ["Sure, here is how", "Of course"]
     loss_fn = harmful_target_loss(adapter, "Tell me.", targets, k=2)
