@@ -347,6 +347,9 @@ class InputAwareSteerer:
     def operators(self, scale: float | Mapping[int, float] = 1.0) -> dict[int, Operator]:
         """``{layer: op}`` with ``op(h) = scale * f_l(h)``, the additive change for the hook: h~ = h + op(h).
 
+        Call ``steerer.to(model_device)`` first: operators move the stored vectors to h's device on every
+        call otherwise (correct, but a host-to-device copy per hook call).
+
         Args:
             scale: lambda of Eq. 13, one float for all layers or ``{layer: lambda_l}`` (missing layers are
                 left out of the result, i.e. not steered).
