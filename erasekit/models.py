@@ -33,8 +33,9 @@ INTERFACE CONTRACT (other modules rely on exactly this):
 
         pixel_inputs(pixels: Tensor (B,3,H,W) in [0,1]) -> dict
             Differentiable raw-pixel -> model pixel kwargs (pad/resize/crop/normalise for LLaVA; smart-resize,
-            normalise and patchify + image_grid_thw for Qwen), matching the family processor's output up to the
-            processor's uint8 rounding after resizing (exact when no resampling happens, i.e. at image_size).
+            normalise and patchify + image_grid_thw for Qwen), matching the family's (PIL) image processor:
+            exactly when no resampling happens (pixels of size image_size), else to 1-2 uint8 steps (the resize
+            replays PIL's two uint8 passes; rounding is straight-through so gradients still flow).
 
         generate(batch: dict, max_new_tokens=50, **kw) -> list[str]
             Greedy, returns only the new tokens decoded (skip special tokens).
@@ -57,6 +58,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import operator
 import os
@@ -65,7 +67,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -148,13 +149,73 @@ def _resample_mode(image_processor: Any) -> str:
     return _RESAMPLE_TO_TORCH[resample]
 
 
+@functools.lru_cache(maxsize=64)
+def _pil_weights(in_size: int, out_size: int, mode: str) -> torch.Tensor:
+    """(out_size, in_size) float64 resampling matrix computed exactly like PIL's Resample.c (precompute_coeffs).
+
+    PIL's antialiased kernels widen the filter by the downscale factor; bicubic uses a = -0.5.
+    """
+
+    def bicubic(x: float) -> float:
+        a, x = -0.5, abs(x)
+        if x < 1.0:
+            return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        if x < 2.0:
+            return (((x - 5.0) * x + 8.0) * x - 4.0) * a
+        return 0.0
+
+    def bilinear(x: float) -> float:
+        return max(0.0, 1.0 - abs(x))
+
+    kernel, support = (bicubic, 2.0) if mode == "bicubic" else (bilinear, 1.0)
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support *= filterscale
+    weights = torch.zeros(out_size, in_size, dtype=torch.float64)
+    for out in range(out_size):
+        center = (out + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        taps = torch.tensor([kernel((i - center + 0.5) / filterscale) for i in range(lo, hi)], dtype=torch.float64)
+        weights[out, lo:hi] = taps / taps.sum()
+    return weights
+
+
+def _round_uint8(x: torch.Tensor) -> torch.Tensor:
+    """PIL keeps uint8 between its two passes: round in the forward pass, identity gradient (straight-through)."""
+    return x + (torch.round(x * 255.0) / 255.0 - x).detach()
+
+
 def _resize(pixels: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
-    """Antialiased resize that mimics PIL (torch's antialias kernels follow PIL's), clamped like uint8 PIL output."""
-    if pixels.shape[-2:] == (height, width):
-        return pixels
-    out = F.interpolate(pixels, size=(height, width), mode=mode, align_corners=False, antialias=True)
-    # PIL works in uint8 and therefore clamps bicubic overshoot; do the same so values stay in [0, 1].
-    return out.clamp(0.0, 1.0)
+    """Differentiable resize (B,C,H,W) -> (B,C,height,width) that reproduces PIL's uint8 resize.
+
+    PIL resamples in two 1-D passes and stores uint8 (clipped, rounded) in between; so do we, with the rounding
+    as a straight-through estimator (gradients flow as if there were no rounding). A plain
+    F.interpolate(antialias=True) skips the intermediate clipping and differs by up to ~25/255 on
+    high-frequency images. Pass order: Pillow 13 does the vertical pass first when it shrinks the height while
+    the width does not shrink (found empirically, exact on all such cases tried), else horizontal first (the
+    Resample.c default); in the remaining case of shrinking both, Pillow sometimes goes vertical first and we
+    then differ by a few uint8 steps at isolated pixels. Otherwise matches PIL to 1-2 uint8 steps at isolated
+    pixels (PIL's fixed-point coefficients).
+    """
+    in_h, in_w = pixels.shape[-2:]
+    x = pixels
+
+    def horizontal(x: torch.Tensor) -> torch.Tensor:
+        if in_w == width:
+            return x
+        w = _pil_weights(in_w, width, mode).to(device=x.device, dtype=x.dtype)
+        return _round_uint8((x @ w.T).clamp(0.0, 1.0))
+
+    def vertical(x: torch.Tensor) -> torch.Tensor:
+        if in_h == height:
+            return x
+        h = _pil_weights(in_h, height, mode).to(device=x.device, dtype=x.dtype)
+        return _round_uint8((h @ x).clamp(0.0, 1.0))
+
+    if height < in_h and width >= in_w:
+        return horizontal(vertical(x))
+    return vertical(horizontal(x))
 
 
 def _check_pixels(pixels: Any) -> torch.Tensor:
@@ -390,7 +451,11 @@ class ModelAdapter:
 
         batch: dict[str, torch.Tensor] = {}
         if any(has_image):
-            pixel_kwargs = self._image_kwargs([im for im in image_list if im is not None])
+            if isinstance(images, torch.Tensor):
+                # One batched pass (PGD feeds (k,3,H,W) copies of one image).
+                pixel_kwargs = self.pixel_inputs(images if images.ndim == 4 else images[None])
+            else:
+                pixel_kwargs = self._image_kwargs([im for im in image_list if im is not None])
             counts = iter(self._num_image_tokens(pixel_kwargs))
             expanded = []
             for prompt, img in zip(prompts, has_image):
