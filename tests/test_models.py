@@ -263,6 +263,10 @@ def test_missing_folder_raises(tmp_path):
 
 
 def test_unreachable_hub_id_raises(monkeypatch):
+    import huggingface_hub.constants
+
+    # offline: fail at once instead of retrying the network
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(FileNotFoundError, match="huggingface-cli download"):
         load_model("erasekit-test/definitely-not-cached-model")

@@ -1,0 +1,266 @@
+"""Capture and steering hooks: layer-index convention, exact deltas, prefill rule, hook cleanup."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+from torch import nn
+
+from erasekit.hooks import capture, check_layers, collect_activations, steer
+
+
+def _inputs(a, n=2):
+    questions = ["what is this", "a longer question to force padding"][:n]
+    images = [torch.rand(3, *a.image_size, generator=torch.Generator().manual_seed(i)) for i in range(n)] if a.is_multimodal else None
+    return questions, images
+
+
+def _hook_counts(a):
+    return [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in a.layers]
+
+
+@contextmanager
+def probe(a, layer):
+    """Record the raw input of a layer BEFORE any steering pre-hook (registered first with prepend=True)."""
+    seen = []
+    handle = a.layers[layer].register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).detach()),
+        with_kwargs=True,
+        prepend=True,
+    )
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def test_capture_equals_output_hidden_states(any_adapter):
+    a = any_adapter
+    batch = a.encode(*_inputs(a))
+    with torch.no_grad(), capture(a) as rec:
+        out = a.model(**batch, output_hidden_states=True)
+    for l in range(a.num_layers):
+        (h,) = rec[l]
+        ref = out.hidden_states[l]
+        if a.family == "qwen3_vl" and 0 < l <= len(a.model.config.vision_config.deepstack_visual_indexes):
+            # Deepstack features are added after layer l-1 returns: HF records the layer output without them,
+            # the layer input (ours) has them, at image positions only.
+            image = batch["mm_token_type_ids"].bool()
+            assert torch.equal(h[~image], ref[~image])
+            assert not torch.allclose(h[image], ref[image])
+        else:
+            assert torch.equal(h, ref), l
+
+
+def test_capture_last_position(tiny_llava):
+    a = tiny_llava
+    batch = a.encode(*_inputs(a))
+    with torch.no_grad(), capture(a, [1], position="last") as last, capture(a, [1]) as full:
+        a.model(**batch)
+    assert torch.equal(last[1][0], full[1][0][:, -1])
+
+
+def test_collect_activations_matches_single_pass(any_adapter):
+    a = any_adapter
+    questions, images = _inputs(a)
+    acts = collect_activations(a, questions, images, layers=[0, 1], batch_size=1, progress=False)
+    batch = a.encode(questions, images)
+    with torch.no_grad():
+        hs = a.model(**batch, output_hidden_states=True).hidden_states
+    for l in (0, 1):
+        assert acts[l].shape == (2, a.hidden_size) and acts[l].dtype == torch.float32
+        # batch_size=1 (no padding) vs a padded batch; the last token is text, so Qwen3-VL deepstack agrees too
+        assert torch.allclose(acts[l], hs[l][:, -1], atol=1e-5)
+    all_tokens = collect_activations(a, questions, images, layers=[1], position="all", batch_size=2, progress=False)
+    assert all_tokens[1].shape == (int(batch["attention_mask"].sum()), a.hidden_size)
+
+
+def test_collect_activations_leaves_no_hooks(tiny_causal_lm):
+    a = tiny_causal_lm
+    before = _hook_counts(a)
+    collect_activations(a, ["x", "y z"], layers=[0], progress=False)  # stops early after layer 0
+    assert _hook_counts(a) == before
+
+
+def test_unknown_layer_raises(tiny_causal_lm):
+    with pytest.raises(ValueError, match=r"valid layers are 0\.\.1"):
+        check_layers(tiny_causal_lm, [2])
+    with pytest.raises(ValueError, match=r"0\.\.1"):
+        with steer(tiny_causal_lm, {-1: torch.zeros(32)}):
+            pass
+    with pytest.raises(ValueError, match="position"):
+        with capture(tiny_causal_lm, [0], position="first"):
+            pass
+
+
+@pytest.mark.parametrize("mode", ["prefill", "all", "constant"])
+def test_constant_vector_changes_layer_input_exactly(any_adapter, mode):
+    a = any_adapter
+    l = a.num_layers - 1
+    v = torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(0))
+    batch = a.encode(*_inputs(a))
+    with torch.no_grad():
+        with capture(a, [l]) as vanilla:
+            a.model(**batch)
+        with steer(a, {l: lambda h: v.expand_as(h)}, mode=mode, scale=0.5), capture(a, [l]) as steered:
+            a.model(**batch)
+    # upstream layers are untouched, so the vanilla state is bit-identical to the pre-steer state
+    assert torch.equal(steered[l][0], vanilla[l][0] + 0.5 * v)
+
+
+def test_prefill_adds_last_token_delta_everywhere(vlm_adapter):
+    a = vlm_adapter
+    g = torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(1))
+    d = torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(2))
+    op = lambda h: (h @ g).unsqueeze(-1) * d  # input-aware rank-one operator, (..., d) -> (..., d)
+    batch = a.encode(*_inputs(a))
+    with torch.no_grad():
+        with capture(a, [1]) as vanilla:
+            a.model(**batch)
+        with steer(a, {1: op}, mode="prefill", scale=2.0), capture(a, [1]) as steered:
+            a.model(**batch)
+    h = vanilla[1][0]
+    expected = h + 2.0 * op(h[:, -1]).unsqueeze(1)  # same vector at every position of a row
+    assert torch.equal(steered[1][0], expected)
+
+
+def test_all_mode_is_per_position(tiny_causal_lm):
+    a = tiny_causal_lm
+    op = lambda h: -0.5 * h
+    batch = a.encode(["abc", "defgh"])
+    with torch.no_grad():
+        with capture(a, [1]) as vanilla:
+            a.model(**batch)
+        with steer(a, {1: op}, mode="all"), capture(a, [1]) as steered:
+            a.model(**batch)
+    h = vanilla[1][0]
+    assert torch.equal(steered[1][0], h + 1.0 * (-0.5 * h))
+
+
+def test_multi_layer_uses_upstream_steered_state(tiny_qwen3vl):
+    """At every steered layer the delta comes from that layer's already-steered input (probe = raw input)."""
+    a = tiny_qwen3vl
+    g = torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(3))
+    d = torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(4))
+    op = lambda h: (h @ g).unsqueeze(-1) * d
+    batch = a.encode(*_inputs(a))
+    layers = list(range(1, a.num_layers))
+    with torch.no_grad(), probe(a, 1) as raw1, probe(a, 2) as raw2:
+        with steer(a, {l: op for l in layers}, mode="prefill"), capture(a, layers) as rec:
+            a.model(**batch)
+    for l, raw in zip(layers, (raw1, raw2)):
+        pre = raw[0]
+        assert torch.equal(rec[l][0], pre + op(pre[:, -1]).unsqueeze(1))
+
+
+def test_prefill_leaves_decode_steps_untouched(any_adapter):
+    a = any_adapter
+    v = torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(5))
+    batch = a.encode(*_inputs(a))
+    with probe(a, 1) as raw, steer(a, {1: v}, mode="prefill"), capture(a, [1]) as rec:
+        a.generate(batch, max_new_tokens=3)
+    assert len(rec[1]) >= 2 and rec[1][0].shape[1] == batch["input_ids"].shape[1]
+    assert torch.equal(rec[1][0], raw[0] + v)  # prefill: every position
+    for seen, pre in zip(rec[1][1:], raw[1:]):
+        assert seen.shape[1] == 1 and torch.equal(seen, pre)  # decode steps: untouched
+
+
+def test_all_mode_steers_decode_steps(tiny_llava):
+    a = tiny_llava
+    v = torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(6))
+    batch = a.encode(*_inputs(a))
+    with probe(a, 1) as raw, steer(a, {1: v}, mode="all"), capture(a, [1]) as rec:
+        a.generate(batch, max_new_tokens=3)
+    assert len(rec[1]) == len(raw) >= 2
+    for seen, pre in zip(rec[1], raw):
+        assert torch.equal(seen, pre + v)
+
+
+def test_steering_changes_output_and_restores(tiny_causal_lm):
+    a = tiny_causal_lm
+    batch = a.encode(["hello there"])
+    with torch.no_grad():
+        base = a.model(**batch).logits
+        with steer(a, {0: torch.full((a.hidden_size,), 3.0)}, mode="all"):
+            moved = a.model(**batch).logits
+        after = a.model(**batch).logits
+    assert not torch.allclose(base, moved)
+    assert torch.equal(base, after)
+
+
+def test_hooks_removed_on_exit_and_on_exception(any_adapter):
+    a = any_adapter
+    a.model(**a.encode(["warm"]), output_hidden_states=True)  # let HF install its own lazy recorder hooks first
+    before = _hook_counts(a)
+    with steer(a, {0: torch.zeros(a.hidden_size)}), capture(a, [0, 1]):
+        assert _hook_counts(a) != before
+    assert _hook_counts(a) == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with steer(a, {1: torch.zeros(a.hidden_size)}), capture(a, [1]):
+            raise RuntimeError("boom")
+    assert _hook_counts(a) == before
+
+    def bad_op(h):
+        raise KeyError("inside forward")
+
+    with pytest.raises(KeyError):
+        with steer(a, {0: bad_op}, mode="all"):
+            a.model(**a.encode(["x"]))
+    assert _hook_counts(a) == before
+
+
+def test_nested_contexts_remove_only_their_own(tiny_causal_lm):
+    a = tiny_causal_lm
+    before = _hook_counts(a)
+    v = torch.ones(a.hidden_size)
+    batch = a.encode(["abc"])
+    with torch.no_grad(), capture(a, [1]) as vanilla:
+        a.model(**batch)
+    with steer(a, {1: v}, mode="all"):
+        inner_count = None
+        with steer(a, {1: 2 * v}, mode="all"):
+            inner_count = _hook_counts(a)[1][0]
+        assert _hook_counts(a)[1][0] == inner_count - 1  # the outer hook is still there
+        with torch.no_grad(), capture(a, [1]) as rec:
+            a.model(**batch)
+        assert torch.equal(rec[1][0], vanilla[1][0] + v)
+    assert _hook_counts(a) == before
+
+
+class _KwargTupleLayer(nn.Module):
+    """A decoder layer that takes hidden_states as a keyword and returns a tuple (older HF style)."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+
+    def forward(self, hidden_states=None, extra=None):
+        return (hidden_states + self.lin(hidden_states), None)
+
+
+class _ToyAdapter:
+    def __init__(self, d=8, n=3):
+        self.model_layers = nn.ModuleList(_KwargTupleLayer(d) for _ in range(n))
+        self.layers = list(self.model_layers)
+        self.num_layers = n
+
+    def forward(self, h):
+        for layer in self.layers:
+            h = layer(hidden_states=h)[0]
+        return h
+
+
+def test_kwarg_hidden_states_and_tuple_outputs():
+    torch.manual_seed(0)
+    toy = _ToyAdapter()
+    x = torch.randn(2, 5, 8)
+    v = torch.randn(8)
+    with torch.no_grad():
+        with capture(toy, [1]) as vanilla:
+            toy.forward(x)
+        with steer(toy, {1: v}, mode="prefill"), capture(toy, [1]) as steered:
+            toy.forward(x)
+    assert torch.equal(steered[1][0], vanilla[1][0] + v)
+    assert all(len(m._forward_pre_hooks) == len(m._forward_hooks) == 0 for m in toy.layers)
