@@ -1,0 +1,30 @@
+"""erasekit: test-time unlearning for multimodal LLMs by activation steering (MLLMEraser, reproduced and extended).
+
+The module list reads like the method: ``models`` (one adapter per family), ``hooks`` (capture and steer),
+``directions`` (Eq. 3/7), ``attack`` (PGD, Eq. 5-6), ``nullspace`` and ``steering`` (Eq. 10-13 through the rank-one
+identity), ``artifacts`` (safetensors + JSON sidecar), ``world`` / ``organism`` / ``data`` (the embedded default),
+``evaluate`` (MLLMU-Bench protocol).
+"""
+
+from .artifacts import (ArtifactError, artifact_exists, artifact_paths, cache_key, load_artifact, read_sidecar,
+                        save_artifact)
+from .attack import AdversarialImages, PGDResult, harmful_target_loss, pgd_attack, target_token_loss
+from .directions import ErasureDirection, cosine_per_layer, diff_in_means, layer_norms, project_out
+from .hooks import capture, check_layers, collect_activations, steer
+from .models import (CausalLMAdapter, LlavaAdapter, ModelAdapter, Qwen3VLAdapter, Qwen25VLAdapter, adapter_for,
+                     load_model, pick_device_dtype)
+from .nullspace import NullSpaceProjector, null_space_projector
+from .steering import (InputAwareMap, InputAwareSteerer, MLPMap, ablation_operator, constant_operator,
+                       constant_operators, fit_input_aware, fit_mlp, fit_mlp_steerer, fit_steerer)
+
+__all__ = [
+    "ArtifactError", "artifact_exists", "artifact_paths", "cache_key", "load_artifact", "read_sidecar", "save_artifact",
+    "AdversarialImages", "PGDResult", "harmful_target_loss", "pgd_attack", "target_token_loss",
+    "ErasureDirection", "cosine_per_layer", "diff_in_means", "layer_norms", "project_out",
+    "capture", "check_layers", "collect_activations", "steer",
+    "CausalLMAdapter", "LlavaAdapter", "ModelAdapter", "Qwen3VLAdapter", "Qwen25VLAdapter", "adapter_for",
+    "load_model", "pick_device_dtype",
+    "NullSpaceProjector", "null_space_projector",
+    "InputAwareMap", "InputAwareSteerer", "MLPMap", "ablation_operator", "constant_operator", "constant_operators",
+    "fit_input_aware", "fit_mlp", "fit_mlp_steerer", "fit_steerer",
+]

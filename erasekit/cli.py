@@ -1,0 +1,73 @@
+"""Command-line entry points: ``erasekit build-organism``, ``erasekit write-world``, ``erasekit vanilla-quality``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from . import paths
+
+
+def _build_organism(args) -> int:
+    from .organism import OrganismConfig, train_organism
+
+    out = args.out or str(paths.organism_dir())
+    import os
+
+    if args.if_missing and os.path.exists(os.path.join(out, "config.json")):
+        print(f"organism present at {out}; not retraining (drop --if-missing to retrain)")
+        return 0
+    overrides = {k: v for k, v in (("steps", args.steps), ("n_profiles", args.profiles),
+                                   ("n_celebrities", args.celebrities), ("threads", args.threads)) if v is not None}
+    cfg = dataclasses.replace(OrganismConfig(), **overrides)
+    log = train_organism(out, cfg, log_file=args.log)
+    print(json.dumps({"out": out, "train_seconds": log["train_seconds"], "last": log["steps"][-1]}))
+    return 0
+
+
+def _write_world(args) -> int:
+    from .data import write_world
+    from .organism import load_world_for
+
+    world = load_world_for(str(args.organism or paths.organism_dir()))
+    write_world(world, args.out)
+    print(f"wrote MLLMU-Bench-format parquet files to {args.out}")
+    return 0
+
+
+def _vanilla_quality(args) -> int:
+    from .quality import vanilla_quality
+
+    table = vanilla_quality(str(args.organism or paths.organism_dir()), out=args.out)
+    print(table.to_string())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="erasekit", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build-organism", help="build the world and train the model organism from nothing")
+    b.add_argument("--out", help="output folder (default: data/organism)")
+    b.add_argument("--if-missing", action="store_true", help="do nothing if the folder already holds a model")
+    b.add_argument("--steps", type=int)
+    b.add_argument("--profiles", type=int)
+    b.add_argument("--celebrities", type=int)
+    b.add_argument("--threads", type=int)
+    b.add_argument("--log", help="append JSON lines of the training log to this file")
+    b.set_defaults(fn=_build_organism)
+    w = sub.add_parser("write-world", help="write the organism's world as MLLMU-Bench parquet files")
+    w.add_argument("out")
+    w.add_argument("--organism")
+    w.set_defaults(fn=_write_world)
+    q = sub.add_parser("vanilla-quality", help="measure the organism against the quality bars and record it")
+    q.add_argument("--organism")
+    q.add_argument("--out", help="JSON file to write (default: data/results/vanilla_quality.json)")
+    q.set_defaults(fn=_vanilla_quality)
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
