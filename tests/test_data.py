@@ -105,7 +105,8 @@ def test_reads_real_schema(tmp_path):
     test_schema = pa.schema([("images", pa.list_(_IMG)), ("ID", pa.string()), ("biography", pa.string()),
                              *[(k, pa.string()) for k, _ in _TASKS]])
     real = _real_record("0007")
-    test_rec = {"images": [{"bytes": _png((0, 255, 0, 255)), "path": None}, {"bytes": None, "path": "0007_pose1_gen1.png"}],
+    test_rec = {"images": [{"bytes": _png((0, 255, 0, 255)), "path": None},
+                           {"bytes": None, "path": "0007_pose1_gen1.png"}],
                 "ID": "0007", "biography": real["biography"], **{k: json.dumps(real[k]) for k, _ in _TASKS}}
     pq.write_table(pa.Table.from_pylist([test_rec], schema=test_schema),
                    tmp_path / "Test_Set" / "train-00000-of-00001.parquet")
