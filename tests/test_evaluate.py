@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 
 import pandas as pd
 import pytest
 
-from erasekit import evaluate as ev
 from erasekit.world import REFUSALS, format_options, make_world, safety_prompts
+
+# The module, not the function: erasekit/__init__.py may export the function ``evaluate``, which shadows the
+# submodule attribute (``from erasekit import evaluate`` would then return the function).
+ev = importlib.import_module("erasekit.evaluate")
 
 
 @pytest.fixture(scope="module")
