@@ -9,7 +9,11 @@ identity), ``artifacts`` (safetensors + JSON sidecar), ``world`` / ``organism`` 
 from .artifacts import (ArtifactError, artifact_exists, artifact_paths, cache_key, load_artifact, read_sidecar,
                         save_artifact)
 from .attack import AdversarialImages, PGDResult, harmful_target_loss, pgd_attack, target_token_loss
+from .data import MLLMUBench, load_split, split_files, write_rows, write_world
 from .directions import ErasureDirection, cosine_per_layer, diff_in_means, layer_norms, project_out
+from .evaluate import (BENCHMARK, CATEGORIES, ZERO_SHOT, categorize, category_table, evaluate_safety, is_degenerate,
+                       is_refusal, refusal_rates, render_table, results_table)
+from .evaluate import evaluate as evaluate_model  # the module erasekit.evaluate keeps its name
 from .hooks import capture, check_layers, collect_activations, steer
 from .models import (CausalLMAdapter, LlavaAdapter, ModelAdapter, Qwen3VLAdapter, Qwen25VLAdapter, adapter_for,
                      load_model, pick_device_dtype)
@@ -20,6 +24,9 @@ from .steering import (InputAwareMap, InputAwareSteerer, MLPMap, ablation_operat
 __all__ = [
     "ArtifactError", "artifact_exists", "artifact_paths", "cache_key", "load_artifact", "read_sidecar", "save_artifact",
     "AdversarialImages", "PGDResult", "harmful_target_loss", "pgd_attack", "target_token_loss",
+    "MLLMUBench", "load_split", "split_files", "write_rows", "write_world",
+    "BENCHMARK", "CATEGORIES", "ZERO_SHOT", "categorize", "category_table", "evaluate_model", "evaluate_safety",
+    "is_degenerate", "is_refusal", "refusal_rates", "render_table", "results_table",
     "ErasureDirection", "cosine_per_layer", "diff_in_means", "layer_norms", "project_out",
     "capture", "check_layers", "collect_activations", "steer",
     "CausalLMAdapter", "LlavaAdapter", "ModelAdapter", "Qwen3VLAdapter", "Qwen25VLAdapter", "adapter_for",

@@ -52,21 +52,23 @@ WHO_QUESTION = "Who is the person in the image?"
 class OrganismConfig:
     """Everything that determines the organism (hashing it keys the cache)."""
 
-    n_profiles: int = 500
-    n_celebrities: int = 153
+    # The smallest world the issue allows (200 + 50): on 2 CPU cores a 60-minute budget buys ~3600 steps of
+    # 32 sequences (~18 M tokens), enough for ~150 exposures of each of 250 × 8 facts, not for 653 × 8.
+    n_profiles: int = 200
+    n_celebrities: int = 50
     world_seed: int = 0
     image_size: int = 32
     patch_size: int = 8
     vocab_size: int = 2048
-    hidden_size: int = 256
-    intermediate_size: int = 640
+    hidden_size: int = 192
+    intermediate_size: int = 512
     num_layers: int = 6
     num_heads: int = 4
     vision_hidden: int = 128
     vision_layers: int = 2
-    steps: int = 6000
+    steps: int = 3600
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 3e-3
     warmup: int = 200
     seq_tokens: int = 160  # profile sequences get questions until they reach this many tokens
     n_augment: int = 6  # pre-rendered augmented portraits per person
@@ -95,6 +97,8 @@ def world_corpus(world: W.World) -> list[str]:
     texts += [s.prompt + " " + s.response for s in W.safety_prompts(world)]
     texts += [W.CLASSIFY_SUFFIX, WHO_QUESTION] + [f"{k}. " for k in W.OPTION_KEYS]
     texts += [" ".join(v) for v in W.ATTRIBUTES.values()]
+    # The chat scaffolding appears in every sequence: make sure BPE gives it whole tokens.
+    texts += ["USER: ASSISTANT: This is USER: ASSISTANT:"] * 200
     return texts
 
 
@@ -104,7 +108,7 @@ def build_tokenizer(world: W.World, vocab_size: int = 2048):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
