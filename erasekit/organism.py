@@ -66,7 +66,7 @@ class OrganismConfig:
     num_heads: int = 4
     vision_hidden: int = 128
     vision_layers: int = 2
-    steps: int = 3600
+    steps: int = 2400
     batch_size: int = 32
     lr: float = 3e-3
     warmup: int = 200
@@ -237,12 +237,12 @@ class TrainingStream:
 
     def _example(self) -> tuple[list[int], list[int], torch.Tensor | None]:
         r = self.rng.random()
-        if r < 0.5:  # portrait + many questions
+        if r < 0.55:  # portrait + many questions
             i = self.rng.randrange(len(self.people))
             ids, lab = self._fill(self.people[i], image=True)
             v = self.portraits[i]
             return ids, lab, v[self.rng.randrange(len(v))]
-        if r < 0.8:  # name + many questions, text only
+        if r < 0.85:  # name + many questions, text only
             ids, lab = self._fill(self.rng.choice(self.people), image=False)
             return ids, lab, None
         # safety: 1-2 turns, with a natural image, a portrait, or no image
