@@ -271,3 +271,18 @@ def test_sweep_and_pick(tiny_llava, data):
     assert B.pick_config(fake, 0.05)["lr"] == 2
     assert B.pick_config(fake, 0.0)["lr"] == 3
     assert B.pick_config(fake[:2], 0.05) == {**fake[1], "within_budget": False}
+
+
+@pytest.mark.parametrize("name", ["tiny_qwen25vl", "tiny_qwen3vl"])
+def test_qwen_families(request, name, data):
+    adapter = request.getfixturevalue(name)
+    forget, retain = data
+    before = _state(adapter.model)
+    targets = B.lora_targets(adapter.model)
+    assert any("merger" in t for t in targets) and not any(B._role(t) == "vision" for t in targets)
+    res = B.unlearn(adapter, forget, retain, B.GADiffConfig(**{**FAST, "max_steps": 2}))
+    assert B.answer_nll(res.adapter, forget[:4]) != B.answer_nll(adapter, forget[:4])
+    manu = B.unlearn(adapter, forget, retain, B.MANUConfig(max_examples=4, progress=False, positive_only=False))
+    assert any(B._role(n) == "vision" for n in manu.info["pruned"])
+    assert any(B._role(n) == "language" for n in manu.info["pruned"])
+    assert _same(before, _state(adapter.model))
