@@ -9,6 +9,9 @@ identity), ``artifacts`` (safetensors + JSON sidecar), ``world`` / ``organism`` 
 from .artifacts import (ArtifactError, artifact_exists, artifact_paths, cache_key, load_artifact, read_sidecar,
                         save_artifact)
 from .attack import AdversarialImages, PGDResult, harmful_target_loss, pgd_attack, target_token_loss
+from .baselines import (CONFIGS, Example, GAConfig, GADiffConfig, KLMinConfig, MANUConfig, MMUnlearnerConfig,
+                        NPOConfig, RetainFTConfig, TrainConfig, UnlearnResult, answer_accuracy, answer_nll,
+                        build_examples, pick_config, retain_finetune, sweep, unlearn)
 from .data import MLLMUBench, load_split, split_files, write_rows, write_world
 from .directions import ErasureDirection, cosine_per_layer, diff_in_means, layer_norms, project_out
 from .evaluate import (BENCHMARK, CATEGORIES, ZERO_SHOT, categorize, category_table, evaluate_safety, is_degenerate,
@@ -24,6 +27,9 @@ from .steering import (InputAwareMap, InputAwareSteerer, MLPMap, ablation_operat
 __all__ = [
     "ArtifactError", "artifact_exists", "artifact_paths", "cache_key", "load_artifact", "read_sidecar", "save_artifact",
     "AdversarialImages", "PGDResult", "harmful_target_loss", "pgd_attack", "target_token_loss",
+    "CONFIGS", "Example", "GAConfig", "GADiffConfig", "KLMinConfig", "MANUConfig", "MMUnlearnerConfig", "NPOConfig",
+    "RetainFTConfig", "TrainConfig", "UnlearnResult", "answer_accuracy", "answer_nll", "build_examples",
+    "pick_config", "retain_finetune", "sweep", "unlearn",
     "MLLMUBench", "load_split", "split_files", "write_rows", "write_world",
     "BENCHMARK", "CATEGORIES", "ZERO_SHOT", "categorize", "category_table", "evaluate_model", "evaluate_safety",
     "is_degenerate", "is_refusal", "refusal_rates", "render_table", "results_table",
