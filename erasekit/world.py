@@ -409,6 +409,8 @@ class World:
 
         Test_Set rows are the forget_15 people (the benchmark derives its Test_Set from the forget set).
         """
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
         if name == "Full_Set":
             return [self.record(p) for p in self.profiles]
         if name == "Retain_Set":
@@ -418,10 +420,8 @@ class World:
         kind, _, pct = name.partition("_")
         if kind == "forget":
             return [self.record(self.person(i)) for i in self.forget_ids[int(pct)]]
-        if kind == "retain":
-            fset = set(self.forget_ids[100 - int(pct)])
-            return [self.record(p) for p in self.profiles if p.id not in fset]
-        raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+        fset = set(self.forget_ids[100 - int(pct)])  # retain_k: the complement of forget_(100-k)
+        return [self.record(p) for p in self.profiles if p.id not in fset]
 
 
 SPLITS = ("Full_Set", "forget_5", "forget_10", "forget_15", "retain_95", "retain_90", "retain_85", "Test_Set",

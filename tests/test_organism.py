@@ -1,0 +1,66 @@
+"""The organism's training code: a miniature re-train proves it learns, saves a loadable folder, and is exact."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from erasekit import organism as O
+from erasekit import world as W
+from erasekit.models import adapter_for, load_model
+
+MINI = dict(n_profiles=20, n_celebrities=4, vocab_size=500, hidden_size=32, intermediate_size=64, num_layers=2,
+            num_heads=2, vision_hidden=32, vision_layers=1, steps=40, batch_size=8, lr=3e-3, warmup=5,
+            seq_tokens=96, n_augment=1, threads=1)
+
+
+def test_training_sequences_match_processor_and_adapter():
+    world = W.make_world(20, 4)
+    tok = O.build_tokenizer(world, 500)
+    proc = O.build_processor(tok, 32, 8)
+    model = O.build_model(O.OrganismConfig(**MINI), tok)
+    adapter = adapter_for(model, proc)
+    turns = O._Turns(tok, 16)
+    p = world.people[0]
+    q, a = W.QUESTIONS_TRAIN["occupation"][0].format(who=W.IMAGE_WHO), W.statement("occupation", "baker", W.IMAGE_SUBJ)
+    for image in (True, False):
+        ids, labels = turns.sequence([(q, a)], image=image)
+        batch = adapter.encode([q], images=[world.portrait(p)] if image else None, answers=[a])
+        assert batch["input_ids"][0].tolist() == ids
+        assert batch["labels"][0].tolist() == labels
+    # The processor's own expansion of <image> gives the same ids as the trainer.
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                                    add_generation_prompt=True)
+    enc = proc(text=[text], images=[world.portrait(p)], return_tensors="pt")
+    ids, _ = turns.sequence([(q, a)], image=True)
+    assert enc["input_ids"][0].tolist() == ids[: enc["input_ids"].shape[1]]
+
+
+@pytest.mark.slow
+def test_mini_training_learns_saves_and_is_deterministic(tmp_path):
+    cfg = O.OrganismConfig(**MINI)
+    log = O.train_organism(str(tmp_path / "a"), cfg, log_every=10, progress=False)
+    losses = [s["loss"] for s in log["steps"]]
+    assert losses[-1] < losses[0] - 0.5, losses
+    folder = tmp_path / "a"
+    assert {"config.json", "model.safetensors", "training_log.json", "organism_config.json"} <= set(os.listdir(folder))
+    adapter = load_model(str(folder))
+    assert adapter.family == "llava" and adapter.num_layers == 2
+    world = O.load_world_for(str(folder))
+    assert len(world.profiles) == 20
+    out = adapter.generate(adapter.encode(["Where does Bob live?"]), max_new_tokens=5)
+    assert isinstance(out[0], str)
+    # Same config, same weights.
+    O.train_organism(str(tmp_path / "b"), cfg, log_every=10, progress=False)
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    with open(folder / "organism_config.json") as f:
+        assert json.load(f)["key"] == cfg.key()
+
+
+def test_load_world_for_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="organism_config.json"):
+        O.load_world_for(str(tmp_path))
