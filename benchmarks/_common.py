@@ -178,10 +178,11 @@ def summarize(seconds: list[float], work: float = 1.0) -> dict[str, float]:
 
 
 def paired_ratio(num: list[float], den: list[float]) -> dict[str, float]:
-    """Throughput ratio of variant ``num`` over ``den`` from per-rep seconds: median(den_i / num_i) and
-    median(den) / median(num). The paired form cancels load changes between repetitions."""
+    """Throughput ratio of variant ``num`` over ``den`` from per-rep seconds: median(den_i / num_i) (the headline
+    number: pairing cancels load changes between repetitions), median(den) / median(num) and min(den) / min(num)."""
     per_rep = [d / n for n, d in zip(num, den)]
     return {"ratio_of_medians": statistics.median(den) / statistics.median(num),
+            "ratio_of_mins": min(den) / min(num),  # least disturbed calls: the intrinsic cost under contention
             "median_paired_ratio": statistics.median(per_rep),
             "min_paired_ratio": min(per_rep), "max_paired_ratio": max(per_rep)}
 

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         "llava15_7b": run_scale("llava15_7b", args.big_d, args.big_layers,
                                 timed_layers=min(args.timed_layers, args.big_layers), reps=1, **common),
     }
-    results["null_space_profile"] = [null_space_alternatives(d, args.n_retain, args.seed)
+    results["null_space_profile"] = [null_space_alternatives(d, args.n_retain, args.seed, reps=3 if d < 1024 else 1)
                                      for d in ((192, 512) if args.quick else (192, 1024))]
     for r in results["null_space_profile"]:
         print(f"null space d={r['d']}, N_r={r['n_retain']}: SVD of H_r {r['svd_of_H_r']['seconds']:.3f}s, QR + SVD of R "

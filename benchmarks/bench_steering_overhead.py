@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         results[f"ratio_{k}_over_vanilla"] = C.paired_ratio(times[k], times["vanilla"])
     results["goal_ratio"] = 0.99
     results["max_abs_logit_change_from_steering"] = changed
-    config = {"scale": args.scale, "shape": C.shape_info(shape, adapter), "batch_size": args.batch_size,
+    config = {"scale": args.scale, "reduced_size": bool(notes), "shape": C.shape_info(shape, adapter), "batch_size": args.batch_size,
               "prompt_tokens": int(batch["input_ids"].shape[1]), "new_tokens": new_tokens, "reps": reps,
               "steered_layers": layers, "strength": args.strength, "quick": args.quick}
     for k in ("steered_prefill", "steered_all"):
