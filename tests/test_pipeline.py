@@ -1,0 +1,148 @@
+"""erasekit.pipeline: every step runs on the tiny random LLaVA + a tiny world, hits its cache on the second call
+(in-process and from disk), and misses when an input changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import erasekit.pipeline as pl
+from erasekit.world import make_world
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))
+    pl._MEMO.clear()
+    pl.STATS.clear()
+    yield tmp_path / "cache"
+    pl._MEMO.clear()
+
+
+@pytest.fixture()
+def default(tiny_llava, cache):
+    return pl.load_default(tiny_llava, make_world(20, 2, image_size=28))
+
+
+def _forget_memo():
+    """Drop the in-process memo (but keep loaded defaults) so the next call must read the disk cache."""
+    for k in [k for k in pl._MEMO if k[0] != "default"]:
+        del pl._MEMO[k]
+
+
+def test_load_default_errors(tiny_llava, tmp_path):
+    with pytest.raises(ValueError, match="data="):
+        pl.load_default(tiny_llava)
+    with pytest.raises(FileNotFoundError, match="build-organism|does not exist"):
+        pl.load_default(tmp_path / "nope")
+
+
+def test_model_key_stable_and_sensitive(tiny_llava):
+    k = pl.model_key(tiny_llava)
+    assert k == pl.model_key(tiny_llava)
+    assert pl.model_key("org/model-a") != pl.model_key("org/model-b")
+
+
+def test_refusal_direction_cached(default):
+    r1 = pl.refusal_direction(default, n_pairs=4, filter=False, progress=False)
+    assert pl.STATS["refusal_direction:miss"] == 1
+    assert r1.layers == list(range(default.num_layers)) and r1.d == 32
+    r2 = pl.refusal_direction(default, n_pairs=4, filter=False, progress=False)
+    assert pl.STATS["refusal_direction:hit"] == 1 and r2 is r1
+    _forget_memo()
+    r3 = pl.refusal_direction(default, n_pairs=4, filter=False, progress=False)  # from disk
+    assert pl.STATS["refusal_direction:hit"] == 2
+    assert all(torch.equal(r1[l], r3[l]) for l in r1.layers)
+    pl.refusal_direction(default, n_pairs=3, filter=False, progress=False)  # other data -> other key
+    pl.refusal_direction(default, n_pairs=4, layers=[1], filter=False, progress=False)
+    assert pl.STATS["refusal_direction:miss"] == 3
+
+
+def test_filter_error_is_clear(default):
+    # A random model neither refuses nor complies in a recognisable way.
+    with pytest.raises(RuntimeError, match="filter=False"):
+        pl.refusal_direction(default, n_pairs=3, filter=True, progress=False)
+
+
+def test_pgd_and_multimodal_direction(default):
+    kw = dict(steps=2, n_images=2, k=2, n_pairs=4, progress=False)
+    adv = pl.adversarial_images(default, **kw)
+    assert adv.images.shape == (2, 3, 28, 28) and adv.loss_history.shape == (2, 2)
+    _, clean = pl.clean_images(default, 2)
+    assert float((adv.images - clean).abs().max()) <= 16 / 255 + 1e-6
+    assert 0 <= float(adv.images.min()) and float(adv.images.max()) <= 1
+    _forget_memo()
+    adv2 = pl.adversarial_images(default, **kw)
+    assert pl.STATS["adversarial_images:hit"] == 1 and torch.equal(adv.images, adv2.images)
+    adv3 = pl.adversarial_images(default, **{**kw, "eps": None})
+    assert pl.STATS["adversarial_images:miss"] == 2 and adv3.meta["cache_key"] != adv.meta["cache_key"]
+
+    m = pl.multimodal_direction(default, adv2, n_pairs=4, filter=False, progress=False)
+    assert m.meta["kind"] == "multimodal" and m.d == 32
+    pl.multimodal_direction(default, adv2, n_pairs=4, filter=False, progress=False)
+    assert pl.STATS["multimodal_direction:hit"] == 1
+    pl.multimodal_direction(default, adv3, n_pairs=4, filter=False, progress=False)  # other images -> miss
+    assert pl.STATS["multimodal_direction:miss"] == 2
+
+
+def test_activations_fit_steering_evaluate(default):
+    acts = pl.forget_retain_activations(default, 5, retain_sample=2, celeb_sample=1, progress=False)
+    # 1 forget profile, 2 retain + 1 celebrity; 4 attributes x 3 tasks of image+text questions each.
+    assert acts.meta["n_forget"] == 12 and acts.meta["n_retain"] == 24 and acts.meta["n_celebrity"] == 12
+    assert acts.forget[1].shape == (12, 32) and acts.retain[1].shape == (36, 32)
+    pl.forget_retain_activations(default, 5, retain_sample=2, celeb_sample=1, progress=False)
+    assert pl.STATS["query_activations:hit"] == 1
+    acts3 = pl.forget_retain_activations(default, 5, retain_sample=3, celeb_sample=1, progress=False)
+    assert acts3.key != acts.key and acts3.retain[1].shape[0] == 48
+
+    direction = pl.refusal_direction(default, n_pairs=4, filter=False, progress=False)
+    st = pl.fit_steering(default, direction, acts, gamma=0.1, null_space=0.3)
+    assert st.layers == list(range(1, default.num_layers))
+    _forget_memo()
+    st2 = pl.fit_steering(default, direction, acts, gamma=0.1, null_space=0.3)
+    assert pl.STATS["fit_steering:hit"] == 1 and torch.equal(st[1].gate, st2[1].gate)
+    pl.fit_steering(default, direction, acts, gamma=1.0, null_space=0.3)
+    pl.fit_steering(default, direction, acts3, gamma=0.1, null_space=0.3)
+    assert pl.STATS["fit_steering:miss"] == 3
+    mlp = pl.fit_steering(default, direction, acts, null_space=0.3, kind="mlp", hidden=8, steps=3)
+    assert mlp.meta["kind"] == "mlp"
+
+    kw = dict(retain_sample=1, celeb_sample=1, modes=("VQA",), tasks=("classification",), max_new_tokens=2,
+              progress=False)
+    van = pl.evaluate_steering(default, 5, None, **kw)
+    steering = pl.Steering(st2, strengths=0.5)
+    ours = pl.evaluate_steering(default, 5, steering, **kw)
+    assert set(van["split"]) == {"Fgt", "Test", "Ret", "Cele"} and len(van) == len(ours)
+    assert set(ours["method"]) == {"Steered"}
+    again = pl.evaluate_steering(default, 5, steering, method="Ours", **kw)
+    assert pl.STATS["evaluate:hit"] == 1 and set(again["method"]) == {"Ours"}
+    assert list(again["response"]) == list(ours["response"])
+    pl.evaluate_steering(default, 5, pl.Steering(st2, strengths=1.0), **kw)
+    pl.evaluate_steering(default, 5, pl.Steering(direction=direction, strengths=0.5), **kw)
+    assert pl.STATS["evaluate:miss"] == 4
+    table = pl.results(default, 5, {"Ours": steering}, **kw)
+    assert list(table.index.get_level_values("method")) == ["Vanilla", "Ours"]
+
+
+def test_steering_validation(default):
+    direction = pl.refusal_direction(default, n_pairs=2, filter=False, progress=False)
+    with pytest.raises(ValueError, match="exactly one"):
+        pl.Steering()
+    with pytest.raises(ValueError, match="tasks"):
+        pl.Steering(direction=direction, strengths={"classification": 1.0})
+    ops = pl.Steering(direction=direction, strengths=2.0, layers=[1]).operators("cloze", default.num_layers)
+    h = torch.zeros(3, 32)
+    assert list(ops) == [1] and torch.allclose(ops[1](h), 2 * direction[1].float().expand(3, -1))
+
+
+def test_dense_eq12_matches_rank_one():
+    from erasekit.nullspace import null_space_projector
+    from erasekit.steering import fit_input_aware
+
+    g = torch.Generator().manual_seed(0)
+    H_f, H_r, d = (torch.randn(5, 16, generator=g, dtype=torch.float64),
+                   torch.randn(8, 16, generator=g, dtype=torch.float64), torch.randn(16, generator=g,
+                                                                                   dtype=torch.float64))
+    P = null_space_projector(H_r, "exact")
+    dense = pl.dense_eq12(H_f, P.matrix(), d, gamma=0.1)
+    assert torch.allclose(dense, fit_input_aware(H_f, H_r, d, 0.1, P).dense(), atol=1e-9)
