@@ -1,0 +1,43 @@
+"""erasekit.plots: each helper draws on the given axes (or a new figure), returns the figure, saves nothing and
+leaves matplotlib's global style alone."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from erasekit import plots
+
+
+def _calls():
+    im = Image.new("RGB", (8, 8), (200, 10, 10))
+    return [
+        lambda ax: plots.image_grid([im, torch.rand(3, 8, 8), im], titles=["a", "b", "c"], ncols=2, ax=ax),
+        lambda ax: plots.per_layer({"text": {1: 1.0, 2: 2.0}, "mm": {1: 0.5, 2: 1.5}}, "norm", ax=ax),
+        lambda ax: plots.loss_curves(torch.rand(2, 5), labels=["x", "y"], ax=ax),
+        lambda ax: plots.bars(pd.DataFrame({"clean": [10.0, 20.0], "adv": [30.0, 40.0]}, index=["h", "j"]), ax=ax),
+        lambda ax: plots.spectra({1: torch.rand(6), 2: torch.rand(6)}, kept={1: 2, 2: 2}, ax=ax),
+        lambda ax: plots.gate_strip({"Fgt": np.ones(5), "Ret": np.zeros(5)}, ax=ax),
+        lambda ax: plots.identity_scatter(np.arange(4.0), np.arange(4.0), "x", "y", ax=ax),
+    ]
+
+
+@pytest.mark.parametrize("i", range(7))
+def test_plot_returns_figure_on_given_axes(i, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = dict(plt.rcParams)
+    fig, ax = plt.subplots()
+    assert _calls()[i](ax) is fig
+    new = _calls()[i](None)
+    assert new is not fig and len(new.axes) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing saved
+    assert dict(plt.rcParams) == rc  # global style untouched
+    plt.close("all")
