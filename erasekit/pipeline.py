@@ -61,7 +61,8 @@ __all__ = [
     "VERSION", "PAPER_STRENGTHS", "STATS", "Default", "load_default", "model_key", "safety_pairs",
     "refusal_direction", "adversarial_images", "clean_images", "multimodal_direction", "query_activations",
     "ForgetRetain", "forget_retain_activations", "fit_steering", "Steering", "evaluate_steering", "results",
-    "safety_rates", "attack_success", "refusal_check", "dense_eq12", "images_to_tensor",
+    "safety_rates", "attack_success", "refusal_check", "dense_eq12", "images_to_tensor", "profile_questions",
+    "generate", "projector_summary", "auc", "example_generations",
 ]
 
 # Bump when a step's computation changes: every cached result made by an older version is then recomputed.
@@ -827,3 +828,87 @@ def dense_eq12(H_forget: Tensor, P: Tensor, direction: Tensor, gamma: float) -> 
     M = P @ Hf @ Hf.T @ P + gamma * P
     W = D @ Hf.T @ P @ torch.linalg.pinv(M, hermitian=True, rtol=1e-10)
     return W @ P
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# small helpers the notebooks read their figures with
+
+
+def profile_questions(row: Mapping[str, Any]) -> pd.DataFrame:
+    """Every question of one benchmark row: columns ``task, type, question, answer``."""
+    recs = []
+    for kind, key in (("Image_Textual", "Image_Textual_Questions"), ("Pure_Text", "Pure_Text_Questions")):
+        for q in row.get("Classification_Task", {}).get(key, []):
+            opts = ", ".join(f"{k}. {v}" for k, v in q["Options"].items())
+            recs.append({"task": "classification", "type": kind, "question": f"{q['Question']} ({opts})",
+                         "answer": q["Correct_Answer"]})
+    for task, field in (("generation", "Generation_Task"), ("cloze", "Mask_Task")):
+        for q in row.get(field, []):
+            recs.append({"task": task, "type": q["Type"], "question": q["Question"], "answer": q["Ground_Truth"]})
+    return pd.DataFrame(recs, columns=["task", "type", "question", "answer"])
+
+
+def generate(d: Default, prompts: Sequence[str], images: Sequence[Any] | None = None,
+             intervention: Callable[[], Any] | None = None, max_new_tokens: int = 50, batch_size: int = 16) -> list[str]:
+    """Greedy answers to ``prompts`` (with ``images``), inside ``intervention()`` when given."""
+    import contextlib
+
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        ims = None if images is None else list(images[s:s + batch_size])
+        with (intervention() if intervention is not None else contextlib.nullcontext()), torch.no_grad():
+            batch = d.adapter.encode(list(prompts[s:s + batch_size]), images=ims)
+            out += d.adapter.generate(batch, max_new_tokens=max_new_tokens)
+    return out
+
+
+def projector_summary(acts: ForgetRetain, null_space: str | float = 0.3,
+                      layers: Sequence[int] | None = None) -> pd.DataFrame:
+    """Per layer: N_r, d, numerical rank of H_r, kept dimension k, and the share (%) of the retain and forget
+    activations' energy ``||P H||² / ||H||²`` that the projector keeps (retain ≈ 0 is the constraint; the
+    forget share is what is left for the steering map to act on)."""
+    from .nullspace import null_space_projector
+
+    recs = []
+    for l in (acts.layers if layers is None else layers):
+        Hr, Hf = acts.retain[l].double(), acts.forget[l].double()
+        P = null_space_projector(Hr, null_space)
+        recs.append({"layer": l, "N_r": Hr.shape[0], "d": Hr.shape[1], "rank(H_r)": P.meta["rank"], "k": P.k,
+                     "retain energy kept (%)": 100 * float(P.apply(Hr).norm() ** 2 / Hr.norm() ** 2),
+                     "forget energy kept (%)": 100 * float(P.apply(Hf).norm() ** 2 / Hf.norm() ** 2)})
+    return pd.DataFrame(recs).set_index("layer")
+
+
+def auc(pos: Any, neg: Any) -> float:
+    """P(a random ``pos`` value > a random ``neg`` value), ties counted half: 1 = perfectly separated."""
+    p = torch.as_tensor(pos, dtype=torch.float64).ravel()
+    n = torch.as_tensor(neg, dtype=torch.float64).ravel()
+    if p.numel() == 0 or n.numel() == 0:
+        raise ValueError("auc needs at least one value in each group")
+    diff = p[:, None] - n[None, :]
+    return float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
+
+
+def example_generations(d: Default, forget_pct: int, steering: Steering, n: int = 2,
+                        groups: Sequence[str] = ("Fgt", "Test", "Ret", "Cele"), task: str = "generation",
+                        mode: str = "VQA", max_new_tokens: int = 50) -> pd.DataFrame:
+    """The first ``n`` questions of ``task`` per group, answered by the vanilla and the steered model.
+
+    Columns: ``group, question, ground truth, vanilla, steered, steered refuses``.
+    """
+    items = _group_items(d, forget_pct, groups, n, n, (mode,), (task,), 0)
+    recs = []
+    ops = steering.operators(task, d.num_layers)
+    for g in groups:
+        its = items[g][:n]
+        if not its:
+            continue
+        ims = None if all(it.image is None for it in its) else [it.image for it in its]
+        prompts = [it.prompt for it in its]
+        van = generate(d, prompts, ims, max_new_tokens=max_new_tokens)
+        ste = generate(d, prompts, ims, lambda: steer(d.adapter, ops, mode=steering.mode),
+                       max_new_tokens=max_new_tokens)
+        for it, a, b in zip(its, van, ste):
+            recs.append({"group": g, "question": it.question, "ground truth": it.target, "vanilla": a.strip(),
+                         "steered": b.strip(), "steered refuses": is_refusal(b)})
+    return pd.DataFrame(recs)

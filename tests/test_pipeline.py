@@ -146,3 +146,18 @@ def test_dense_eq12_matches_rank_one():
     P = null_space_projector(H_r, "exact")
     dense = pl.dense_eq12(H_f, P.matrix(), d, gamma=0.1)
     assert torch.allclose(dense, fit_input_aware(H_f, H_r, d, 0.1, P).dense(), atol=1e-9)
+
+
+def test_notebook_helpers(default):
+    row = default.source.split("forget_5")[0]
+    q = pl.profile_questions(row)
+    assert set(q["task"]) == {"classification", "generation", "cloze"} and len(q) == 4 * 2 * 3
+    assert pl.auc([2, 3], [0, 1]) == 1.0 and pl.auc([0], [0]) == 0.5 and pl.auc([0, 1], [1, 2]) == 0.125
+    acts = pl.forget_retain_activations(default, 5, retain_sample=1, celeb_sample=1, progress=False)
+    s = pl.projector_summary(acts, "exact", layers=[1])
+    assert s.loc[1, "k"] == 32 - s.loc[1, "rank(H_r)"] and s.loc[1, "retain energy kept (%)"] < 1e-6
+    direction = pl.refusal_direction(default, n_pairs=2, filter=False, progress=False)
+    st = pl.fit_steering(default, direction, acts, gamma=0.1, null_space=0.3)
+    ex = pl.example_generations(default, 5, pl.Steering(st, strengths=1.0), n=1, max_new_tokens=2)
+    assert list(ex["group"]) == ["Fgt", "Test", "Ret", "Cele"][: len(ex)] and len(ex) >= 3
+    assert pl.generate(default, ["hi"], max_new_tokens=2)[0] == pl.generate(default, ["hi"], max_new_tokens=2)[0]
