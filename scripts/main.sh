@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Set up (idempotent), execute every notebook on the embedded default (the model organism) and build the book.
 # The organism is committed under data/organism; it is retrained only if missing (erasekit build-organism).
+# The book's source is book/ (config, toc, intro, references); its chapters are notebooks/NN_*.ipynb, reached
+# through the symlink book/notebooks. jupyter-book executes each notebook once (outputs go into the site, never
+# into the committed notebooks); the expensive steps are cached in .cache/erasekit, so a rebuild is fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/erasekit build-organism --if-missing
-.venv/bin/jupyter-book build book --all -W --keep-going 2>&1 | tee book/build.log
+mkdir -p book/_build
+.venv/bin/jupyter-book build book --all -W --keep-going 2>&1 | tee book/_build/build.log
 echo "book: $(pwd)/book/_build/html/index.html"

@@ -1,11 +1,51 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run every test: unit tests of erasekit, then every notebook through nbmake.
-set -euo pipefail
+# Set up (idempotent) and run every check; exits non-zero if any step fails (all steps still run):
+#   1. unit tests of erasekit (tests/, without the built-book tests);
+#   2. every notebook, executed ONCE by pytest --nbmake on a staged copy (.cache/book-stage; the committed
+#      notebooks stay output-free), with the outputs written into the copy (--overwrite);
+#   3. the book built from those executed copies with execution off, into book/_build/html;
+#   4. the built site checked in headless Chromium (tests/test_book.py: figures present, no error output).
+# Extra arguments go to the unit-test pytest call (e.g. -k pipeline).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
-rc=$?
-set -e
-# pytest exits 5 when no test ran; that must fail, not pass silently.
-exit $rc
+bash scripts/setup.sh || exit 1
+.venv/bin/erasekit build-organism --if-missing || exit 1
+
+failed=()
+step() {  # step NAME CMD...: run, remember a failure, go on
+  local name=$1; shift
+  echo "==> $name"
+  "$@"
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then failed+=("$name (exit $rc)"); fi
+  return 0
+}
+
+PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
+step "unit tests" "${PYTEST[@]}" -q tests -m "not book" "$@"
+
+STAGE=.cache/book-stage
+rm -rf "$STAGE"
+mkdir -p "$STAGE/notebooks"
+cp book/_config.yml book/_toc.yml book/*.md book/references.bib "$STAGE/"
+cp notebooks/*.ipynb "$STAGE/notebooks/"
+# Execution happened in the nbmake step: the staged book renders the stored outputs.
+sed -i 's/^\(\s*execute_notebooks:\s*\)force/\1"off"/' "$STAGE/_config.yml"
+grep -q 'execute_notebooks: "off"' "$STAGE/_config.yml" || failed+=("stage config (execute_notebooks not switched off)")
+
+step "notebooks (nbmake)" "${PYTEST[@]}" -q --nbmake --overwrite --nbmake-timeout=1800 "$STAGE"/notebooks/*.ipynb
+
+rm -rf book/_build/html
+if step "book build" .venv/bin/jupyter-book build "$STAGE" --all -W --keep-going; then :; fi
+if [ -f "$STAGE/_build/html/index.html" ]; then
+  mkdir -p book/_build
+  cp -r "$STAGE/_build/html" book/_build/html
+fi
+
+ERASEKIT_REQUIRE_BOOK=1 step "built book (chromium)" "${PYTEST[@]}" -q -m book tests/test_book.py
+
+if [ ${#failed[@]} -ne 0 ]; then
+  printf 'FAILED: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
+echo "all checks passed; book: $(pwd)/book/_build/html/index.html"
