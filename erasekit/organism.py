@@ -6,6 +6,8 @@ Design (why it learns on 2 CPU cores where a naive setup stays at chance, see sh
 - *multi-turn* training sequences: one portrait (or one name) with many questions about that person in one
   sequence, so the image is encoded once for many facts (the benchmark's single-question prompts are exactly the
   first turn of such a conversation, and every question appears in first position equally often);
+- a vision identity pre-stage (a linear person classifier on the projected patch features, discarded after),
+  because the LM loss alone never taught the from-scratch vision tower to tell the portraits apart;
 - a binding question ("Who is the person in the image?" → name) mixed in, so image → identity is learned
   alongside name → fact;
 - safety turns (harmful → refusal, jailbreak-wrapped → compliance, harmless → help) with and without images.
@@ -72,6 +74,11 @@ class OrganismConfig:
     warmup: int = 200
     seq_tokens: int = 160  # profile sequences get questions until they reach this many tokens
     n_augment: int = 6  # pre-rendered augmented portraits per person
+    # Vision identity pre-stage: the LM loss alone does not teach a from-scratch CLIP tower to tell 250 faces
+    # apart (image->fact probe stayed at 10 % after 2400 steps); a linear identity head on the projected
+    # features does it in a few hundred cheap steps. The head is discarded afterwards.
+    vision_steps: int = 400
+    vision_batch: int = 256
     seed: int = 0
     threads: int | None = None
 
@@ -321,6 +328,46 @@ def probe_accuracy(model, stream: TrainingStream, people: list[W.Person], image:
 # ----------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------
+def _image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Mean of the projected patch features: exactly what the LM receives as image tokens, pooled."""
+    vt, proj = model.model.vision_tower, model.model.multi_modal_projector
+    hs = vt(pixel_values, output_hidden_states=True).hidden_states[-1][:, 1:]  # "default": drop CLS
+    return proj(hs).mean(1)
+
+
+def pretrain_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismConfig, progress: bool = True) -> dict:
+    """Identity pre-stage: train vision tower + projector with a linear person-classification head.
+
+    Uses the same pre-rendered (augmented) training portraits as the LM stage; reports accuracy on the clean
+    portraits and on the Test_Set's transformed portraits (never trained on). Returns a small log.
+    """
+    from tqdm.auto import tqdm
+
+    if cfg.vision_steps <= 0:
+        return {}
+    n = len(world.people)
+    head = torch.nn.Linear(cfg.hidden_size, n)
+    vparams = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
+    opt = torch.optim.AdamW(vparams + list(head.parameters()), lr=cfg.lr, weight_decay=0.0)
+    pix = torch.stack(stream.portraits)  # (N, 1 + n_augment, 3, H, W)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.time()
+    for step in tqdm(range(cfg.vision_steps), disable=not progress, desc="vision identity", mininterval=5):
+        who = torch.randint(0, n, (cfg.vision_batch,), generator=gen)
+        view = torch.randint(0, pix.shape[1], (cfg.vision_batch,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(head(_image_features(model, pix[who, view])), who)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        ids = torch.arange(n)
+        train_acc = (head(_image_features(model, pix[:, 0])).argmax(-1) == ids).float().mean().item()
+        test = torch.stack([stream._pix(world.test_images(p)[0]) for p in world.people])
+        test_acc = (head(_image_features(model, test)).argmax(-1) == ids).float().mean().item()
+    return {"steps": cfg.vision_steps, "final_loss": round(loss.item(), 4), "train_accuracy": round(train_acc, 4),
+            "test_image_accuracy": round(test_acc, 4), "seconds": round(time.time() - t0, 1)}
+
+
 def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every: int = 100,
                    progress: bool = True, log_file: str | None = None) -> dict:
     """Build the world, tokenizer, processor and model; train; save a transformers folder to ``out_dir``.
@@ -338,6 +385,10 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
     processor = build_processor(tokenizer, cfg.image_size, cfg.patch_size)
     model = build_model(cfg, tokenizer)
     stream = TrainingStream(world, processor, cfg)
+    vision_log = pretrain_vision(model, stream, world, cfg, progress=progress)
+    if log_file and vision_log:
+        with open(log_file, "a") as f:
+            f.write(json.dumps({"vision_pretrain": vision_log}) + "\n")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
 
     def lr_at(step):
@@ -347,7 +398,7 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
         return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
     probe_people = random.Random(7).sample(world.people, min(200, len(world.people)))
-    log = {"config": dataclasses.asdict(cfg), "steps": [], "parameters": sum(p.numel() for p in model.parameters())}
+    log = {"config": dataclasses.asdict(cfg), "vision_pretrain": vision_log, "steps": [], "parameters": sum(p.numel() for p in model.parameters())}
     model.train()
     t0 = time.time()
     it = stream.batches()

@@ -12,7 +12,7 @@ from erasekit.models import adapter_for, load_model
 
 MINI = dict(n_profiles=20, n_celebrities=4, vocab_size=500, hidden_size=32, intermediate_size=64, num_layers=2,
             num_heads=2, vision_hidden=32, vision_layers=1, steps=40, batch_size=8, lr=3e-3, warmup=5,
-            seq_tokens=96, n_augment=1, threads=1)
+            seq_tokens=96, n_augment=1, threads=1, vision_steps=20, vision_batch=32)
 
 
 def test_training_sequences_match_processor_and_adapter():
@@ -43,6 +43,7 @@ def test_mini_training_learns_saves_and_is_deterministic(tmp_path):
     log = O.train_organism(str(tmp_path / "a"), cfg, log_every=10, progress=False)
     losses = [s["loss"] for s in log["steps"]]
     assert losses[-1] < losses[0] - 0.5, losses
+    assert log["vision_pretrain"]["train_accuracy"] > 1 / 24  # the identity pre-stage beats chance
     folder = tmp_path / "a"
     assert {"config.json", "model.safetensors", "training_log.json", "organism_config.json"} <= set(os.listdir(folder))
     adapter = load_model(str(folder))
