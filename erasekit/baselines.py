@@ -58,6 +58,7 @@ import itertools
 import json
 import math
 import os
+from pathlib import Path
 import random
 import threading
 import time
@@ -77,7 +78,7 @@ __all__ = [
     "MANUConfig", "CONFIGS", "UnlearnResult",
     "lora_targets", "answer_logprobs", "unlearning_loss",
     "unlearn", "retain_finetune", "mmunlearner_saliency", "manu_scores",
-    "answer_nll", "answer_accuracy", "sweep", "pick_config",
+    "answer_nll", "answer_accuracy", "sweep", "pick_config", "organism_choices", "organism_config",
 ]
 
 TASKS = ("classification", "generation", "cloze")
@@ -281,6 +282,28 @@ class MANUConfig:
 
 CONFIGS: dict[str, type] = {c.method: c for c in (GAConfig, GADiffConfig, KLMinConfig, NPOConfig,
                                                   MMUnlearnerConfig, MANUConfig)}
+
+
+# The configuration each baseline uses on the embedded organism (notebooks 05 and 08): the class defaults, updated
+# with what ``scripts/sweep_baselines.py`` chose by :func:`sweep` + :func:`pick_config`, recorded in this file.
+SWEEP_FILE = Path(__file__).resolve().parents[1] / "data" / "results" / "baseline_sweep.json"
+
+
+def organism_choices(path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """``{method: chosen hyperparameters}`` from the sweep file ({} when it does not exist)."""
+    path = Path(path) if path is not None else SWEEP_FILE
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        return {m: dict(r["chosen"]) for m, r in json.load(f)["methods"].items()}
+
+
+def organism_config(method: str, **overrides: Any) -> TrainConfig | MANUConfig:
+    """The config of ``method`` for the organism: class defaults, then the sweep's choice
+    (:func:`organism_choices`), then ``overrides``."""
+    if method not in CONFIGS:
+        raise ValueError(f"unknown baseline {method!r}; expected one of {sorted(CONFIGS)}")
+    return CONFIGS[method](**{**organism_choices().get(method, {}), **overrides})
 
 
 # ----------------------------------------------------------------------------------------------------------------

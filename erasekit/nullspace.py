@@ -11,7 +11,8 @@ stores activations row-wise, H_r as (N_r, d), so the same Gram is ``H_r.T @ H_r`
   vectors are kept is arbitrary (all have eigenvalue 0): the steering result then depends on LAPACK's choice.
 
 Linear algebra is float64. The decomposition is an SVD of H_r itself (eigenvalues = squared singular
-values), which separates zero from non-zero eigenvalues far better than eigh of the explicitly formed Gram.
+values), which separates zero from non-zero eigenvalues far better than eigh of the explicitly formed Gram; for
+N_r > d the SVD is taken of the (d, d) factor R of H_r = Q R (same singular values and vectors, much cheaper).
 The d x d projector is never formed unless :meth:`NullSpaceProjector.matrix` is called; ``apply`` uses the
 basis, ``P h = U2 (U2^T h)``.
 """
@@ -107,9 +108,13 @@ def null_space_projector(H_retain: Tensor, null_space: str | float = "exact", rt
     if rtol is not None and not rtol >= 0:
         raise ValueError(f"rtol must be >= 0, got {rtol}")
     H = H_retain.to(torch.float64)
-    # full_matrices only when n < d, where the (d, d) Vh is needed to reach the null space; for n >= d the thin
+    if n > d:
+        # Tall H_r (the usual case: N_r ~ 6000 > d): H = Q R with R (d, d) has the same singular values and right
+        # singular vectors, and the R-only QR is several times cheaper than a thin SVD of H (benchmarks/bench_fit.py).
+        H = torch.linalg.qr(H, mode="r").R
+    # full_matrices only when n < d, where the (d, d) Vh is needed to reach the null space; otherwise the thin
     # SVD already has a (d, d) Vh, and full_matrices would allocate an (n, n) U for nothing.
-    _, s, vh = torch.linalg.svd(H, full_matrices=n < d)
+    _, s, vh = torch.linalg.svd(H, full_matrices=H.shape[0] < d)
     eig_desc = torch.zeros(d, dtype=torch.float64, device=H.device)
     eig_desc[: s.shape[0]] = s**2
     eigenvalues = eig_desc.flip(0)  # ascending

@@ -79,6 +79,10 @@ class OrganismConfig:
     # features does it in a few hundred cheap steps. The head is discarded afterwards.
     vision_steps: int = 400
     vision_batch: int = 256
+    # After the pre-stage, scale the projector's output to the norm of the text embeddings. A from-scratch
+    # projector emits tokens ~1000x larger than word embeddings; the decoder layers can then not write anything
+    # (e.g. the person's facts) into the image positions' residual stream, whose direction their updates barely move.
+    match_text_scale: bool = True
     seed: int = 0
     threads: int | None = None
 
@@ -364,8 +368,20 @@ def pretrain_vision(model, stream: TrainingStream, world: W.World, cfg: Organism
         train_acc = (head(_image_features(model, pix[:, 0])).argmax(-1) == ids).float().mean().item()
         test = torch.stack([stream._pix(world.test_images(p)[0]) for p in world.people])
         test_acc = (head(_image_features(model, test)).argmax(-1) == ids).float().mean().item()
-    return {"steps": cfg.vision_steps, "final_loss": round(loss.item(), 4), "train_accuracy": round(train_acc, 4),
-            "test_image_accuracy": round(test_acc, 4), "seconds": round(time.time() - t0, 1)}
+        out = {"steps": cfg.vision_steps, "final_loss": round(loss.item(), 4), "train_accuracy": round(train_acc, 4),
+               "test_image_accuracy": round(test_acc, 4), "seconds": round(time.time() - t0, 1)}
+        proj = model.model.multi_modal_projector
+        hs = model.model.vision_tower(pix[:, 0], output_hidden_states=True).hidden_states[-1][:, 1:]
+        image_norm = float(proj(hs).norm(dim=-1).mean())
+        text_norm = float(model.get_input_embeddings().weight.norm(dim=-1).mean())
+        out.update(image_token_norm=round(image_norm, 4), text_embedding_norm=round(text_norm, 4))
+        if cfg.match_text_scale:  # linear_2 is the projector's last layer: scaling it scales every image token
+            c = text_norm / image_norm
+            proj.linear_2.weight.mul_(c)
+            if proj.linear_2.bias is not None:
+                proj.linear_2.bias.mul_(c)
+            out["projector_scale"] = round(c, 6)
+    return out
 
 
 def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every: int = 100,

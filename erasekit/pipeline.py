@@ -37,6 +37,7 @@ Sign convention: the paper's (refusal − recall, positive λ), see :mod:`erasek
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -62,7 +63,8 @@ __all__ = [
     "refusal_direction", "adversarial_images", "clean_images", "multimodal_direction", "query_activations",
     "ForgetRetain", "forget_retain_activations", "fit_steering", "Steering", "evaluate_steering", "results",
     "safety_rates", "attack_success", "refusal_check", "dense_eq12", "images_to_tensor", "profile_questions",
-    "generate", "projector_summary", "auc", "example_generations",
+    "generate", "projector_summary", "auc", "example_generations", "tuning_rows", "choose_strengths",
+    "BaselineRun", "baseline_data", "run_baseline", "steering_norms", "separability", "steered_activations",
 ]
 
 # Bump when a step's computation changes: every cached result made by an older version is then recomputed.
@@ -702,6 +704,30 @@ class Steering:
 # (g) evaluation
 
 
+def _evaluate_rows(d: Default, group_rows: Mapping[str, list], steering: Steering | None, method: str, *,
+                   adapter: Any = None, adapter_key: str | None = None, forget_pct: int = 5,
+                   modes: Sequence[str] = ("VQA", "QA"), tasks: Sequence[str] = TASKS, batch_size: int = 16,
+                   max_new_tokens: int = 50, progress: bool = True, refresh: bool = False,
+                   extra_key: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Cached :func:`erasekit.evaluate.evaluate` of ``{group: rows}`` (keyed by the exact prompts and images)."""
+    items = {g: build_items({g: rows}, modes=modes, tasks=tasks) for g, rows in group_rows.items()}
+    spec = {g: ([it.prompt for it in its], _image_digests([it.image for it in its])) for g, its in items.items()}
+    key = cache_key(step="evaluate", version=VERSION, model=adapter_key or d.model_key, spec=spec,
+                    forget_pct=forget_pct, steering=None if steering is None else steering.key(),
+                    max_new_tokens=max_new_tokens, modes=list(modes), tasks=list(tasks), **dict(extra_key or {}))
+    adapter = d.adapter if adapter is None else adapter
+
+    def compute():
+        inter = None if steering is None else steering.interventions(adapter)
+        return evaluate(adapter, dict(group_rows), forget_pct, groups=list(group_rows), modes=modes, tasks=tasks,
+                        intervention=inter, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                        progress=progress)
+
+    df = _cached_frame("evaluate", key, compute, refresh)
+    df["method"] = method
+    return df
+
+
 def evaluate_steering(d: Default, forget_pct: int = 5, steering: Steering | None = None, method: str | None = None,
                       *, groups: Sequence[str] = ("Fgt", "Test", "Ret", "Cele"), modes: Sequence[str] = ("VQA", "QA"),
                       tasks: Sequence[str] = TASKS, retain_sample: int | None = None,
@@ -713,22 +739,9 @@ def evaluate_steering(d: Default, forget_pct: int = 5, steering: Steering | None
     ``method`` labels the rows (default "Vanilla" / "Steered").
     """
     method = method or ("Vanilla" if steering is None else "Steered")
-    items = _group_items(d, forget_pct, groups, retain_sample, celeb_sample, modes, tasks, seed)
-    spec = {g: ([it.prompt for it in its], _image_digests([it.image for it in its])) for g, its in items.items()}
-    key = cache_key(step="evaluate", version=VERSION, model=d.model_key, spec=spec, forget_pct=forget_pct,
-                    steering=None if steering is None else steering.key(), max_new_tokens=max_new_tokens,
-                    seed=seed, modes=list(modes), tasks=list(tasks), groups=list(groups),
-                    retain_sample=retain_sample, celeb_sample=celeb_sample)
-
-    def compute():
-        inter = None if steering is None else steering.interventions(d.adapter)
-        return evaluate(d.adapter, d.source, forget_pct, groups=groups, modes=modes, tasks=tasks,
-                        intervention=inter, retain_sample=retain_sample, celeb_sample=celeb_sample, seed=seed,
-                        batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
-
-    df = _cached_frame("evaluate", key, compute, refresh)
-    df["method"] = method
-    return df
+    rows = benchmark_rows(d.source, forget_pct, groups, retain_sample, celeb_sample, seed)
+    return _evaluate_rows(d, rows, steering, method, forget_pct=forget_pct, modes=modes, tasks=tasks,
+                          batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, refresh=refresh)
 
 
 def results(d: Default, forget_pct: int = 5, steering: Steering | Mapping[str, Steering] | None = None,
@@ -743,6 +756,177 @@ def results(d: Default, forget_pct: int = 5, steering: Steering | Mapping[str, S
         runs.update(steering)
     frames = [evaluate_steering(d, forget_pct, s, method=name, **kwargs) for name, s in runs.items()]
     return results_table(pd.concat(frames, ignore_index=True))
+
+
+def tuning_rows(d: Default, forget_pct: int = 5, n_retain: int = 20, eval_retain_sample: int | None = None,
+                seed: int = 0) -> dict[str, list]:
+    """Rows for choosing λ: ``{"Fgt": forget_k rows, "Ret": n_retain retain profiles NOT in the evaluation sample}``.
+
+    The forget set is what the user hands over, so tuning on it is legitimate; the retain side comes from retain
+    profiles outside the seeded evaluation sample of ``eval_retain_sample`` profiles (when that is None the whole
+    retain split is evaluated and the tuning profiles necessarily overlap it).
+    """
+    from .evaluate import _sample
+
+    fgt = list(d.source.split(f"forget_{forget_pct}"))
+    retain = list(d.source.split(f"retain_{100 - forget_pct}"))
+    used = {r["ID"] for r in benchmark_rows(d.source, forget_pct, ("Ret",), eval_retain_sample, None, seed)["Ret"]}
+    pool = [r for r in retain if r["ID"] not in used] if eval_retain_sample is not None else retain
+    if not pool:
+        raise ValueError("no retain profiles left outside the evaluation sample; lower retain_sample")
+    return {"Fgt": fgt, "Ret": _sample(pool, n_retain, seed, "tune")}
+
+
+def _task_scores(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean score per (split, task): accuracy (0-1) for classification/cloze, ROUGE-L for generation."""
+    return df.groupby(["split", "task"])["score"].mean().unstack("task")
+
+
+def choose_strengths(d: Default, make: Callable[[float], Steering], grid: Sequence[float] = (0.1, 0.25, 0.5, 1.0, 2.0),
+                     forget_pct: int = 5, n_retain: int = 20, eval_retain_sample: int | None = None,
+                     max_retain_drop: float = 0.05, modes: Sequence[str] = ("VQA",), tasks: Sequence[str] = TASKS,
+                     batch_size: int = 16, max_new_tokens: int = 50, progress: bool = True
+                     ) -> tuple[dict[str, float], pd.DataFrame]:
+    """The documented rule for λ (per task): forget most while keeping retain utility.
+
+    For each λ in ``grid``, ``make(λ)`` (a :class:`Steering` with that strength for every task) is scored on
+    :func:`tuning_rows`. Per task, the chosen λ has the lowest forget score among those whose retain score is at
+    most ``max_retain_drop`` (absolute, on the 0-1 scale: 0.05 = 5 accuracy points or 0.05 ROUGE-L) below the
+    vanilla model's; if no λ qualifies, the smallest λ in the grid. Ties go to the smaller λ.
+
+    Returns ``({task: λ}, frame)`` with the forget / retain score of every (λ, task), Vanilla as λ = 0.
+    """
+    rows = tuning_rows(d, forget_pct, n_retain, eval_retain_sample)
+    kw = dict(forget_pct=forget_pct, modes=modes, tasks=tasks, batch_size=batch_size, max_new_tokens=max_new_tokens,
+              progress=progress, extra_key={"purpose": "tune"})
+    recs = []
+    for lam in [0.0, *sorted(grid)]:
+        steering = None if lam == 0 else make(lam)
+        sc = _task_scores(_evaluate_rows(d, rows, steering, f"λ={lam:g}", **kw))
+        for t in tasks:
+            recs.append({"lambda": lam, "task": t, "forget": float(sc.loc["Fgt", t]), "retain": float(sc.loc["Ret", t])})
+    table = pd.DataFrame(recs)
+    chosen = {}
+    for t in tasks:
+        sub = table[table["task"] == t]
+        base = float(sub.loc[sub["lambda"] == 0, "retain"].iloc[0])
+        ok = sub[(sub["lambda"] > 0) & (sub["retain"] >= base - max_retain_drop)]
+        chosen[t] = float(ok.sort_values(["forget", "lambda"]).iloc[0]["lambda"]) if len(ok) else float(min(grid))
+    table["chosen"] = [chosen[t] == lam for lam, t in zip(table["lambda"], table["task"])]
+    return chosen, table
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (h) training-based baselines, scored by the same harness
+
+
+@dataclasses.dataclass
+class BaselineRun:
+    """One baseline at one forget ratio: its evaluation rows and what it cost (:meth:`UnlearnResult.summary`)."""
+
+    frame: pd.DataFrame
+    summary: dict
+
+
+def baseline_data(d: Default, forget_pct: int, retain_train: int | None = 40, modes: Sequence[str] = ("VQA", "QA"),
+                  seed: int = 0) -> tuple[list, list]:
+    """(forget examples, retain examples) for :func:`erasekit.baselines.unlearn`: all forget_k rows, and
+    ``retain_train`` seeded retain profiles (None: the whole retain split) plus the celebrities."""
+    from .baselines import build_examples
+    from .evaluate import _sample
+
+    fgt = d.source.split(f"forget_{forget_pct}")
+    ret = _sample(list(d.source.split(f"retain_{100 - forget_pct}")), retain_train, seed, "baseline-retain")
+    ret = ret + list(d.source.split("Retain_Set"))
+    return build_examples(fgt, modes=modes), build_examples(ret, modes=modes)
+
+
+def run_baseline(d: Default, forget_pct: int, config: Any, *, retain_train: int | None = 40,
+                 retain_sample: int | None = None, celeb_sample: int | None = None,
+                 groups: Sequence[str] = ("Fgt", "Test", "Ret", "Cele"), modes: Sequence[str] = ("VQA", "QA"),
+                 tasks: Sequence[str] = TASKS, batch_size: int = 16, max_new_tokens: int = 50, seed: int = 0,
+                 progress: bool = True, refresh: bool = False) -> BaselineRun:
+    """Unlearn with one baseline (:func:`erasekit.baselines.unlearn`) and score it like every other method.
+
+    The unlearned model lives only in memory (the organism on disk is never touched); the evaluation rows and the
+    cost summary are cached together, keyed by the model, the config, the training data and the evaluation spec.
+    """
+    import json
+
+    from .baselines import unlearn
+
+    cfg = dataclasses.asdict(config)
+    cfg.pop("progress", None)
+    eval_rows = benchmark_rows(d.source, forget_pct, groups, retain_sample, celeb_sample, seed)
+    key = cache_key(step="baseline", version=VERSION, model=d.model_key, method=config.method, config=cfg,
+                    forget_pct=forget_pct, retain_train=retain_train, data=d.data_key,
+                    eval_ids={g: [r["ID"] for r in rs] for g, rs in eval_rows.items()}, modes=list(modes),
+                    tasks=list(tasks), max_new_tokens=max_new_tokens)
+    summary_path = _path("baseline", key).with_suffix(".json")
+    box: dict = {}
+
+    def compute():
+        forget, retain = baseline_data(d, forget_pct, retain_train, seed=seed)
+        res = unlearn(d.adapter, forget, retain, config)
+        box["summary"] = res.summary()
+        return evaluate(res.adapter, eval_rows, forget_pct, groups=list(eval_rows), modes=modes, tasks=tasks,
+                        batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
+
+    if refresh or not summary_path.exists():  # the frame and its summary are (re)made together
+        frame = _cached_frame("baseline", key, compute, refresh=True)
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = summary_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(box["summary"], indent=1))
+        os.replace(tmp, summary_path)
+    else:
+        frame = _cached_frame("baseline", key, compute)
+    frame["method"] = config.method
+    return BaselineRun(frame, json.loads(summary_path.read_text()))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (i) separability of the steering norm (paper Fig. 8) and activations before / after steering (Fig. 4)
+
+
+def steering_norms(steerer: InputAwareSteerer, acts: Mapping[int, Tensor], strength: float) -> dict[int, Tensor]:
+    """‖λ f_l(h)‖ per layer for activations ``{layer: (N, d)}`` (rank one: λ |g·h| ‖d_l‖)."""
+    out = {}
+    for l in steerer.layers:
+        if l in acts:
+            out[l] = (strength * steerer[l](acts[l].double())).norm(dim=-1).float()
+    return out
+
+
+def separability(steerer: InputAwareSteerer, forget: Mapping[int, Tensor], retain: Mapping[int, Tensor],
+                 strength: float = 1.0) -> pd.DataFrame:
+    """Per layer: median ‖λ f(h)‖ on forget and retain queries, their ratio, and the AUC (forget > retain).
+
+    AUC = 1: every forget query gets a larger push than every retain query; 0.5: no separation.
+    """
+    nf, nr = steering_norms(steerer, forget, strength), steering_norms(steerer, retain, strength)
+    recs = []
+    for l in nf:
+        mf, mr = float(nf[l].median()), float(nr[l].median())
+        recs.append({"layer": l, "median forget": mf, "median retain": mr,
+                     "ratio": mf / mr if mr > 0 else float("inf"), "AUC": auc(nf[l], nr[l])})
+    return pd.DataFrame(recs).set_index("layer")
+
+
+def steered_activations(d: Default, forget_pct: int, steering: Steering | None, layer: int,
+                        groups: Sequence[str] = ("Fgt", "Ret"), task: str = "generation", n: int | None = 20,
+                        batch_size: int = 16, progress: bool = True) -> dict[str, Tensor]:
+    """Last-token input of ``layer`` for the VQA ``task`` prompts of each group (``n`` profiles), with the
+    steering active (its prefill rule; the captured input includes the push at ``layer`` itself) or without."""
+    check_layers(d.adapter, [layer])
+    items = _group_items(d, forget_pct, groups, n, n, ("VQA",), (task,), 0)
+    ops = None if steering is None else steering.operators(task, d.num_layers)
+    out = {}
+    for g, its in items.items():
+        with (steer(d.adapter, ops, mode=steering.mode) if ops is not None else contextlib.nullcontext()):
+            acts = collect_activations(d.adapter, [it.prompt for it in its], [it.image for it in its],
+                                       layers=[layer], batch_size=batch_size, progress=progress)
+        out[g] = acts[layer]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -851,8 +1035,6 @@ def profile_questions(row: Mapping[str, Any]) -> pd.DataFrame:
 def generate(d: Default, prompts: Sequence[str], images: Sequence[Any] | None = None,
              intervention: Callable[[], Any] | None = None, max_new_tokens: int = 50, batch_size: int = 16) -> list[str]:
     """Greedy answers to ``prompts`` (with ``images``), inside ``intervention()`` when given."""
-    import contextlib
-
     out = []
     for s in range(0, len(prompts), batch_size):
         ims = None if images is None else list(images[s:s + batch_size])

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["image_grid", "per_layer", "loss_curves", "bars", "spectra", "gate_strip", "identity_scatter"]
+__all__ = ["image_grid", "per_layer", "loss_curves", "bars", "spectra", "gate_strip", "identity_scatter", "tradeoff",
+           "layer_distributions", "embedding"]
 
 
 def _ax(ax, figsize=(6, 3.5)):
@@ -20,6 +21,11 @@ def _ax(ax, figsize=(6, 3.5)):
 
         fig, ax = plt.subplots(figsize=figsize, layout="constrained")
     return ax.figure, ax
+
+
+def _np(x: Any) -> np.ndarray:
+    """A tensor, array or sequence as a float64 numpy array."""
+    return np.asarray(x.detach().float().cpu() if hasattr(x, "detach") else x, dtype=float)
 
 
 def _to_array(im: Any) -> np.ndarray:
@@ -72,7 +78,7 @@ def per_layer(series: Mapping[str, Mapping[int, float]], ylabel: str = "", title
 def loss_curves(history: Any, labels: Sequence[str] | None = None, ax=None, title: str | None = None):
     """PGD loss per step, one line per image; ``history`` (B, steps)."""
     fig, ax = _ax(ax)
-    h = np.asarray(history.detach().cpu() if hasattr(history, "detach") else history, dtype=float)
+    h = _np(history)
     for i, row in enumerate(np.atleast_2d(h)):
         ax.plot(np.arange(len(row)), row, lw=1, label=None if labels is None else labels[i])
     ax.set_xlabel("PGD step")
@@ -113,7 +119,7 @@ def spectra(eigenvalues: Mapping[int, Any], kept: Mapping[int, int] | None = Non
     """Eigenvalues of the retain Gram per layer (ascending, log scale), with the kept null-space size marked."""
     fig, ax = _ax(ax)
     for l, ev in sorted(eigenvalues.items()):
-        ev = np.asarray(ev.detach().cpu() if hasattr(ev, "detach") else ev, dtype=float)
+        ev = _np(ev)
         line, = ax.semilogy(np.arange(len(ev)), np.maximum(ev, 1e-30), lw=1.2, label=f"layer {l}")
         if kept is not None and l in kept:
             ax.axvline(kept[l] - 0.5, color=line.get_color(), ls=":", lw=1)
@@ -132,7 +138,7 @@ def gate_strip(values: Mapping[str, Any], ax=None, ylabel: str = "gate s(h) = gÂ
     fig, ax = _ax(ax)
     rng = np.random.default_rng(seed)
     for i, (name, v) in enumerate(values.items()):
-        v = np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=float)
+        v = _np(v)
         ax.scatter(i + rng.uniform(-0.25, 0.25, len(v)), v, s=6, alpha=0.5)
         ax.hlines(np.median(v), i - 0.35, i + 0.35, color="k", lw=2)
     ax.set_xticks(range(len(values)), list(values))
@@ -146,8 +152,8 @@ def gate_strip(values: Mapping[str, Any], ax=None, ylabel: str = "gate s(h) = gÂ
 def identity_scatter(x: Any, y: Any, xlabel: str, ylabel: str, ax=None, title: str | None = None):
     """y against x with the diagonal: two computations of the same quantity."""
     fig, ax = _ax(ax, figsize=(4, 4))
-    x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=float).ravel()
-    y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y, dtype=float).ravel()
+    x = _np(x).ravel()
+    y = _np(y).ravel()
     ax.scatter(x, y, s=4, alpha=0.5)
     lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
     ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
@@ -155,4 +161,75 @@ def identity_scatter(x: Any, y: Any, xlabel: str, ylabel: str, ax=None, title: s
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
+    return fig
+
+
+def tradeoff(points: Any, x: str = "forget", y: str = "retain", label: str = "method", style: str | None = None,
+             ax=None, xlabel: str = "forget-set score (lower = more forgotten)",
+             ylabel: str = "retain-set score (higher = more utility kept)", title: str | None = None):
+    """Paper Fig. 3: one marker per row of ``points`` (a DataFrame), colour by ``label``, marker by ``style``."""
+    fig, ax = _ax(ax, figsize=(6, 4.5))
+    markers = "osD^vP*X"
+    styles = list(dict.fromkeys(points[style])) if style else [None]
+    for i, name in enumerate(dict.fromkeys(points[label])):
+        sub = points[points[label] == name]
+        color = f"C{i % 10}"
+        for j, st in enumerate(styles):
+            part = sub if st is None else sub[sub[style] == st]
+            ax.scatter(part[x], part[y], color=color, marker=markers[j % len(markers)], s=40,
+                       label=name if j == 0 else None, edgecolor="k", linewidth=0.4)
+    if style:
+        for j, st in enumerate(styles):
+            ax.scatter([], [], color="grey", marker=markers[j % len(markers)], label=f"{style} {st}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7, ncols=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def layer_distributions(values: Mapping[str, Mapping[int, Any]], ncols: int = 4, bins: int = 30,
+                        scores: Mapping[int, float] | None = None, xlabel: str = "", title: str | None = None):
+    """Paper Fig. 8: one small histogram panel per layer, one distribution per group (``{group: {layer: v}}``);
+    ``scores`` adds a per-layer number (e.g. AUC) to each panel's title."""
+    import matplotlib.pyplot as plt
+
+    layers = sorted(next(iter(values.values())))
+    nrows = -(-len(layers) // ncols)
+    fig, axes = plt.subplots(nrows, min(ncols, len(layers)), figsize=(3 * min(ncols, len(layers)), 2.4 * nrows),
+                             layout="constrained", squeeze=False)
+    for ax, l in zip(axes.ravel(), layers):
+        arrs = {g: _np(v[l]).ravel() for g, v in values.items()}
+        lo = min(a.min() for a in arrs.values())
+        hi = max(a.max() for a in arrs.values())
+        edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+        for g, a in arrs.items():
+            ax.hist(a, bins=edges, alpha=0.5, density=True, label=g)
+        ax.set_title(f"layer {l}" + (f" Â· AUC {scores[l]:.2f}" if scores is not None and l in scores else ""),
+                     fontsize=9)
+        ax.tick_params(labelsize=7)
+        if xlabel:
+            ax.set_xlabel(xlabel, fontsize=8)
+    for ax in axes.ravel()[len(layers):]:
+        ax.set_axis_off()
+    axes.ravel()[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def embedding(points: Mapping[str, Any], ax=None, title: str | None = None, xlabel: str = "dim 1",
+              ylabel: str = "dim 2"):
+    """2-D scatter of embedded points per group (``{group: (N, 2)}``), e.g. UMAP of activations (paper Fig. 4)."""
+    fig, ax = _ax(ax, figsize=(4.5, 4))
+    for g, xy in points.items():
+        xy = _np(xy)
+        ax.scatter(xy[:, 0], xy[:, 1], s=10, alpha=0.7, label=g)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7)
     return fig

@@ -161,3 +161,81 @@ def test_notebook_helpers(default):
     ex = pl.example_generations(default, 5, pl.Steering(st, strengths=1.0), n=1, max_new_tokens=2)
     assert list(ex["group"]) == ["Fgt", "Test", "Ret", "Cele"][: len(ex)] and len(ex) >= 3
     assert pl.generate(default, ["hi"], max_new_tokens=2)[0] == pl.generate(default, ["hi"], max_new_tokens=2)[0]
+
+
+def test_choose_strengths_rule(default, monkeypatch):
+    """The λ rule on a controlled score table: lowest forget score within the retain budget, smallest λ on ties."""
+    import pandas as pd
+
+    scores = {  # λ -> (forget, retain) per task, on the 0-1 scale
+        0.0: {"classification": (0.9, 0.9), "generation": (0.8, 0.8), "cloze": (0.5, 0.5)},
+        0.5: {"classification": (0.5, 0.88), "generation": (0.6, 0.7), "cloze": (0.5, 0.5)},
+        1.0: {"classification": (0.2, 0.86), "generation": (0.1, 0.6), "cloze": (0.5, 0.5)},
+        2.0: {"classification": (0.0, 0.5), "generation": (0.0, 0.5), "cloze": (0.4, 0.5)},
+    }
+    seen = []
+
+    def fake(d, rows, steering, method, **kw):
+        lam = 0.0 if steering is None else steering.strengths
+        seen.append((lam, sorted(rows)))
+        recs = [{"split": sp, "task": t, "score": v[i]} for t, v in scores[lam].items()
+                for i, sp in enumerate(("Fgt", "Ret"))]
+        return pd.DataFrame(recs)
+
+    monkeypatch.setattr(pl, "_evaluate_rows", fake)
+    direction = pl.refusal_direction(default, n_pairs=2, filter=False, progress=False)
+    chosen, table = pl.choose_strengths(default, lambda lam: pl.Steering(direction=direction, strengths=lam),
+                                        grid=[2.0, 0.5, 1.0], n_retain=2, eval_retain_sample=2)
+    assert chosen == {"classification": 1.0, "generation": 0.5, "cloze": 2.0}
+    assert [s[0] for s in seen] == [0.0, 0.5, 1.0, 2.0] and seen[0][1] == ["Fgt", "Ret"]
+    assert table["chosen"].sum() == 3
+
+
+def test_tuning_rows_exclude_the_evaluated_retain_sample(default):
+    from erasekit.evaluate import benchmark_rows
+
+    rows = pl.tuning_rows(default, 5, n_retain=3, eval_retain_sample=4)
+    evaluated = {r["ID"] for r in benchmark_rows(default.source, 5, ("Ret",), 4, None)["Ret"]}
+    assert len(rows["Ret"]) == 3 and not evaluated & {r["ID"] for r in rows["Ret"]}
+    assert [r["ID"] for r in rows["Fgt"]] == [r["ID"] for r in default.source.split("forget_5")]
+
+
+def test_separability_and_norms():
+    from erasekit.steering import InputAwareSteerer, fit_input_aware
+
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(8, generator=g, dtype=torch.float64)
+    H_f = torch.randn(6, 8, generator=g, dtype=torch.float64) + 3
+    H_r = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    st = InputAwareSteerer({1: fit_input_aware(H_f, H_r, d, 0.01, "exact")}, meta={})
+    norms = pl.steering_norms(st, {1: H_f}, 2.0)
+    expect = 2.0 * (H_f @ st[1].gate).abs() * d.norm()
+    assert torch.allclose(norms[1].double(), expect, rtol=1e-5)
+    sep = pl.separability(st, {1: H_f}, {1: H_r}, 2.0)
+    assert sep.loc[1, "AUC"] == 1.0 and sep.loc[1, "median retain"] < 1e-6  # H_r lies in P's kernel
+
+
+def test_run_baseline_cached_with_summary(default):
+    from erasekit.baselines import GAConfig
+
+    kw = dict(retain_train=2, retain_sample=1, celeb_sample=1, modes=("VQA",), tasks=("classification",),
+              max_new_tokens=2, progress=False)
+    run = pl.run_baseline(default, 5, GAConfig(max_steps=2, progress=False), **kw)
+    assert set(run.frame["method"]) == {"GA"} and run.summary["steps"] == 2 and run.summary["seconds"] > 0
+    _forget_memo()
+    again = pl.run_baseline(default, 5, GAConfig(max_steps=2, progress=False), **kw)
+    assert pl.STATS["baseline:hit"] == 1 and again.summary == run.summary
+    assert list(again.frame["response"]) == list(run.frame["response"])
+    pl.run_baseline(default, 5, GAConfig(max_steps=3, progress=False), **kw)
+    assert pl.STATS["baseline:miss"] == 2
+
+
+def test_steered_activations_move_only_with_steering(default):
+    direction = pl.refusal_direction(default, n_pairs=2, filter=False, progress=False)
+    before = pl.steered_activations(default, 5, None, 1, ("Fgt",), n=1, progress=False)
+    again = pl.steered_activations(default, 5, None, 1, ("Fgt",), n=1, progress=False)
+    after = pl.steered_activations(default, 5, pl.Steering(direction=direction, strengths=3.0), 1, ("Fgt",), n=1,
+                                   progress=False)
+    assert torch.equal(before["Fgt"], again["Fgt"]) and not torch.allclose(before["Fgt"], after["Fgt"])
+    with pytest.raises(ValueError, match="out of range"):
+        pl.steered_activations(default, 5, None, 99, ("Fgt",), n=1, progress=False)

@@ -27,10 +27,24 @@ def _calls():
         lambda ax: plots.spectra({1: torch.rand(6), 2: torch.rand(6)}, kept={1: 2, 2: 2}, ax=ax),
         lambda ax: plots.gate_strip({"Fgt": np.ones(5), "Ret": np.zeros(5)}, ax=ax),
         lambda ax: plots.identity_scatter(np.arange(4.0), np.arange(4.0), "x", "y", ax=ax),
+        lambda ax: plots.tradeoff(pd.DataFrame({"method": ["a", "b", "a"], "pct": [5, 5, 10], "forget": [0.1, 0.2, 0.3],
+                                                "retain": [0.9, 0.8, 0.7]}), style="pct", ax=ax),
+        lambda ax: plots.embedding({"Fgt": np.random.rand(5, 2), "Ret": torch.rand(4, 2)}, ax=ax),
     ]
 
 
-@pytest.mark.parametrize("i", range(7))
+def test_layer_distributions_one_panel_per_layer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fig = plots.layer_distributions({"Fgt": {1: torch.rand(9), 2: torch.rand(9), 3: torch.rand(9)},
+                                     "Ret": {1: torch.rand(7), 2: torch.rand(7), 3: torch.ones(7)}},
+                                    ncols=2, scores={1: 0.5, 2: 0.9, 3: 1.0})
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["layer 1 · AUC 0.50", "layer 2 · AUC 0.90", "layer 3 · AUC 1.00"]
+    assert not fig.axes[3].axison  # the unused fourth panel is blank
+    assert list(tmp_path.iterdir()) == []
+    plt.close("all")
+
+
+@pytest.mark.parametrize("i", range(9))
 def test_plot_returns_figure_on_given_axes(i, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc = dict(plt.rcParams)
