@@ -25,6 +25,8 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
+from ._checks import check_rows
+
 __all__ = [
     "ErasureDirection",
     "diff_in_means",
@@ -97,10 +99,7 @@ def _check_acts(name: str, acts: Mapping[int, Tensor]) -> None:
     if not acts:
         raise ValueError(f"{name} is empty: expected {{layer: Tensor (N, d)}}")
     for l, a in acts.items():
-        if a.ndim != 2:
-            raise ValueError(f"{name}[{l}] must be (N, d), got shape {tuple(a.shape)}")
-        if a.shape[0] == 0:
-            raise ValueError(f"{name}[{l}] has no rows (N = 0): need at least one prompt per group")
+        check_rows(f"{name}[{l}]", a, need="at least one prompt per group")
 
 
 def diff_in_means(

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ._checks import check_rows
+
 __all__ = ["NullSpaceProjector", "null_space_projector"]
 
 
@@ -98,11 +100,8 @@ def null_space_projector(H_retain: Tensor, null_space: str | float = "exact", rt
         >>> P.k, bool(P.apply(H_r).abs().max() < 1e-10)
         (11, True)
     """
-    if H_retain.ndim != 2:
-        raise ValueError(f"H_retain must be (N_r, d), got shape {tuple(H_retain.shape)}")
-    n, d = H_retain.shape
-    if n == 0:
-        raise ValueError("H_retain is empty (N_r = 0): need retain activations to build the null space")
+    n, d = check_rows("H_retain", H_retain, need="retain activations to build the null space",
+                      rows="N_r")
     if d == 0:
         raise ValueError("H_retain has d = 0 columns")
     if rtol is not None and not rtol >= 0:

@@ -29,6 +29,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_rows
 from .directions import ErasureDirection
 from .nullspace import NullSpaceProjector, null_space_projector
 
@@ -146,22 +147,13 @@ class MLPMap:
 
 
 def _check_fit_inputs(H_forget: Tensor, H_retain: Tensor | None, direction: Tensor) -> int:
-    if H_forget.ndim != 2:
-        raise ValueError(f"H_forget must be (N_f, d), got shape {tuple(H_forget.shape)}")
     if direction.ndim != 1:
         raise ValueError(f"direction must be (d,), got shape {tuple(direction.shape)}")
     d = int(direction.shape[0])
-    if H_forget.shape[1] != d:
-        raise ValueError(f"shape mismatch: H_forget {tuple(H_forget.shape)} vs direction {tuple(direction.shape)} "
-                         f"(expected H_forget (N_f, {d}))")
-    if H_forget.shape[0] == 0:
-        raise ValueError("H_forget is empty (N_f = 0): need forget activations to fit the map")
+    check_rows("H_forget", H_forget, d, need="forget activations to fit the map", rows="N_f")
     if H_retain is not None:
-        if H_retain.ndim != 2 or H_retain.shape[1] != d:
-            raise ValueError(f"shape mismatch: H_retain {tuple(H_retain.shape)} vs direction "
-                             f"{tuple(direction.shape)} (expected H_retain (N_r, {d}))")
-        if H_retain.shape[0] == 0:
-            raise ValueError("H_retain is empty (N_r = 0): need retain activations for the null-space projector")
+        check_rows("H_retain", H_retain, d, need="retain activations for the null-space projector",
+                   rows="N_r")
     return d
 
 

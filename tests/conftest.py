@@ -140,61 +140,36 @@ def _qwen_image_processor(patch, mean=None):
     )
 
 
-def build_tiny_qwen25vl():
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
+def _tiny_qwen_vl(config_cls, model_cls, rope: dict, text: dict, vision: dict, patch: int, **image_kw):
+    """A tiny Qwen-VL model of the given family + the processor parts the adapter uses (no torchvision)."""
     from erasekit.models import ProcessorParts
 
     tok = make_tiny_tokenizer()
-    rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
-    config = Qwen2_5_VLConfig(
-        text_config=_text_config(tok, rope_parameters=rope),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=32,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=56,
-            fullatt_block_indexes=[1],
-        ),
-        **_qwen_ids(tok),
-    )
+    rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0, **rope}
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32, patch_size=patch,
+                  spatial_merge_size=2, temporal_patch_size=2, **vision)
+    config = config_cls(text_config=_text_config(tok, rope_parameters=rope, **text), vision_config=vision,
+                        **_qwen_ids(tok))
     torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model = model_cls(config).eval()
     # The HF Qwen processors need torchvision (video processor): the parts are all the adapter uses.
-    return model, ProcessorParts(tokenizer=tok, image_processor=_qwen_image_processor(14))
+    return model, ProcessorParts(tokenizer=tok, image_processor=_qwen_image_processor(patch, **image_kw))
+
+
+def build_tiny_qwen25vl():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    return _tiny_qwen_vl(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, rope={}, text={},
+                         vision=dict(window_size=56, fullatt_block_indexes=[1]), patch=14)
 
 
 def build_tiny_qwen3vl():
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    from erasekit.models import ProcessorParts
-
-    tok = make_tiny_tokenizer()
-    rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True, "rope_theta": 10000.0}
-    config = Qwen3VLConfig(
-        text_config=_text_config(tok, head_dim=16, rope_parameters=rope, num_hidden_layers=3),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=32,
-            patch_size=16,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            num_position_embeddings=16,
-            deepstack_visual_indexes=[0],
-        ),
-        **_qwen_ids(tok),
-    )
-    torch.manual_seed(0)
-    model = Qwen3VLForConditionalGeneration(config).eval()
-    return model, ProcessorParts(tokenizer=tok, image_processor=_qwen_image_processor(16, mean=[0.5, 0.5, 0.5]))
+    return _tiny_qwen_vl(Qwen3VLConfig, Qwen3VLForConditionalGeneration, rope={"mrope_interleaved": True},
+                         text=dict(head_dim=16, num_hidden_layers=3),
+                         vision=dict(num_position_embeddings=16, deepstack_visual_indexes=[0]), patch=16,
+                         mean=[0.5, 0.5, 0.5])
 
 
 def build_tiny_causal_lm():

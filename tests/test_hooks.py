@@ -155,27 +155,18 @@ def test_multi_layer_uses_upstream_steered_state(tiny_qwen3vl):
         assert torch.equal(rec[l][0], pre + op(pre[:, -1]).unsqueeze(1))
 
 
-def test_prefill_leaves_decode_steps_untouched(any_adapter):
+@pytest.mark.parametrize("mode", ["prefill", "all"])
+def test_decode_steps_steered_only_in_all_mode(any_adapter, mode):
+    """prefill: the vector is added at every prompt position, decode steps untouched; all: every pass, every step."""
     a = any_adapter
     v = torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(5))
     batch = a.encode(*_inputs(a))
-    with probe(a, 1) as raw, steer(a, {1: v}, mode="prefill"), capture(a, [1]) as rec:
+    with probe(a, 1) as raw, steer(a, {1: v}, mode=mode), capture(a, [1]) as rec:
         a.generate(batch, max_new_tokens=3)
-    assert len(rec[1]) >= 2 and rec[1][0].shape[1] == batch["input_ids"].shape[1]
-    assert torch.equal(rec[1][0], raw[0] + v)  # prefill: every position
+    assert len(rec[1]) == len(raw) >= 2 and rec[1][0].shape[1] == batch["input_ids"].shape[1]
+    assert torch.equal(rec[1][0], raw[0] + v)
     for seen, pre in zip(rec[1][1:], raw[1:]):
-        assert seen.shape[1] == 1 and torch.equal(seen, pre)  # decode steps: untouched
-
-
-def test_all_mode_steers_decode_steps(tiny_llava):
-    a = tiny_llava
-    v = torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(6))
-    batch = a.encode(*_inputs(a))
-    with probe(a, 1) as raw, steer(a, {1: v}, mode="all"), capture(a, [1]) as rec:
-        a.generate(batch, max_new_tokens=3)
-    assert len(rec[1]) == len(raw) >= 2
-    for seen, pre in zip(rec[1], raw):
-        assert torch.equal(seen, pre + v)
+        assert seen.shape[1] == 1 and torch.equal(seen, pre + v if mode == "all" else pre)
 
 
 def test_steering_changes_output_and_restores(tiny_causal_lm):

@@ -148,9 +148,9 @@ def test_mlp_variant_fits_and_is_deterministic():
 
 def test_errors():
     H_f, H_r, d = _randn(5, D_MODEL), _randn(12, D_MODEL), _randn(D_MODEL)
-    with pytest.raises(ValueError, match=r"H_forget \(5, 24\) vs direction \(23,\)"):
+    with pytest.raises(ValueError, match=r"H_forget is \(5, 24\), expected \(N_f, 23\)"):
         fit_input_aware(H_f, H_r, d[:-1], 0.1)
-    with pytest.raises(ValueError, match=r"H_retain \(12, 23\)"):
+    with pytest.raises(ValueError, match=r"H_retain is \(12, 23\), expected \(N_r, 24\)"):
         fit_input_aware(H_f, H_r[:, :-1], d, 0.1)
     with pytest.raises(ValueError, match="H_forget is empty"):
         fit_input_aware(H_f[:0], H_r, d, 0.1)
