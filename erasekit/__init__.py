@@ -6,6 +6,12 @@ identity), ``artifacts`` (safetensors + JSON sidecar), ``world`` / ``organism`` 
 ``evaluate`` (MLLMU-Bench protocol).
 """
 
+import os as _os
+
+# Passive OpenMP waiting (only takes effect when erasekit is imported before torch): on a small machine shared with
+# other jobs, spinning OpenMP threads starve each other (measured: PGD 10x slower next to one other process).
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .artifacts import (ArtifactError, artifact_exists, artifact_paths, cache_key, load_artifact, read_sidecar,
                         save_artifact)
 from .attack import AdversarialImages, PGDResult, harmful_target_loss, pgd_attack, target_token_loss

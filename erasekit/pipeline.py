@@ -784,7 +784,7 @@ def _task_scores(df: pd.DataFrame) -> pd.DataFrame:
 
 def choose_strengths(d: Default, make: Callable[[float], Steering], grid: Sequence[float] = (0.1, 0.25, 0.5, 1.0, 2.0),
                      forget_pct: int = 5, n_retain: int = 20, eval_retain_sample: int | None = None,
-                     max_retain_drop: float = 0.05, modes: Sequence[str] = ("VQA",), tasks: Sequence[str] = TASKS,
+                     max_retain_drop: float = 0.05, modes: Sequence[str] = ("VQA", "QA"), tasks: Sequence[str] = TASKS,
                      batch_size: int = 16, max_new_tokens: int = 50, progress: bool = True
                      ) -> tuple[dict[str, float], pd.DataFrame]:
     """The documented rule for λ (per task): forget most while keeping retain utility.
@@ -794,7 +794,10 @@ def choose_strengths(d: Default, make: Callable[[float], Steering], grid: Sequen
     most ``max_retain_drop`` (absolute, on the 0-1 scale: 0.05 = 5 accuracy points or 0.05 ROUGE-L) below the
     vanilla model's; if no λ qualifies, the smallest λ in the grid. Ties go to the smaller λ.
 
-    Returns ``({task: λ}, frame)`` with the forget / retain score of every (λ, task), Vanilla as λ = 0.
+    Scores average over ``modes`` (default: image and text questions, as the tables do).
+
+    Returns ``({task: λ}, frame)`` with the forget / retain score of every (λ, task), Vanilla as λ = 0, and
+    columns ``within budget`` and ``chosen``.
     """
     rows = tuning_rows(d, forget_pct, n_retain, eval_retain_sample)
     kw = dict(forget_pct=forget_pct, modes=modes, tasks=tasks, batch_size=batch_size, max_new_tokens=max_new_tokens,
@@ -806,11 +809,11 @@ def choose_strengths(d: Default, make: Callable[[float], Steering], grid: Sequen
         for t in tasks:
             recs.append({"lambda": lam, "task": t, "forget": float(sc.loc["Fgt", t]), "retain": float(sc.loc["Ret", t])})
     table = pd.DataFrame(recs)
+    base = table[table["lambda"] == 0].set_index("task")["retain"]
+    table["within budget"] = table["retain"] >= table["task"].map(base) - max_retain_drop
     chosen = {}
     for t in tasks:
-        sub = table[table["task"] == t]
-        base = float(sub.loc[sub["lambda"] == 0, "retain"].iloc[0])
-        ok = sub[(sub["lambda"] > 0) & (sub["retain"] >= base - max_retain_drop)]
+        ok = table[(table["task"] == t) & (table["lambda"] > 0) & table["within budget"]]
         chosen[t] = float(ok.sort_values(["forget", "lambda"]).iloc[0]["lambda"]) if len(ok) else float(min(grid))
     table["chosen"] = [chosen[t] == lam for lam, t in zip(table["lambda"], table["task"])]
     return chosen, table
@@ -914,17 +917,18 @@ def separability(steerer: InputAwareSteerer, forget: Mapping[int, Tensor], retai
 
 def steered_activations(d: Default, forget_pct: int, steering: Steering | None, layer: int,
                         groups: Sequence[str] = ("Fgt", "Ret"), task: str = "generation", n: int | None = 20,
-                        batch_size: int = 16, progress: bool = True) -> dict[str, Tensor]:
-    """Last-token input of ``layer`` for the VQA ``task`` prompts of each group (``n`` profiles), with the
+                        mode: str = "VQA", batch_size: int = 16, progress: bool = True) -> dict[str, Tensor]:
+    """Last-token input of ``layer`` for the ``mode`` ``task`` prompts of each group (``n`` profiles), with the
     steering active (its prefill rule; the captured input includes the push at ``layer`` itself) or without."""
     check_layers(d.adapter, [layer])
-    items = _group_items(d, forget_pct, groups, n, n, ("VQA",), (task,), 0)
+    items = _group_items(d, forget_pct, groups, n, n, (mode,), (task,), 0)
     ops = None if steering is None else steering.operators(task, d.num_layers)
     out = {}
     for g, its in items.items():
         with (steer(d.adapter, ops, mode=steering.mode) if ops is not None else contextlib.nullcontext()):
-            acts = collect_activations(d.adapter, [it.prompt for it in its], [it.image for it in its],
-                                       layers=[layer], batch_size=batch_size, progress=progress)
+            ims = None if mode == "QA" else [it.image for it in its]
+            acts = collect_activations(d.adapter, [it.prompt for it in its], ims, layers=[layer],
+                                       batch_size=batch_size, progress=progress)
         out[g] = acts[layer]
     return out
 

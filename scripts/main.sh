@@ -6,6 +6,8 @@
 # into the committed notebooks); the expensive steps are cached in .cache/erasekit, so a rebuild is fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Spinning OpenMP threads starve each other on a shared 2-core machine (10x slowdowns measured): wait passively.
+export OMP_WAIT_POLICY=PASSIVE
 bash scripts/setup.sh
 .venv/bin/erasekit build-organism --if-missing
 mkdir -p book/_build

@@ -286,3 +286,20 @@ def test_qwen_families(request, name, data):
     assert any(B._role(n) == "vision" for n in manu.info["pruned"])
     assert any(B._role(n) == "language" for n in manu.info["pruned"])
     assert _same(before, _state(adapter.model))
+
+
+def test_organism_config_reads_the_sweep_choice(tmp_path, monkeypatch):
+    import json
+
+    from erasekit import baselines as B
+
+    f = tmp_path / "sweep.json"
+    f.write_text(json.dumps({"methods": {"GA": {"chosen": {"lr": 1e-3, "epochs": 1}}}}))
+    assert B.organism_choices(f) == {"GA": {"lr": 1e-3, "epochs": 1}}
+    assert B.organism_choices(tmp_path / "missing.json") == {}
+    monkeypatch.setattr(B, "SWEEP_FILE", f)
+    cfg = B.organism_config("GA", epochs=2)
+    assert (cfg.lr, cfg.epochs) == (1e-3, 2)  # sweep choice, then the override
+    assert B.organism_config("NPO").lr == B.NPOConfig().lr  # no choice recorded: class default
+    with pytest.raises(ValueError, match="unknown baseline"):
+        B.organism_config("SGD")
