@@ -35,7 +35,7 @@ cp notebooks/*.ipynb "$STAGE/notebooks/"
 sed -i 's/^\(\s*execute_notebooks:\s*\)force/\1"off"/' "$STAGE/_config.yml"
 grep -q 'execute_notebooks: "off"' "$STAGE/_config.yml" || failed+=("stage config (execute_notebooks not switched off)")
 
-step "notebooks (nbmake)" "${PYTEST[@]}" -q --nbmake --overwrite --nbmake-timeout=1800 "$STAGE"/notebooks/*.ipynb
+step "notebooks (nbmake)" "${PYTEST[@]}" -q --nbmake --overwrite --nbmake-timeout=3600 "$STAGE"/notebooks/*.ipynb
 
 rm -rf book/_build/html
 if step "book build" .venv/bin/jupyter-book build "$STAGE" --all -W --keep-going; then :; fi
