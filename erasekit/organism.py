@@ -332,11 +332,16 @@ def probe_accuracy(model, stream: TrainingStream, people: list[W.Person], image:
 # ----------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------
-def _image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Mean of the projected patch features: exactly what the LM receives as image tokens, pooled."""
+def _image_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The projected patch features: exactly what the LM receives as image tokens, (B, n_patches, d)."""
     vt, proj = model.model.vision_tower, model.model.multi_modal_projector
     hs = vt(pixel_values, output_hidden_states=True).hidden_states[-1][:, 1:]  # "default": drop CLS
-    return proj(hs).mean(1)
+    return proj(hs)
+
+
+def _image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Image tokens mean-pooled over patches (the identity head's input)."""
+    return _image_tokens(model, pixel_values).mean(1)
 
 
 def pretrain_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismConfig, progress: bool = True) -> dict:
@@ -365,14 +370,14 @@ def pretrain_vision(model, stream: TrainingStream, world: W.World, cfg: Organism
         opt.step()
     with torch.no_grad():
         ids = torch.arange(n)
-        train_acc = (head(_image_features(model, pix[:, 0])).argmax(-1) == ids).float().mean().item()
+        tokens = _image_tokens(model, pix[:, 0])
+        train_acc = (head(tokens.mean(1)).argmax(-1) == ids).float().mean().item()
         test = torch.stack([stream._pix(world.test_images(p)[0]) for p in world.people])
         test_acc = (head(_image_features(model, test)).argmax(-1) == ids).float().mean().item()
         out = {"steps": cfg.vision_steps, "final_loss": round(loss.item(), 4), "train_accuracy": round(train_acc, 4),
                "test_image_accuracy": round(test_acc, 4), "seconds": round(time.time() - t0, 1)}
         proj = model.model.multi_modal_projector
-        hs = model.model.vision_tower(pix[:, 0], output_hidden_states=True).hidden_states[-1][:, 1:]
-        image_norm = float(proj(hs).norm(dim=-1).mean())
+        image_norm = float(tokens.norm(dim=-1).mean())
         text_norm = float(model.get_input_embeddings().weight.norm(dim=-1).mean())
         out.update(image_token_norm=round(image_norm, 4), text_embedding_norm=round(text_norm, 4))
         if cfg.match_text_scale:  # linear_2 is the projector's last layer: scaling it scales every image token

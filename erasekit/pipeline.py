@@ -705,21 +705,19 @@ class Steering:
 
 
 def _evaluate_rows(d: Default, group_rows: Mapping[str, list], steering: Steering | None, method: str, *,
-                   adapter: Any = None, adapter_key: str | None = None, forget_pct: int = 5,
+                   forget_pct: int = 5,
                    modes: Sequence[str] = ("VQA", "QA"), tasks: Sequence[str] = TASKS, batch_size: int = 16,
                    max_new_tokens: int = 50, progress: bool = True, refresh: bool = False,
                    extra_key: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Cached :func:`erasekit.evaluate.evaluate` of ``{group: rows}`` (keyed by the exact prompts and images)."""
     items = {g: build_items({g: rows}, modes=modes, tasks=tasks) for g, rows in group_rows.items()}
     spec = {g: ([it.prompt for it in its], _image_digests([it.image for it in its])) for g, its in items.items()}
-    key = cache_key(step="evaluate", version=VERSION, model=adapter_key or d.model_key, spec=spec,
+    key = cache_key(step="evaluate", version=VERSION, model=d.model_key, spec=spec,
                     forget_pct=forget_pct, steering=None if steering is None else steering.key(),
                     max_new_tokens=max_new_tokens, modes=list(modes), tasks=list(tasks), **dict(extra_key or {}))
-    adapter = d.adapter if adapter is None else adapter
-
     def compute():
-        inter = None if steering is None else steering.interventions(adapter)
-        return evaluate(adapter, dict(group_rows), forget_pct, groups=list(group_rows), modes=modes, tasks=tasks,
+        inter = None if steering is None else steering.interventions(d.adapter)
+        return evaluate(d.adapter, dict(group_rows), forget_pct, groups=list(group_rows), modes=modes, tasks=tasks,
                         intervention=inter, batch_size=batch_size, max_new_tokens=max_new_tokens,
                         progress=progress)
 
