@@ -27,14 +27,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+import warnings
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Operator", "check_layers", "capture", "collect_activations", "steer", "STEER_MODES"]
+__all__ = ["Operator", "check_layers", "capture", "collect_activations", "steer", "STEER_MODES", "READ_MODES"]
 
 Operator = Callable[[Tensor], Tensor]
 STEER_MODES = ("prefill", "all", "constant")
+READ_MODES = ("steered", "frozen", "anchor")
 
 
 def check_layers(adapter: Any, layers: Iterable[int] | None) -> list[int]:
@@ -190,6 +192,8 @@ def steer(
     operators: Mapping[int, Operator | Tensor],
     mode: str = "prefill",
     scale: float = 1.0,
+    read: str = "steered",
+    anchor: int | None = None,
 ) -> Iterator[None]:
     """Add ``scale * operator(h)`` to the input of each steered layer: ``h~ = h + scale * operator(h)``.
 
@@ -199,19 +203,37 @@ def steer(
             is shorthand for the constant operator returning that vector.
         mode:
             "prefill" (the authors' rule): on a pass with sequence length > 1, delta = op(h[:, -1]) from the last
-                prompt token's (already upstream-steered) state, the same (B,d) vector added to every position;
-                passes of length 1 (decode steps with KV cache) are untouched, the effect flows through the cache.
-                A 1-token prompt is therefore never steered.
+                prompt token's state, the same (B,d) vector added to every position; passes of length 1 (decode
+                steps with KV cache) are untouched, the effect flows through the cache. A 1-token prompt is
+                therefore never steered.
             "all": delta = op(h) per position, on every pass (prefill and every decode step).
             "constant": delta = op(zeros(d)), the same vector at every position on every pass (input-unaware
                 ablation: give constant operators).
         scale: global multiplier on every delta.
+        read: which state an input-aware operator reads, in "prefill" mode (METHOD.md §8, the cascade):
+            "steered" (the authors): each layer's own incoming state, already pushed by the steered layers
+                before it, so a gate can read values far outside what it was fitted on;
+            "frozen": the same layer's state from an extra *unsteered* prefill pass (run first, up to the last
+                steered layer, without KV cache): the gates read exactly the activations they were fitted on.
+                Costs one extra (partial) prefill per generate call;
+            "anchor": one gate, that of layer ``anchor`` (which must be <= every steered layer, so its state is
+                still unsteered), read once and used to push every steered layer along its own direction:
+                delta_l = op_l.push(s_anchor). Needs :class:`erasekit.steering.GatedOperator` operators and no
+                extra pass.
+        anchor: the reading layer for ``read="anchor"`` (its operator must be among ``operators``).
+
+    Gated operators carry the range of gate values seen on their fitting data; a gate read during steering far
+    outside it (the cascade) triggers one warning per context.
 
     The hooks are forward pre-hooks; contexts nest (an inner context's layer inputs include outer steering when
     registered on earlier layers; on the same layer, hooks run in the order the contexts were entered).
     """
     if mode not in STEER_MODES:
         raise ValueError(f"mode must be one of {STEER_MODES}, got {mode!r}")
+    if read not in READ_MODES:
+        raise ValueError(f"read must be one of {READ_MODES}, got {read!r}")
+    if read != "steered" and mode != "prefill":
+        raise ValueError(f"read={read!r} applies to mode='prefill' only (got mode={mode!r})")
     layer_ids = check_layers(adapter, operators.keys())
     modules = adapter.layers
 
@@ -225,13 +247,56 @@ def steer(
             raise TypeError(f"operator must be callable or a (d,) tensor, got {type(op).__name__}")
         return op
 
-    def make_hook(op: Operator):
+    ops = {l: as_operator(operators[l]) for l in layer_ids}
+    if read == "anchor":
+        if anchor is None or int(anchor) not in ops:
+            raise ValueError(f"read='anchor' needs anchor= one of the steered layers {layer_ids}, got {anchor!r}")
+        anchor = int(anchor)
+        if anchor != layer_ids[0]:
+            raise ValueError(f"anchor layer {anchor} must be the first steered layer ({layer_ids[0]}): its state "
+                             "has to be read before any steering reaches it")
+        if not all(hasattr(o, "push") and hasattr(o, "gate_value") for o in ops.values()):
+            raise TypeError("read='anchor' needs gated operators (erasekit.steering.GatedOperator, e.g. from "
+                            "InputAwareSteerer.operators)")
+    state = {"inner": False, "frozen": {}, "anchor": None, "warned": False}
+
+    def check_range(op, s: Tensor, l: int) -> None:
+        rng = getattr(op, "gate_range", None)
+        if rng is None or state["warned"] or state["inner"]:
+            return
+        lo, hi = rng
+        if bool(((s < lo) | (s > hi)).any()):
+            state["warned"] = True
+            warnings.warn(
+                f"gate at layer {l} read {float(s.min()):.3g}..{float(s.max()):.3g} during steering, outside the "
+                f"range {lo:.3g}..{hi:.3g} seen on its fitting data: upstream steering inflates it (the cascade). "
+                "Use read='frozen' or 'anchor', fewer steered layers, or a larger gamma.", stacklevel=2)
+
+    def make_hook(l: int, op: Operator):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             h = _get_hidden(args, kwargs)
+            if state["inner"]:  # the extra unsteered pass of read="frozen": record, do not touch
+                state["frozen"][l] = h[:, -1, :]
+                if l == layer_ids[-1]:
+                    raise _StopForward
+                return None
             if mode == "prefill":
                 if h.shape[1] <= 1:
                     return None  # decode step: leave it to the KV cache
-                delta = op(h[:, -1, :]).unsqueeze(1)  # (B,1,d), broadcast over positions
+                last = h[:, -1, :]
+                if read == "frozen":
+                    last = state["frozen"][l]
+                if hasattr(op, "gate_value"):
+                    if read == "anchor":
+                        if l == anchor:
+                            state["anchor"] = ops[anchor].gate_value(last)
+                        s = state["anchor"]
+                    else:
+                        s = op.gate_value(last)
+                    check_range(op if read != "anchor" else ops[anchor], s, l)
+                    delta = op.push(s, h).unsqueeze(1)
+                else:
+                    delta = op(last).unsqueeze(1)  # (B,1,d), broadcast over positions
             elif mode == "all":
                 delta = op(h)
             else:
@@ -240,8 +305,36 @@ def steer(
 
         return hook
 
-    ops = {l: as_operator(operators[l]) for l in layer_ids}
-    with _registered(
-        lambda: (modules[l].register_forward_pre_hook(make_hook(ops[l]), with_kwargs=True) for l in layer_ids)
-    ):
+    def frozen_pass(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        # Before every multi-token forward of the whole model (the prefill), run it once unsteered up to the last
+        # steered layer and keep each steered layer's last-token input. No KV cache: the real pass builds it.
+        if state["inner"]:
+            return None
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        emb = kwargs.get("inputs_embeds")
+        seq = (ids if ids is not None else emb).shape[1]
+        if seq <= 1:
+            return None
+        # transformers 4.x passes the KV cache as past_key_values, 5.x as cache: neither may see this pass.
+        inner_kwargs = {**kwargs, "use_cache": False}
+        for name in ("past_key_values", "cache"):
+            if name in inner_kwargs:
+                inner_kwargs[name] = None
+        state["inner"], state["frozen"] = True, {}
+        try:
+            with torch.no_grad():
+                module(*args, **inner_kwargs)
+        except _StopForward:
+            pass
+        finally:
+            state["inner"] = False
+        return None
+
+    def handles():
+        if read == "frozen":
+            yield adapter.model.register_forward_pre_hook(frozen_pass, with_kwargs=True)
+        for l in layer_ids:
+            yield modules[l].register_forward_pre_hook(make_hook(l, ops[l]), with_kwargs=True)
+
+    with _registered(handles):
         yield

@@ -55,6 +55,7 @@ from .artifacts import artifact_exists, cache_key, load_artifact, save_artifact
 from .attack import AdversarialImages, harmful_target_loss, pgd_attack
 from .directions import ErasureDirection, diff_in_means
 from .evaluate import TASKS, benchmark_rows, build_items, evaluate, evaluate_safety, is_degenerate, is_refusal
+from .heldout import ProfilePartition, partition_profiles
 from .hooks import check_layers, collect_activations, steer
 from .steering import InputAwareSteerer, constant_operators, fit_mlp_steerer, fit_steerer
 
@@ -93,6 +94,8 @@ class Default:
             (the source world, or a small synthetic one next to a real benchmark).
         model_key: hash of the model id, config and weights (part of every cache key).
         data_key: hash of the data source.
+        partition: which retain / celebrity profiles are scored (``eval``), protect the hyperparameter rules
+            (``tune``) and form H_r and the baselines' retain data (``fit``); disjoint (:mod:`erasekit.heldout`).
     """
 
     adapter: Any
@@ -101,6 +104,7 @@ class Default:
     safety_world: Any
     model_key: str
     data_key: str
+    partition: ProfilePartition | None = None
 
     @property
     def model_id(self) -> str:
@@ -220,7 +224,8 @@ def load_default(model: Any = None, data: Any = None, *, device: Any = None, dty
         raise TypeError(f"data must be None, a folder or an object with split(name), got {type(data).__name__}")
     if safety_world is None:
         safety_world = world if world is not None else make_world(20, 1, seed=0)
-    out = Default(adapter, source, world, safety_world, model_key(model), _data_key(source))
+    out = Default(adapter, source, world, safety_world, model_key(model), _data_key(source),
+                  partition_profiles(source))
     _MEMO[memo] = out
     return out
 
@@ -527,28 +532,50 @@ def multimodal_direction(d: Default, adv: AdversarialImages, n_pairs: int | None
 # (e) forget / retain activations
 
 
+def group_rows(d: Default, forget_pct: int, groups: Sequence[str] = ("Fgt", "Test", "Ret", "Cele"),
+               role: str = "eval", retain_sample: int | None = None, celeb_sample: int | None = None
+               ) -> dict[str, list]:
+    """``{group: rows}``: Fgt / Test from the forget split; Ret / Cele are the ``role`` profiles of ``d.partition``
+    (``eval``: scored, ``tune``: hyperparameter rules, ``fit``: H_r), the first ``*_sample`` of them if given.
+
+    This is the one place where profiles get their role, so scored profiles never enter a fit or a tuning set.
+    """
+    part = d.partition or partition_profiles(d.source)
+    fixed = [g for g in groups if g in ("Fgt", "Test")]
+    out = benchmark_rows(d.source, forget_pct, fixed) if fixed else {}
+    role_rows = part.rows(d.source, forget_pct, role) if {"Ret", "Cele"} & set(groups) else {}
+    caps = {"Ret": retain_sample, "Cele": celeb_sample}
+    for g in groups:
+        if g in ("Ret", "Cele"):
+            out[g] = role_rows[g][:caps[g]] if caps[g] is not None else role_rows[g]
+        elif g not in out:
+            raise ValueError(f"unknown group {g!r}; expected Fgt, Test, Ret or Cele")
+    return {g: out[g] for g in groups}
+
+
 def _group_items(d: Default, forget_pct: int, groups: Sequence[str], retain_sample, celeb_sample, modes, tasks,
-                 seed: int):
-    rows = benchmark_rows(d.source, forget_pct, groups, retain_sample, celeb_sample, seed)
+                 role: str = "eval"):
+    rows = group_rows(d, forget_pct, groups, role, retain_sample, celeb_sample)
     return {g: build_items({g: rows[g]}, modes=modes, tasks=tasks) for g in groups}
 
 
 def query_activations(d: Default, forget_pct: int = 5, groups: Sequence[str] = ("Fgt", "Test", "Ret", "Cele"),
                       retain_sample: int | None = None, celeb_sample: int | None = None,
                       modes: Sequence[str] = ("VQA",), tasks: Sequence[str] = TASKS,
-                      layers: Sequence[int] | None = None, seed: int = 0, batch_size: int = 16,
+                      layers: Sequence[int] | None = None, role: str = "eval", batch_size: int = 16,
                       progress: bool = True, refresh: bool = False) -> dict[str, dict[int, Tensor]]:
     """(e) Last-token activations at every layer input for the evaluation prompts of each group.
 
     The prompts are exactly those :func:`erasekit.evaluate.evaluate` generates for (zero-shot protocol), with
     their images: by default image+text questions (``modes=("VQA",)``) of all three tasks, as the authors do.
-    Groups: Fgt, Test (forget IDs), Ret (retain split, ``retain_sample`` profiles), Cele (``celeb_sample``).
+    Groups: Fgt, Test (forget IDs), Ret and Cele: the ``role`` profiles of ``d.partition`` (``eval`` = scored,
+    ``tune``, ``fit``), capped at ``retain_sample`` / ``celeb_sample``.
 
     Returns:
         ``{group: {layer: (N_group, d)}}`` float32 on CPU.
     """
     layers = _default_layers(d, layers)
-    items = _group_items(d, forget_pct, groups, retain_sample, celeb_sample, modes, tasks, seed)
+    items = _group_items(d, forget_pct, groups, retain_sample, celeb_sample, modes, tasks, role)
     spec = {g: ([it.prompt for it in its], _image_digests([it.image for it in its])) for g, its in items.items()}
     for g, its in items.items():
         if not its:
@@ -598,17 +625,21 @@ def forget_retain_activations(d: Default, forget_pct: int = 5, retain_sample: in
                               celeb_sample: int | None = None, layers: Sequence[int] | None = None,
                               modes: Sequence[str] = ("VQA",), progress: bool = True,
                               refresh: bool = False) -> ForgetRetain:
-    """(e) H_f = forget_k questions; H_r = retain_{100-k} + celebrity questions (``*_sample``: profile caps)."""
+    """(e) H_f = forget_k questions; H_r = questions of the ``fit`` retain profiles + ``fit`` celebrities of
+    ``d.partition`` (``*_sample``: profile caps). Scored and tuning profiles never enter H_r; ``meta["retain_ids"]``
+    lists the profiles that did."""
     acts = query_activations(d, forget_pct, ("Fgt", "Ret", "Cele"), retain_sample, celeb_sample, modes=modes,
-                             layers=layers, progress=progress, refresh=refresh)
+                             layers=layers, role="fit", progress=progress, refresh=refresh)
+    fit_rows = group_rows(d, forget_pct, ("Ret", "Cele"), "fit", retain_sample, celeb_sample)
     retain = {l: torch.cat([acts["Ret"][l], acts["Cele"][l]]) for l in acts["Fgt"]}
     key = cache_key(step="forget_retain", version=VERSION, model=d.model_key, forget_pct=forget_pct,
-                    retain_sample=retain_sample, celeb_sample=celeb_sample, layers=sorted(acts["Fgt"]),
+                    partition=d.partition.key() if d.partition else None, retain_sample=retain_sample, celeb_sample=celeb_sample, layers=sorted(acts["Fgt"]),
                     modes=list(modes), data=d.data_key)
     l0 = min(acts["Fgt"])
     meta = {"forget_pct": forget_pct, "n_forget": int(acts["Fgt"][l0].shape[0]),
             "n_retain": int(acts["Ret"][l0].shape[0]), "n_celebrity": int(acts["Cele"][l0].shape[0]),
-            "retain_sample": retain_sample, "celeb_sample": celeb_sample, "modes": list(modes)}
+            "retain_sample": retain_sample, "celeb_sample": celeb_sample, "modes": list(modes),
+            "retain_ids": sorted(r["ID"] for rs in fit_rows.values() for r in rs)}
     return ForgetRetain(acts["Fgt"], retain, key, meta)
 
 
@@ -618,6 +649,7 @@ def forget_retain_activations(d: Default, forget_pct: int = 5, retain_sample: in
 
 def fit_steering(d: Default, direction: ErasureDirection, acts: ForgetRetain, gamma: float = 0.1,
                  null_space: str | float = 0.3, layers: Sequence[int] | None = None, kind: str = "rank_one",
+                 gate: str = "nullspace", gamma_scale: str = "absolute", alpha: float = 1.0,
                  refresh: bool = False, **mlp_kwargs) -> InputAwareSteerer:
     """(f) Fit the input-aware map per layer (Eq. 12 in rank-one form, or the MLP ablation).
 
@@ -627,17 +659,22 @@ def fit_steering(d: Default, direction: ErasureDirection, acts: ForgetRetain, ga
         gamma: ridge strength (authors: 0.1 LLaVA, 1.0 Qwen). null_space: ``"exact"`` or a ratio (0.3 LLaVA).
         layers: default 1..L-1 (the authors steer every layer but the first).
         kind: ``"rank_one"`` (:func:`erasekit.steering.fit_steerer`) or ``"mlp"`` (``mlp_kwargs`` to fit_mlp).
+        gate, gamma_scale, alpha: the rank-one gate (:func:`erasekit.steering.fit_gate`); the defaults are the
+            paper's (null space, absolute γ). erasekit's gate: ``gate="contrastive", gamma_scale="relative"``.
     """
     if kind not in ("rank_one", "mlp"):
         raise ValueError(f"kind must be 'rank_one' or 'mlp', got {kind!r}")
     layers = list(range(1, d.num_layers)) if layers is None else check_layers(d.adapter, layers)
     hyper = {"gamma": gamma, "null_space": null_space, "layers": layers, "kind": kind, **mlp_kwargs}
+    if kind == "rank_one" and (gate, gamma_scale) != ("nullspace", "absolute"):
+        hyper.update(gate=gate, gamma_scale=gamma_scale, alpha=alpha)
     key = cache_key(step="fit_steering", version=VERSION, model=d.model_key, direction=_key_of(direction),
                     acts=acts.key, **hyper)
 
     def compute():
         if kind == "rank_one":
-            s = fit_steerer(acts.forget, acts.retain, direction, gamma, null_space, layers=layers)
+            s = fit_steerer(acts.forget, acts.retain, direction, gamma, null_space, layers=layers, gate=gate,
+                            gamma_scale=gamma_scale, alpha=alpha)
         else:
             s = fit_mlp_steerer(acts.forget, acts.retain, direction, null_space, layers=layers, **mlp_kwargs)
         s.meta.update(model_id=d.model_id)
@@ -659,6 +696,9 @@ class Steering:
         strengths: λ per task (classification / generation / cloze) or one float for all.
         mode: :func:`erasekit.hooks.steer` mode ("prefill": the authors' rule).
         layers: restrict to these layers (default: all of the steerer's; for a direction 1..L-1).
+        read: which state the gates read (:func:`erasekit.hooks.steer`): "steered" (the authors: each layer's
+            upstream-steered input), "frozen" (an extra unsteered prefill pass) or "anchor" (the first steered
+            layer's gate for all).
     """
 
     steerer: InputAwareSteerer | None = None
@@ -666,6 +706,7 @@ class Steering:
     strengths: Mapping[str, float] | float = dataclasses.field(default_factory=lambda: dict(PAPER_STRENGTHS))
     mode: str = "prefill"
     layers: Sequence[int] | None = None
+    read: str = "steered"
 
     def __post_init__(self):
         if (self.steerer is None) == (self.direction is None):
@@ -690,34 +731,39 @@ class Steering:
     def interventions(self, adapter: Any) -> dict[str, Callable[[], Any]]:
         """``{task: context-manager factory}`` for :func:`erasekit.evaluate.evaluate`."""
         ops = {t: self.operators(t, adapter.num_layers) for t in TASKS}
-        return {t: (lambda o=ops[t]: steer(adapter, o, mode=self.mode)) for t in TASKS}
+        return {t: (lambda o=ops[t]: self.context(adapter, o)) for t in TASKS}
+
+    def context(self, adapter: Any, ops: Mapping[int, Any]):
+        """The :func:`erasekit.hooks.steer` context for these operators with this steering's mode and reading."""
+        read = self.read if self.steerer is not None else "steered"
+        return steer(adapter, ops, mode=self.mode, read=read, anchor=min(ops) if read == "anchor" else None)
 
     def key(self) -> str:
         what = _key_of(self.steerer) if self.steerer is not None else _key_of(self.direction)
         strengths = dict(self.strengths) if isinstance(self.strengths, Mapping) else float(self.strengths)
         return cache_key(what=what, kind="input_aware" if self.steerer is not None else "constant",
                          strengths=strengths, mode=self.mode, layers=None if self.layers is None else
-                         [int(l) for l in self.layers])
+                         [int(l) for l in self.layers], **({} if self.read == "steered" else {"read": self.read}))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # (g) evaluation
 
 
-def _evaluate_rows(d: Default, group_rows: Mapping[str, list], steering: Steering | None, method: str, *,
+def _evaluate_rows(d: Default, rows_by_group: Mapping[str, list], steering: Steering | None, method: str, *,
                    forget_pct: int = 5,
                    modes: Sequence[str] = ("VQA", "QA"), tasks: Sequence[str] = TASKS, batch_size: int = 16,
                    max_new_tokens: int = 50, progress: bool = True, refresh: bool = False,
                    extra_key: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Cached :func:`erasekit.evaluate.evaluate` of ``{group: rows}`` (keyed by the exact prompts and images)."""
-    items = {g: build_items({g: rows}, modes=modes, tasks=tasks) for g, rows in group_rows.items()}
+    items = {g: build_items({g: rows}, modes=modes, tasks=tasks) for g, rows in rows_by_group.items()}
     spec = {g: ([it.prompt for it in its], _image_digests([it.image for it in its])) for g, its in items.items()}
     key = cache_key(step="evaluate", version=VERSION, model=d.model_key, spec=spec,
                     forget_pct=forget_pct, steering=None if steering is None else steering.key(),
                     max_new_tokens=max_new_tokens, modes=list(modes), tasks=list(tasks), **dict(extra_key or {}))
     def compute():
         inter = None if steering is None else steering.interventions(d.adapter)
-        return evaluate(d.adapter, dict(group_rows), forget_pct, groups=list(group_rows), modes=modes, tasks=tasks,
+        return evaluate(d.adapter, dict(rows_by_group), forget_pct, groups=list(rows_by_group), modes=modes, tasks=tasks,
                         intervention=inter, batch_size=batch_size, max_new_tokens=max_new_tokens,
                         progress=progress)
 
@@ -729,15 +775,17 @@ def _evaluate_rows(d: Default, group_rows: Mapping[str, list], steering: Steerin
 def evaluate_steering(d: Default, forget_pct: int = 5, steering: Steering | None = None, method: str | None = None,
                       *, groups: Sequence[str] = ("Fgt", "Test", "Ret", "Cele"), modes: Sequence[str] = ("VQA", "QA"),
                       tasks: Sequence[str] = TASKS, retain_sample: int | None = None,
-                      celeb_sample: int | None = None, seed: int = 0, batch_size: int = 16,
+                      celeb_sample: int | None = None, batch_size: int = 16,
                       max_new_tokens: int = 50, progress: bool = True, refresh: bool = False) -> pd.DataFrame:
     """(g) :func:`erasekit.evaluate.evaluate` (zero-shot MLLMU-Bench protocol), vanilla or with ``steering``.
 
+    Ret / Cele are the held-out ``eval`` profiles of ``d.partition`` (the first ``retain_sample`` /
+    ``celeb_sample`` of them): never in H_r, never in a tuning set.
     Returns one row per (question, image); cached as parquet (the generations are the expensive part).
     ``method`` labels the rows (default "Vanilla" / "Steered").
     """
     method = method or ("Vanilla" if steering is None else "Steered")
-    rows = benchmark_rows(d.source, forget_pct, groups, retain_sample, celeb_sample, seed)
+    rows = group_rows(d, forget_pct, groups, "eval", retain_sample, celeb_sample)
     return _evaluate_rows(d, rows, steering, method, forget_pct=forget_pct, modes=modes, tasks=tasks,
                           batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, refresh=refresh)
 
@@ -756,23 +804,13 @@ def results(d: Default, forget_pct: int = 5, steering: Steering | Mapping[str, S
     return results_table(pd.concat(frames, ignore_index=True))
 
 
-def tuning_rows(d: Default, forget_pct: int = 5, n_retain: int = 20, eval_retain_sample: int | None = None,
-                seed: int = 0) -> dict[str, list]:
-    """Rows for choosing λ: ``{"Fgt": forget_k rows, "Ret": n_retain retain profiles NOT in the evaluation sample}``.
+def tuning_rows(d: Default, forget_pct: int = 5, n_retain: int | None = None) -> dict[str, list]:
+    """Rows for choosing hyperparameters: ``{"Fgt": forget_k rows, "Ret": the tune profiles of d.partition}``.
 
-    The forget set is what the user hands over, so tuning on it is legitimate; the retain side comes from retain
-    profiles outside the seeded evaluation sample of ``eval_retain_sample`` profiles (when that is None the whole
-    retain split is evaluated and the tuning profiles necessarily overlap it).
+    The forget set is what the user hands over, so tuning on it is legitimate; the retain side is the partition's
+    ``tune`` role (the first ``n_retain`` of it), disjoint from the scored and the H_r profiles.
     """
-    from .evaluate import _sample
-
-    fgt = list(d.source.split(f"forget_{forget_pct}"))
-    retain = list(d.source.split(f"retain_{100 - forget_pct}"))
-    used = {r["ID"] for r in benchmark_rows(d.source, forget_pct, ("Ret",), eval_retain_sample, None, seed)["Ret"]}
-    pool = [r for r in retain if r["ID"] not in used] if eval_retain_sample is not None else retain
-    if not pool:
-        raise ValueError("no retain profiles left outside the evaluation sample; lower retain_sample")
-    return {"Fgt": fgt, "Ret": _sample(pool, n_retain, seed, "tune")}
+    return group_rows(d, forget_pct, ("Fgt", "Ret"), "tune", n_retain)
 
 
 def _task_scores(df: pd.DataFrame) -> pd.DataFrame:
@@ -781,7 +819,7 @@ def _task_scores(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def choose_strengths(d: Default, make: Callable[[float], Steering], grid: Sequence[float] = (0.1, 0.25, 0.5, 1.0, 2.0),
-                     forget_pct: int = 5, n_retain: int = 20, eval_retain_sample: int | None = None,
+                     forget_pct: int = 5, n_retain: int | None = None,
                      max_retain_drop: float = 0.05, modes: Sequence[str] = ("VQA", "QA"), tasks: Sequence[str] = TASKS,
                      batch_size: int = 16, max_new_tokens: int = 50, progress: bool = True
                      ) -> tuple[dict[str, float], pd.DataFrame]:
@@ -797,7 +835,7 @@ def choose_strengths(d: Default, make: Callable[[float], Steering], grid: Sequen
     Returns ``({task: λ}, frame)`` with the forget / retain score of every (λ, task), Vanilla as λ = 0, and
     columns ``within budget`` and ``chosen``.
     """
-    rows = tuning_rows(d, forget_pct, n_retain, eval_retain_sample)
+    rows = tuning_rows(d, forget_pct, n_retain)
     kw = dict(forget_pct=forget_pct, modes=modes, tasks=tasks, batch_size=batch_size, max_new_tokens=max_new_tokens,
               progress=progress, extra_key={"purpose": "tune"})
     recs = []
@@ -830,22 +868,21 @@ class BaselineRun:
 
 
 def baseline_data(d: Default, forget_pct: int, retain_train: int | None = 40, modes: Sequence[str] = ("VQA", "QA"),
-                  seed: int = 0) -> tuple[list, list]:
-    """(forget examples, retain examples) for :func:`erasekit.baselines.unlearn`: all forget_k rows, and
-    ``retain_train`` seeded retain profiles (None: the whole retain split) plus the celebrities."""
+                  ) -> tuple[list, list]:
+    """(forget examples, retain examples) for :func:`erasekit.baselines.unlearn`: all forget_k rows, and the
+    ``fit`` retain profiles of ``d.partition`` (the first ``retain_train``; None: all) plus its ``fit``
+    celebrities: the same retain data MLLMEraser's H_r sees, never a scored profile."""
     from .baselines import build_examples
-    from .evaluate import _sample
 
     fgt = d.source.split(f"forget_{forget_pct}")
-    ret = _sample(list(d.source.split(f"retain_{100 - forget_pct}")), retain_train, seed, "baseline-retain")
-    ret = ret + list(d.source.split("Retain_Set"))
-    return build_examples(fgt, modes=modes), build_examples(ret, modes=modes)
+    rows = group_rows(d, forget_pct, ("Ret", "Cele"), "fit", retain_train)
+    return build_examples(fgt, modes=modes), build_examples(rows["Ret"] + rows["Cele"], modes=modes)
 
 
 def run_baseline(d: Default, forget_pct: int, config: Any, *, retain_train: int | None = 40,
                  retain_sample: int | None = None, celeb_sample: int | None = None,
                  groups: Sequence[str] = ("Fgt", "Test", "Ret", "Cele"), modes: Sequence[str] = ("VQA", "QA"),
-                 tasks: Sequence[str] = TASKS, batch_size: int = 16, max_new_tokens: int = 50, seed: int = 0,
+                 tasks: Sequence[str] = TASKS, batch_size: int = 16, max_new_tokens: int = 50,
                  progress: bool = True, refresh: bool = False) -> BaselineRun:
     """Unlearn with one baseline (:func:`erasekit.baselines.unlearn`) and score it like every other method.
 
@@ -858,16 +895,18 @@ def run_baseline(d: Default, forget_pct: int, config: Any, *, retain_train: int 
 
     cfg = dataclasses.asdict(config)
     cfg.pop("progress", None)
-    eval_rows = benchmark_rows(d.source, forget_pct, groups, retain_sample, celeb_sample, seed)
+    eval_rows = group_rows(d, forget_pct, groups, "eval", retain_sample, celeb_sample)
     key = cache_key(step="baseline", version=VERSION, model=d.model_key, method=config.method, config=cfg,
                     forget_pct=forget_pct, retain_train=retain_train, data=d.data_key,
+                    train_ids={g: [r["ID"] for r in rs] for g, rs in
+                               group_rows(d, forget_pct, ("Ret", "Cele"), "fit", retain_train).items()},
                     eval_ids={g: [r["ID"] for r in rs] for g, rs in eval_rows.items()}, modes=list(modes),
                     tasks=list(tasks), max_new_tokens=max_new_tokens)
     summary_path = _path("baseline", key).with_suffix(".json")
     box: dict = {}
 
     def compute():
-        forget, retain = baseline_data(d, forget_pct, retain_train, seed=seed)
+        forget, retain = baseline_data(d, forget_pct, retain_train)
         res = unlearn(d.adapter, forget, retain, config)
         box["summary"] = res.summary()
         return evaluate(res.adapter, eval_rows, forget_pct, groups=list(eval_rows), modes=modes, tasks=tasks,
@@ -919,11 +958,11 @@ def steered_activations(d: Default, forget_pct: int, steering: Steering | None, 
     """Last-token input of ``layer`` for the ``mode`` ``task`` prompts of each group (``n`` profiles), with the
     steering active (its prefill rule; the captured input includes the push at ``layer`` itself) or without."""
     check_layers(d.adapter, [layer])
-    items = _group_items(d, forget_pct, groups, n, n, (mode,), (task,), 0)
+    items = _group_items(d, forget_pct, groups, n, n, (mode,), (task,))
     ops = None if steering is None else steering.operators(task, d.num_layers)
     out = {}
     for g, its in items.items():
-        with (steer(d.adapter, ops, mode=steering.mode) if ops is not None else contextlib.nullcontext()):
+        with (steering.context(d.adapter, ops) if ops is not None else contextlib.nullcontext()):
             ims = None if mode == "QA" else [it.image for it in its]
             acts = collect_activations(d.adapter, [it.prompt for it in its], ims, layers=[layer],
                                        batch_size=batch_size, progress=progress)
@@ -1080,7 +1119,7 @@ def example_generations(d: Default, forget_pct: int, steering: Steering, n: int 
 
     Columns: ``group, question, ground truth, vanilla, steered, steered refuses``.
     """
-    items = _group_items(d, forget_pct, groups, n, n, (mode,), (task,), 0)
+    items = _group_items(d, forget_pct, groups, n, n, (mode,), (task,))
     recs = []
     ops = steering.operators(task, d.num_layers)
     for g in groups:
@@ -1090,7 +1129,7 @@ def example_generations(d: Default, forget_pct: int, steering: Steering, n: int 
         ims = None if all(it.image is None for it in its) else [it.image for it in its]
         prompts = [it.prompt for it in its]
         van = generate(d, prompts, ims, max_new_tokens=max_new_tokens)
-        ste = generate(d, prompts, ims, lambda: steer(d.adapter, ops, mode=steering.mode),
+        ste = generate(d, prompts, ims, lambda: steering.context(d.adapter, ops),
                        max_new_tokens=max_new_tokens)
         for it, a, b in zip(its, van, ste):
             recs.append({"group": g, "question": it.question, "ground truth": it.target, "vanilla": a.strip(),

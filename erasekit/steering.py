@@ -23,6 +23,7 @@ Operators. :meth:`InputAwareSteerer.operators` returns ``{layer: op}`` where ``o
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -37,7 +38,12 @@ __all__ = [
     "InputAwareMap",
     "MLPMap",
     "InputAwareSteerer",
+    "GATES",
+    "GatedOperator",
     "fit_input_aware",
+    "fit_contrastive_gate",
+    "fit_gate",
+    "dense_gate_reference",
     "fit_mlp",
     "fit_steerer",
     "fit_mlp_steerer",
@@ -167,6 +173,52 @@ def _projector(H_retain: Tensor | None, null_space, d: int, rtol: float | None) 
     return null_space_projector(H_retain, null_space, rtol=rtol)
 
 
+GATES = ("nullspace", "contrastive")
+GAMMA_SCALES = ("absolute", "relative")
+
+
+def _check_gamma(gamma: float, gamma_scale: str) -> None:
+    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
+    if gamma_scale not in GAMMA_SCALES:
+        raise ValueError(f"gamma_scale must be one of {GAMMA_SCALES}, got {gamma_scale!r}")
+
+
+def _ridge(gamma: float, gamma_scale: str, trace: float, d: int) -> float:
+    """The ridge actually added: gamma itself, or gamma times the mean eigenvalue trace / d of the normal matrix."""
+    if gamma_scale == "absolute":
+        return float(gamma)
+    if not trace > 0:
+        raise ValueError("relative gamma: the activations are all zero, so there is no scale to be relative to")
+    return float(gamma) * trace / d
+
+
+def _spd_solve(A: Tensor, ridge: float, rhs: Tensor) -> Tensor:
+    """(A + ridge I)^-1 rhs for a symmetric PSD A by Cholesky (general solve only if Cholesky trips on rounding)."""
+    A = A + ridge * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+    L, info = torch.linalg.cholesky_ex(A)
+    return torch.cholesky_solve(rhs, L) if int(info) == 0 else torch.linalg.solve(A, rhs)
+
+
+def _gate_stats(s_f: Tensor, s_r: Tensor | None) -> dict:
+    """Gate values on the fitting data: their range is what steering should read (the cascade check in hooks)."""
+    out = {"gate_forget_mean": float(s_f.mean()), "gate_forget_min": float(s_f.min()),
+           "gate_forget_max": float(s_f.max())}
+    if s_r is not None:
+        out.update(gate_retain_mean=float(s_r.mean()), gate_retain_absmax=float(s_r.abs().max()),
+                   gate_retain_min=float(s_r.min()), gate_retain_max=float(s_r.max()))
+    return out
+
+
+def _warn_small_ratio(null_space, n_retain: int, d: int) -> None:
+    if isinstance(null_space, (int, float)) and not isinstance(null_space, bool) and 0 < null_space < 1 \
+            and n_retain < d:
+        warnings.warn(
+            f"ratio null space ({null_space}) asked of {n_retain} retain rows < d = {d}: the exact null space already "
+            f"has dimension >= {d - n_retain}, so the ratio keeps an arbitrary part of it (LAPACK's choice among "
+            f"zero eigenvalues). Use null_space='exact', more retain rows, or the contrastive gate.", stacklevel=3)
+
+
 def fit_input_aware(
     H_forget: Tensor,
     H_retain: Tensor | None,
@@ -174,8 +226,9 @@ def fit_input_aware(
     gamma: float,
     null_space: str | float | NullSpaceProjector = "exact",
     rtol: float | None = None,
+    gamma_scale: str = "absolute",
 ) -> InputAwareMap:
-    """Fit the input-aware map of Eq. 12 for one layer, in rank-one form W P = d g^T.
+    """Fit the input-aware map of Eq. 12 for one layer, in rank-one form W P = d g^T (the paper's gate).
 
     Args:
         H_forget: (N_f, d) forget activations (rows; the paper's H_f is the transpose).
@@ -185,6 +238,9 @@ def fit_input_aware(
         null_space: ``"exact"``, a ratio in (0, 1) (smallest-eigenvalue fraction of d, authors' code), or a
             precomputed :class:`NullSpaceProjector` (reuse it across a gamma sweep; the SVD is the costly part).
         rtol: exact-mode eigenvalue tolerance (see :func:`null_space_projector`).
+        gamma_scale: ``"absolute"`` (the paper: gamma as given) or ``"relative"``: the ridge used is
+            ``gamma * tr(P H_f H_f^T P) / d``, i.e. gamma in units of the mean eigenvalue of the regularised Gram,
+            so the same number means the same regularisation at every layer and for every model.
 
     Returns:
         :class:`InputAwareMap` with ``gate`` g = P H_f (H_f^T P H_f + gamma I)^-1 1 and ``direction`` (float64),
@@ -197,37 +253,156 @@ def fit_input_aware(
         True
     """
     d = _check_fit_inputs(H_forget, H_retain, direction)
-    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
+    _check_gamma(gamma, gamma_scale)
+    if not isinstance(null_space, NullSpaceProjector) and H_retain is not None:
+        _warn_small_ratio(null_space, H_retain.shape[0], d)
     P = _projector(H_retain, null_space, d, rtol)
     Hf = H_forget.to(device=P.basis.device, dtype=torch.float64)
     PHf = P.apply(Hf)  # (N_f, d): columns P h_f in paper notation
     n_f = Hf.shape[0]
     # H_f^T P H_f = (P H_f)^T (P H_f) because P is a symmetric idempotent; this form is symmetric by construction.
     K = PHf @ PHf.T
-    A = K + gamma * torch.eye(n_f, dtype=torch.float64, device=K.device)
-    ones = torch.ones(n_f, 1, dtype=torch.float64, device=K.device)
-    L, info = torch.linalg.cholesky_ex(A)
-    # A is SPD for gamma > 0; fall back to a general solve only if Cholesky trips on rounding.
-    a = torch.cholesky_solve(ones, L) if int(info) == 0 else torch.linalg.solve(A, ones)
+    ridge = _ridge(gamma, gamma_scale, float(K.diagonal().sum()), d)
+    a = _spd_solve(K, ridge, torch.ones(n_f, 1, dtype=torch.float64, device=K.device))
     gate = (PHf.T @ a).squeeze(1)  # (d,)
     direction64 = direction.to(device=gate.device, dtype=torch.float64)
     s_f = Hf @ gate
     meta = {
         "kind": "rank_one",
+        "gate": "nullspace",
         "gamma": float(gamma),
+        "gamma_scale": gamma_scale,
+        "ridge": ridge,
         "null_space_mode": P.mode,
         "null_space_dim": P.k,
         **{f"null_space_{k}": v for k, v in P.meta.items() if k in ("ratio", "rtol", "rank")},
         "n_forget": int(n_f),
-        "gate_forget_mean": float(s_f.mean()),
+        **_gate_stats(s_f, None if H_retain is None else H_retain.to(device=gate.device, dtype=torch.float64) @ gate),
     }
     if H_retain is not None:
         meta["n_retain"] = int(H_retain.shape[0])
-        s_r = H_retain.to(device=gate.device, dtype=torch.float64) @ gate
-        meta["gate_retain_mean"] = float(s_r.mean())
-        meta["gate_retain_absmax"] = float(s_r.abs().max())
     return InputAwareMap(direction64, gate, meta)
+
+
+def fit_contrastive_gate(
+    H_forget: Tensor,
+    H_retain: Tensor,
+    direction: Tensor,
+    gamma: float = 1e-3,
+    alpha: float = 1.0,
+    gamma_scale: str = "relative",
+) -> InputAwareMap:
+    """erasekit's gate: keep the retain rows *in* the ridge objective instead of projecting them out.
+
+    The paper's gate (:func:`fit_input_aware`) first removes every direction in which the retain activations vary
+    (the null-space projector P, Eq. 10-11), then fits g on what is left. When forget and retain questions share
+    their templates and differ only in the person, the person's identity lies in directions where the retain set
+    varies too, so P discards exactly the information the gate needs (METHOD.md §8). The *contrastive gate* asks
+    for the same thing softly::
+
+        min_g  ||H_f g - 1||^2  +  c ||H_r g||^2  +  gamma' ||g||^2,      c = alpha * N_f / N_r
+        g = (H_f^T H_f + c H_r^T H_r + gamma' I)^-1 H_f^T 1                (rows are activations)
+
+    i.e. the dense map W = argmin ||W H_f^T - D||^2 + c ||W H_r^T||^2 + gamma' ||W||^2 with D = d 1^T, which is
+    again rank one: W = d g^T. ``alpha`` weighs retain against forget rows (c makes it independent of the set
+    sizes); as alpha -> inf g is forced into the exact null space of H_r and the gate becomes the paper's gate with
+    the exact projector. Solved by one Cholesky factorisation of the smaller of the (d, d) normal matrix and the
+    (N, N) kernel matrix X X^T + gamma' I (X = [H_f; sqrt(c) H_r], push-through identity); no eigendecomposition.
+
+    Args:
+        H_forget: (N_f, d) forget activations; H_retain: (N_r, d) retain activations; direction: (d,).
+        gamma: ridge strength; with ``gamma_scale="relative"`` (default) the ridge is
+            ``gamma * tr(H_f^T H_f + c H_r^T H_r) / d`` (units of the mean eigenvalue of the normal matrix).
+        alpha: retain weight, > 0.
+        gamma_scale: ``"relative"`` or ``"absolute"``.
+
+    Returns:
+        :class:`InputAwareMap` (direction float64, gate float64); ``meta["gate"] == "contrastive"``.
+
+    Example:
+        >>> H_f, H_r, d = torch.randn(8, 32) + 2, torch.randn(40, 32), torch.randn(32)
+        >>> f = fit_contrastive_gate(H_f, H_r, d, gamma=1e-4)
+        >>> bool(f.gate_value(H_f.double()).mean() > 4 * f.gate_value(H_r.double()).abs().mean())
+        True
+    """
+    d = _check_fit_inputs(H_forget, H_retain, direction)
+    if H_retain is None:
+        raise ValueError("fit_contrastive_gate needs H_retain (the rows the gate must read as 0)")
+    _check_gamma(gamma, gamma_scale)
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    dev = H_forget.device
+    Hf = H_forget.to(torch.float64)
+    Hr = H_retain.to(device=dev, dtype=torch.float64)
+    n_f, n_r = Hf.shape[0], Hr.shape[0]
+    c = float(alpha) * n_f / n_r
+    rhs = Hf.sum(0)  # H_f^T 1
+    trace = float((Hf * Hf).sum() + c * (Hr * Hr).sum())
+    ridge = _ridge(gamma, gamma_scale, trace, d)
+    if d <= n_f + n_r:
+        A = Hf.T @ Hf + c * (Hr.T @ Hr)
+        gate = _spd_solve(A, ridge, rhs.unsqueeze(1)).squeeze(1)
+        route = "normal (d x d)"
+    else:
+        X = torch.cat([Hf, math.sqrt(c) * Hr])
+        y = torch.cat([torch.ones(n_f, 1, dtype=torch.float64, device=dev),
+                       torch.zeros(n_r, 1, dtype=torch.float64, device=dev)])
+        gate = (X.T @ _spd_solve(X @ X.T, ridge, y)).squeeze(1)
+        route = "kernel (N x N)"
+    meta = {
+        "kind": "rank_one", "gate": "contrastive", "gamma": float(gamma), "gamma_scale": gamma_scale,
+        "ridge": ridge, "alpha": float(alpha), "retain_weight": c, "route": route,
+        "n_forget": int(n_f), "n_retain": int(n_r), **_gate_stats(Hf @ gate, Hr @ gate),
+    }
+    return InputAwareMap(direction.to(device=dev, dtype=torch.float64), gate, meta)
+
+
+def dense_gate_reference(H_forget: Tensor, H_retain: Tensor, direction: Tensor, gate: str = "contrastive", *,
+                         gamma: float, alpha: float = 1.0, P: Tensor | None = None) -> Tensor:
+    """The dense (d, d) map W (P) of either gate from its defining formula, float64. Only for tests and small d.
+
+    ``"nullspace"``: Eq. 12 literally, W = D H_f^T P (P H_f H_f^T P + gamma P)^+ with D = d 1^T, returning W P
+    (needs ``P``, the (d, d) projector). ``"contrastive"``: W = D [H_f; c H_r]-weighted normal equations solved by
+    a pseudo-inverse, W = D H_f (H_f^T H_f + c H_r^T H_r + gamma I)^+ with c = alpha N_f / N_r. ``gamma`` is
+    absolute here.
+    """
+    Hf = H_forget.double()
+    dcol = direction.double().unsqueeze(1)
+    D = dcol.expand(-1, Hf.shape[0])  # (d, N_f), identical columns
+    if gate == "nullspace":
+        if P is None:
+            raise ValueError("the nullspace reference needs the (d, d) projector P")
+        P = P.double()
+        Hp = Hf.T  # paper layout (d, N_f)
+        W = D @ Hp.T @ P @ torch.linalg.pinv(P @ Hp @ Hp.T @ P + gamma * P)
+        return W @ P
+    if gate == "contrastive":
+        Hr = H_retain.double()
+        c = alpha * Hf.shape[0] / Hr.shape[0]
+        A = Hf.T @ Hf + c * Hr.T @ Hr + gamma * torch.eye(Hf.shape[1], dtype=torch.float64)
+        return D @ Hf @ torch.linalg.pinv(A)
+    raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+
+
+def fit_gate(
+    H_forget: Tensor,
+    H_retain: Tensor,
+    direction: Tensor,
+    gate: str = "contrastive",
+    gamma: float = 1e-3,
+    gamma_scale: str = "relative",
+    alpha: float = 1.0,
+    null_space: str | float | NullSpaceProjector = 0.3,
+    rtol: float | None = None,
+) -> InputAwareMap:
+    """One API for both rank-one gates at one layer: ``gate="contrastive"`` (erasekit's default,
+    :func:`fit_contrastive_gate`, uses ``alpha``) or ``"nullspace"`` (the paper's Eq. 10-12,
+    :func:`fit_input_aware`, uses ``null_space``/``rtol``). ``gamma``/``gamma_scale`` mean the same for both."""
+    if gate == "contrastive":
+        return fit_contrastive_gate(H_forget, H_retain, direction, gamma, alpha, gamma_scale)
+    if gate == "nullspace":
+        return fit_input_aware(H_forget, H_retain, direction, gamma, null_space, rtol=rtol, gamma_scale=gamma_scale)
+    raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
 
 
 def fit_mlp(
@@ -376,7 +551,46 @@ class InputAwareSteerer:
         return len(self.maps) * self.d * self.d * itemsize
 
 
+@dataclass
+class GatedOperator:
+    """``op(h) = strength * s(h) * push`` with the scalar gate ``s(h) = gate . h``: Eq. 13 for one layer.
+
+    Callable like any operator (h (..., d) -> additive change (..., d)); :func:`erasekit.hooks.steer` also uses
+    its parts: ``read="anchor"`` evaluates one layer's gate and pushes every layer's direction with it, and
+    ``gate_range`` (the gate values seen on the fitting data, widened) is what the cascade warning compares with.
+    """
+
+    map: InputAwareMap
+    strength: float
+    gate_range: tuple[float, float] | None = None
+
+    def gate_value(self, h: Tensor) -> Tensor:
+        return self.map.gate_value(h)
+
+    def push(self, s: Tensor, like: Tensor) -> Tensor:
+        """strength * s * direction for gate values s (...,), in ``like``'s dtype/device."""
+        dvec = self.map.direction.to(device=like.device, dtype=s.dtype)
+        return (self.strength * s.unsqueeze(-1) * dvec).to(like.dtype)
+
+    def __call__(self, h: Tensor) -> Tensor:
+        return self.push(self.gate_value(h), h)
+
+
+def _gate_range(meta: Mapping, widen: float = 0.5) -> tuple[float, float] | None:
+    """The fitting data's gate range [min, max] over forget and retain rows, widened by ``widen`` x its span."""
+    keys = ("gate_forget_min", "gate_forget_max", "gate_retain_min", "gate_retain_max")
+    vals = [meta[k] for k in keys if k in meta]
+    if len(vals) < 2:
+        return None
+    lo, hi = min(vals), max(vals)
+    span = hi - lo
+    return lo - widen * span, hi + widen * span
+
+
 def _scaled(fn: Callable[[Tensor], Tensor], lam: float) -> Operator:
+    if isinstance(fn, InputAwareMap):
+        return GatedOperator(fn, lam, _gate_range(fn.meta))
+
     def op(h: Tensor) -> Tensor:
         return fn(h) * lam
 
@@ -404,28 +618,43 @@ def fit_steerer(
     null_space: str | float = "exact",
     layers: list[int] | None = None,
     rtol: float | None = None,
+    gate: str = "nullspace",
+    gamma_scale: str = "absolute",
+    alpha: float = 1.0,
 ) -> InputAwareSteerer:
-    """Fit :func:`fit_input_aware` at every layer.
+    """Fit a rank-one gate (:func:`fit_gate`) at every layer.
+
+    The defaults reproduce the paper (null-space gate, absolute gamma); ``gate="contrastive"`` with
+    ``gamma_scale="relative"`` is erasekit's gate. Layers where the direction is exactly zero are skipped with a
+    warning (e.g. layer 0 when every prompt ends in the same template token: nothing to push along).
 
     Args:
         H_forget: ``{layer: (N_f, d)}``; H_retain: ``{layer: (N_r, d)}``, read at the same site (decoder-layer
             input) where the steering will be applied.
         direction: :class:`ErasureDirection`.
-        gamma, null_space, rtol: as in :func:`fit_input_aware`.
+        gamma, null_space, rtol, gamma_scale, alpha: as in :func:`fit_gate`.
         layers: default: all layers of ``direction``.
 
     Returns:
         :class:`InputAwareSteerer`; ``.operators(lam)`` gives the hooks' operators.
     """
     layers = _layers_for(direction, layers, ("H_forget", H_forget), ("H_retain", H_retain))
+    zero = [l for l in layers if not bool(direction[l].abs().max() > 0)]
+    if zero:
+        warnings.warn(f"direction is exactly zero at layers {zero}; not steering them", stacklevel=2)
+        layers = [l for l in layers if l not in zero]
+        if not layers:
+            raise ValueError("the direction is zero at every requested layer: nothing to steer")
     maps = {}
     for l in layers:
         try:
-            maps[l] = fit_input_aware(H_forget[l], H_retain[l], direction[l], gamma, null_space, rtol=rtol)
+            maps[l] = fit_gate(H_forget[l], H_retain[l], direction[l], gate, gamma, gamma_scale, alpha, null_space,
+                               rtol)
         except ValueError as e:
             raise ValueError(f"layer {l}: {e}") from e
-    meta = {"kind": "rank_one", "gamma": float(gamma), "null_space": null_space, "layers": layers,
-            "direction_meta": dict(direction.meta)}
+    meta = {"kind": "rank_one", "gate": gate, "gamma": float(gamma), "gamma_scale": gamma_scale,
+            "layers": layers, "direction_meta": dict(direction.meta)}
+    meta.update({"alpha": float(alpha)} if gate == "contrastive" else {"null_space": null_space})
     return InputAwareSteerer(maps, meta)
 
 

@@ -255,3 +255,88 @@ def test_kwarg_hidden_states_and_tuple_outputs():
             toy.forward(x)
     assert torch.equal(steered[1][0], vanilla[1][0] + v)
     assert all(len(m._forward_pre_hooks) == len(m._forward_hooks) == 0 for m in toy.layers)
+
+
+def _gated_ops(a, layers, strength=1.0):
+    """GatedOperators with random gates/directions (fitted range wide enough to stay quiet unless asked)."""
+    from erasekit.steering import GatedOperator, InputAwareMap
+
+    ops = {}
+    for l in layers:
+        g = torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(10 + l), dtype=torch.float64) * 5.0
+        d = torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(20 + l), dtype=torch.float64)
+        ops[l] = GatedOperator(InputAwareMap(d, g), strength, (-1e9, 1e9))
+    return ops
+
+
+@pytest.mark.parametrize("adapter_name", ["tiny_llava", "tiny_qwen3vl", "tiny_causal_lm"])
+def test_frozen_read_gates_read_the_unsteered_state(adapter_name, request):
+    """read="frozen": every layer's delta is op(unsteered last-token input), not op(the cascaded input)."""
+    a = request.getfixturevalue(adapter_name)
+    layers = list(range(a.num_layers))  # >= 2 steered layers, so there is a cascade to avoid
+    before = (_hook_counts(a), len(a.model._forward_pre_hooks))
+    ops = _gated_ops(a, layers)
+    batch = a.encode(*_inputs(a))
+    with torch.no_grad():
+        with capture(a, layers) as vanilla:
+            a.model(**batch)
+        with steer(a, ops, mode="prefill", read="frozen"), capture(a, layers) as rec:
+            with probe(a, layers[-1]) as raw_last:
+                a.model(**batch)
+    # at the last steered layer: its raw (upstream-steered) input + op evaluated on the UNSTEERED last token
+    l = layers[-1]
+    pre = raw_last[-1]
+    expected = pre + ops[l](vanilla[l][0][:, -1]).unsqueeze(1)
+    torch.testing.assert_close(rec[l][-1], expected)
+    # "steered" reading differs (the cascade), so the test can fail
+    with torch.no_grad(), steer(a, ops, mode="prefill"), capture(a, [l]) as casc:
+        a.model(**batch)
+    assert not torch.allclose(casc[l][0], rec[l][-1])
+    assert (_hook_counts(a), len(a.model._forward_pre_hooks)) == before
+
+
+def test_frozen_read_generates_like_a_cache_free_run(tiny_llava):
+    """Generation with read="frozen" works with the KV cache and leaves no hooks; decode steps are untouched."""
+    a = tiny_llava
+    ops = _gated_ops(a, [0, 1], strength=3.0)
+    batch = a.encode(*_inputs(a))
+    with steer(a, ops, mode="prefill", read="frozen"):
+        out = a.generate(batch, max_new_tokens=3)
+    assert len(out) == 2 and not a.model._forward_pre_hooks
+
+
+def test_anchor_read_uses_one_gate_for_all_layers(tiny_causal_lm):
+    a = tiny_causal_lm
+    layers = list(range(a.num_layers))
+    ops = _gated_ops(a, layers)
+    batch = a.encode(*_inputs(a))
+    with torch.no_grad():
+        with capture(a, [0]) as vanilla:
+            a.model(**batch)
+        with steer(a, ops, mode="prefill", read="anchor", anchor=0), probe(a, layers[-1]) as raw, \
+                capture(a, [layers[-1]]) as rec:
+            a.model(**batch)
+    s = ops[0].gate_value(vanilla[0][0][:, -1])
+    l = layers[-1]
+    torch.testing.assert_close(rec[l][0], raw[0] + ops[l].push(s, raw[0]).unsqueeze(1))
+    with pytest.raises(ValueError, match="first steered layer"):
+        with steer(a, ops, read="anchor", anchor=layers[-1]):
+            pass
+    with pytest.raises(TypeError, match="gated operators"):
+        with steer(a, {0: lambda h: h}, read="anchor", anchor=0):
+            pass
+    with pytest.raises(ValueError, match="read must be"):
+        with steer(a, ops, read="nope"):
+            pass
+
+
+def test_cascade_warning_when_gate_leaves_fitted_range(tiny_causal_lm):
+    from erasekit.steering import GatedOperator
+
+    a = tiny_causal_lm
+    ops = _gated_ops(a, [0, 1], strength=50.0)
+    narrow = {l: GatedOperator(op.map, op.strength, (-1e-6, 1e-6)) for l, op in ops.items()}
+    batch = a.encode(*_inputs(a))
+    with torch.no_grad(), pytest.warns(UserWarning, match="cascade"):
+        with steer(a, narrow, mode="prefill"):
+            a.model(**batch)

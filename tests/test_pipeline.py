@@ -185,19 +185,34 @@ def test_choose_strengths_rule(default, monkeypatch):
     monkeypatch.setattr(pl, "_evaluate_rows", fake)
     direction = pl.refusal_direction(default, n_pairs=2, filter=False, progress=False)
     chosen, table = pl.choose_strengths(default, lambda lam: pl.Steering(direction=direction, strengths=lam),
-                                        grid=[2.0, 0.5, 1.0], n_retain=2, eval_retain_sample=2)
+                                        grid=[2.0, 0.5, 1.0], n_retain=2)
     assert chosen == {"classification": 1.0, "generation": 0.5, "cloze": 2.0}
     assert [s[0] for s in seen] == [0.0, 0.5, 1.0, 2.0] and seen[0][1] == ["Fgt", "Ret"]
     assert table["chosen"].sum() == 3
 
 
-def test_tuning_rows_exclude_the_evaluated_retain_sample(default):
-    from erasekit.evaluate import benchmark_rows
-
-    rows = pl.tuning_rows(default, 5, n_retain=3, eval_retain_sample=4)
-    evaluated = {r["ID"] for r in benchmark_rows(default.source, 5, ("Ret",), 4, None)["Ret"]}
-    assert len(rows["Ret"]) == 3 and not evaluated & {r["ID"] for r in rows["Ret"]}
-    assert [r["ID"] for r in rows["Fgt"]] == [r["ID"] for r in default.source.split("forget_5")]
+def test_scored_profiles_never_enter_a_fit_or_a_tuning_set(default):
+    """Held out means held out: Ret/Cele scored profiles are disjoint from H_r, the tuning rows and the baselines'
+    retain data; the Test split never enters H_f."""
+    scored = pl.group_rows(default, 5, ("Ret", "Cele"), "eval")
+    scored_ids = {r["ID"] for rs in scored.values() for r in rs}
+    assert scored["Ret"] and scored["Cele"]
+    acts = pl.forget_retain_activations(default, 5, progress=False)
+    assert acts.meta["retain_ids"] and not scored_ids & set(acts.meta["retain_ids"])
+    tune = pl.tuning_rows(default, 5)
+    assert tune["Ret"] and not scored_ids & {r["ID"] for r in tune["Ret"]}
+    assert not set(acts.meta["retain_ids"]) & {r["ID"] for r in tune["Ret"]}
+    _, retain_examples = pl.baseline_data(default, 5)
+    fit_rows = pl.group_rows(default, 5, ("Ret", "Cele"), "fit")
+    assert not scored_ids & {r["ID"] for rs in fit_rows.values() for r in rs}
+    assert len(retain_examples) > 0
+    # H_f is exactly the forget split's questions (the Test split's rows never enter a fit)
+    items = pl.build_items({"Fgt": default.source.split("forget_5")}, modes=tuple(acts.meta["modes"]))
+    assert acts.meta["n_forget"] == len(items) == acts.forget[1].shape[0]
+    # the same profile keeps its role at every forget ratio
+    for pct in (10, 15):
+        ids = {r["ID"] for rs in pl.group_rows(default, pct, ("Ret", "Cele"), "eval").values() for r in rs}
+        assert ids == scored_ids
 
 
 def test_separability_and_norms():

@@ -168,3 +168,75 @@ def test_errors():
         fit_steerer(H_fl, {1: H_rl[1]}, direction, 0.1)
     with pytest.raises(ValueError, match="layer 1: exact null space is empty"):
         fit_steerer(H_fl, {l: _randn(40, D_MODEL) for l in (1, 3)}, direction, 0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the gate family: contrastive gate, relative gamma, dense references, guard rails
+
+from erasekit.steering import GatedOperator, dense_gate_reference, fit_contrastive_gate, fit_gate  # noqa: E402
+
+
+@pytest.mark.parametrize("n_r", [40, 6])  # N_f + N_r >= d: (d, d) normal route; < d: (N, N) kernel route
+def test_contrastive_gate_equals_dense_reference(n_r):
+    H_f, H_r, d = _randn(5, D_MODEL, seed=1) + 1.0, _randn(n_r, D_MODEL, seed=2), _randn(D_MODEL, seed=3)
+    f = fit_contrastive_gate(H_f, H_r, d, gamma=0.05, alpha=2.0, gamma_scale="absolute")
+    W = dense_gate_reference(H_f, H_r, d, "contrastive", gamma=0.05, alpha=2.0)
+    torch.testing.assert_close(f.dense(), W, rtol=1e-9, atol=1e-12)
+    assert f.meta["route"].startswith("normal" if n_r == 40 else "kernel")
+
+
+def test_contrastive_gate_large_alpha_is_the_exact_nullspace_gate():
+    """The hard null space is the alpha -> inf limit of the contrastive gate."""
+    H_f, H_r, d = _randn(4, D_MODEL, seed=4), _randn(10, D_MODEL, seed=5), _randn(D_MODEL, seed=6)
+    paper = fit_input_aware(H_f, H_r, d, gamma=0.1, null_space="exact")
+    soft = fit_contrastive_gate(H_f, H_r, d, gamma=0.1, alpha=1e9, gamma_scale="absolute")
+    torch.testing.assert_close(soft.gate, paper.gate, rtol=1e-5, atol=1e-7)
+    mild = fit_contrastive_gate(H_f, H_r, d, gamma=0.1, alpha=1.0, gamma_scale="absolute")
+    assert not torch.allclose(mild.gate, paper.gate, atol=1e-3)
+
+
+@pytest.mark.parametrize("gate", ["contrastive", "nullspace"])
+def test_relative_gamma_is_scale_free(gate):
+    """With relative gamma, scaling every activation by c leaves the gate VALUES unchanged (g scales by 1/c)."""
+    H_f, H_r, d = _randn(6, D_MODEL, seed=7), _randn(30, D_MODEL, seed=8), _randn(D_MODEL, seed=9)
+    kw = dict(gate=gate, gamma=1e-2, gamma_scale="relative", null_space=0.5)
+    a = fit_gate(H_f, H_r, d, **kw)
+    b = fit_gate(1000 * H_f, 1000 * H_r, d, **kw)
+    torch.testing.assert_close(a.gate_value(H_f), b.gate_value(1000 * H_f), rtol=1e-8, atol=1e-10)
+    absolute = fit_gate(1000 * H_f, 1000 * H_r, d, gate=gate, gamma=1e-2, gamma_scale="absolute", null_space=0.5)
+    assert not torch.allclose(absolute.gate_value(1000 * H_f), a.gate_value(H_f), atol=1e-4)
+    assert b.meta["ridge"] == pytest.approx(1e6 * a.meta["ridge"])
+
+
+def test_nullspace_gate_relative_gamma_equals_absolute_with_the_stated_ridge():
+    H_f, H_r, d = _randn(6, D_MODEL, seed=10), _randn(30, D_MODEL, seed=11), _randn(D_MODEL, seed=12)
+    rel = fit_gate(H_f, H_r, d, gate="nullspace", gamma=0.1, gamma_scale="relative", null_space=0.5)
+    P = null_space_projector(H_r, 0.5)
+    ridge = 0.1 * float((P.apply(H_f) ** 2).sum()) / D_MODEL
+    assert rel.meta["ridge"] == pytest.approx(ridge)
+    torch.testing.assert_close(rel.dense(), _dense_reference_WP(H_f, d, ridge, P.matrix()), rtol=1e-8, atol=1e-10)
+
+
+def test_gate_validation_and_guard_rails():
+    H_f, H_r, d = _randn(4, D_MODEL, seed=13), _randn(10, D_MODEL, seed=14), _randn(D_MODEL, seed=15)
+    with pytest.raises(ValueError, match="gate must be one of"):
+        fit_gate(H_f, H_r, d, gate="soft")
+    with pytest.raises(ValueError, match="alpha"):
+        fit_contrastive_gate(H_f, H_r, d, alpha=0.0)
+    with pytest.raises(ValueError, match="gamma_scale"):
+        fit_contrastive_gate(H_f, H_r, d, gamma_scale="percent")
+    with pytest.warns(UserWarning, match="arbitrary part"):
+        fit_input_aware(H_f, H_r, d, 0.1, null_space=0.3)  # N_r = 10 < d = 24
+
+
+def test_fit_steerer_skips_zero_direction_layers_and_returns_gated_operators():
+    H = {l: _randn(6, D_MODEL, seed=20 + l) for l in range(3)}
+    R = {l: _randn(40, D_MODEL, seed=30 + l) for l in range(3)}
+    vecs = {0: torch.zeros(D_MODEL, dtype=torch.float64), 1: _randn(D_MODEL, seed=1), 2: _randn(D_MODEL, seed=2)}
+    direction = ErasureDirection(vecs)
+    with pytest.warns(UserWarning, match="exactly zero at layers \\[0\\]"):
+        st = fit_steerer(H, R, direction, 1e-3, gate="contrastive", gamma_scale="relative")
+    assert st.layers == [1, 2] and st.meta["gate"] == "contrastive"
+    op = st.operators(0.5)[1]
+    assert isinstance(op, GatedOperator) and op.gate_range[0] < op.gate_range[1]
+    torch.testing.assert_close(op(H[1]), 0.5 * st[1](H[1]))
