@@ -186,6 +186,11 @@ def collect_activations(
 # steering
 
 
+def _raw_gate(op: Any, h: Tensor) -> Tensor:
+    """The gate before any floor (what the fitting data's range describes)."""
+    return op.raw_gate(h) if hasattr(op, "raw_gate") else op.gate_value(h)
+
+
 @contextmanager
 def steer(
     adapter: Any,
@@ -290,10 +295,11 @@ def steer(
                     if read == "anchor":
                         if l == anchor:
                             state["anchor"] = ops[anchor].gate_value(last)
+                            check_range(ops[anchor], _raw_gate(ops[anchor], last), l)
                         s = state["anchor"]
                     else:
                         s = op.gate_value(last)
-                    check_range(op if read != "anchor" else ops[anchor], s, l)
+                        check_range(op, _raw_gate(op, last), l)
                     delta = op.push(s, h).unsqueeze(1)
                 else:
                     delta = op(last).unsqueeze(1)  # (B,1,d), broadcast over positions

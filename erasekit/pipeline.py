@@ -42,6 +42,7 @@ import dataclasses
 import hashlib
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,13 @@ from .directions import ErasureDirection, diff_in_means
 from .evaluate import TASKS, benchmark_rows, build_items, evaluate, evaluate_safety, is_degenerate, is_refusal
 from .heldout import ProfilePartition, partition_profiles
 from .hooks import check_layers, collect_activations, steer
+from .tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
 from .steering import InputAwareSteerer, constant_operators, fit_mlp_steerer, fit_steerer
 
 __all__ = [
     "VERSION", "PAPER_STRENGTHS", "STATS", "Default", "load_default", "model_key", "safety_pairs",
     "refusal_direction", "adversarial_images", "clean_images", "multimodal_direction", "query_activations",
-    "ForgetRetain", "forget_retain_activations", "fit_steering", "Steering", "evaluate_steering", "results",
+    "ForgetRetain", "forget_retain_activations", "fit_steering", "fit_default_steering", "group_rows", "Steering", "evaluate_steering", "results",
     "safety_rates", "attack_success", "refusal_check", "dense_eq12", "images_to_tensor", "profile_questions",
     "generate", "projector_summary", "auc", "example_generations", "tuning_rows", "choose_strengths",
     "BaselineRun", "baseline_data", "run_baseline", "steering_norms", "separability", "steered_activations",
@@ -681,6 +683,42 @@ def fit_steering(d: Default, direction: ErasureDirection, acts: ForgetRetain, ga
         return s
 
     out = _cached("fit_steering", key, compute, d, hyper, refresh)
+    out.meta["cache_key"] = key
+    return out
+
+
+def fit_default_steering(d: Default, direction: ErasureDirection, forget_pct: int = 5, *,
+                         fit_modes: Sequence[str] = ("VQA", "QA"), retain_sample: int | None = None,
+                         celeb_sample: int | None = None, alpha: float = 1.0,
+                         gammas: Sequence[float] = GAMMA_GRID, margin: float = LAYER_AUC_MARGIN,
+                         floor_quantile: float | None = 0.9, layers: Sequence[int] | None = None,
+                         progress: bool = True, refresh: bool = False) -> InputAwareSteerer:
+    """(f) erasekit's default steerer: the contrastive gate with γ, layers and floors chosen by
+    :func:`erasekit.tuning.choose_gate` on the forget set and the ``tune`` retain profiles only.
+
+    H_f = the forget split's questions, H_r = the ``fit`` profiles (:func:`forget_retain_activations`), the tuning
+    negatives = questions of the ``tune`` retain profiles, all in ``fit_modes``. Candidate layers: 1..L-1.
+    Use it with ``Steering(steerer, read="frozen")`` (gates read from an unsteered pass).
+    """
+    acts = forget_retain_activations(d, forget_pct, retain_sample, celeb_sample, modes=fit_modes,
+                                     progress=progress)
+    tune = query_activations(d, forget_pct, ("Ret",), modes=fit_modes, role="tune", progress=progress)["Ret"]
+    layers = list(range(1, d.num_layers)) if layers is None else check_layers(d.adapter, layers)
+    hyper = {"alpha": alpha, "gammas": [float(g) for g in gammas], "margin": margin,
+             "floor_quantile": floor_quantile, "layers": layers}
+    key = cache_key(step="fit_default_steering", version=VERSION, model=d.model_key, direction=_key_of(direction),
+                    acts=acts.key, modes=list(fit_modes),
+                    tune=[r["ID"] for r in group_rows(d, forget_pct, ("Ret",), "tune")["Ret"]], **hyper)
+
+    def compute():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # zero-direction layers are skipped by choose_gate
+            st = choose_gate(acts.forget, acts.retain, tune, direction, layers, gammas, alpha, margin,
+                             floor_quantile)
+        st.meta.update(model_id=d.model_id, retain_ids=acts.meta["retain_ids"])
+        return st
+
+    out = _cached("fit_default_steering", key, compute, d, hyper, refresh)
     out.meta["cache_key"] = key
     return out
 

@@ -526,8 +526,34 @@ class InputAwareSteerer:
             lam = scale.get(l) if isinstance(scale, Mapping) else scale
             if lam is None:
                 continue
-            out[l] = _scaled(m, float(lam))
+            out[l] = _scaled(m, float(lam), self.floors.get(l))
         return out
+
+    @property
+    def floors(self) -> dict[int, float]:
+        """Per-layer gate floors tau (:meth:`with_floors`); empty: the plain linear gate of Eq. 13."""
+        return {int(l): float(t) for l, t in self.meta.get("floors", {}).items()}
+
+    def with_floors(self, H_tune: Mapping[int, Tensor], quantile: float = 0.9) -> "InputAwareSteerer":
+        """A copy whose gates read 0 up to the ``quantile`` of their values on held-out retain activations.
+
+        erasekit's addition to the linear gate: a retain question whose gate lands in the retain distribution's
+        bulk gets no push at all, instead of a push proportional to its (small but non-zero) gate. tau_l is the
+        ``quantile`` of s_l(h) over ``H_tune[l]`` — retain questions of profiles that are neither in H_r nor
+        scored (the ``tune`` role of :mod:`erasekit.heldout`) — capped at 0.9 so that a forget question at s = 1
+        is still pushed. Rank-one maps only.
+        """
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        floors = {}
+        for l, m in self.maps.items():
+            if not isinstance(m, InputAwareMap):
+                raise TypeError(f"layer {l}: floors need rank-one gates, got {type(m).__name__}")
+            if l not in H_tune:
+                raise KeyError(f"layer {l} not in H_tune (has {sorted(H_tune)})")
+            s = m.gate_value(H_tune[l])
+            floors[str(l)] = min(float(torch.quantile(s.double(), quantile)), 0.9)
+        return InputAwareSteerer(dict(self.maps), {**self.meta, "floors": floors, "floor_quantile": quantile})
 
     def gate_values(self, acts: Mapping[int, Tensor]) -> dict[int, Tensor]:
         """``{layer: g_l . h}`` for activations ``{layer: (..., d)}`` (rank-one maps only): a per-query diagnostic."""
@@ -563,9 +589,18 @@ class GatedOperator:
     map: InputAwareMap
     strength: float
     gate_range: tuple[float, float] | None = None
+    floor: float | None = None
+
+    def raw_gate(self, h: Tensor) -> Tensor:
+        """s(h) = g . h, before the floor."""
+        return self.map.gate_value(h)
 
     def gate_value(self, h: Tensor) -> Tensor:
-        return self.map.gate_value(h)
+        """The gate as applied: s(h), or with a floor tau, max(s - tau, 0) / (1 - tau) (0 below the floor, 1 at 1)."""
+        s = self.map.gate_value(h)
+        if self.floor is None:
+            return s
+        return (s - self.floor).clamp(min=0) / (1.0 - self.floor)
 
     def push(self, s: Tensor, like: Tensor) -> Tensor:
         """strength * s * direction for gate values s (...,), in ``like``'s dtype/device."""
@@ -587,9 +622,9 @@ def _gate_range(meta: Mapping, widen: float = 0.5) -> tuple[float, float] | None
     return lo - widen * span, hi + widen * span
 
 
-def _scaled(fn: Callable[[Tensor], Tensor], lam: float) -> Operator:
+def _scaled(fn: Callable[[Tensor], Tensor], lam: float, floor: float | None = None) -> Operator:
     if isinstance(fn, InputAwareMap):
-        return GatedOperator(fn, lam, _gate_range(fn.meta))
+        return GatedOperator(fn, lam, _gate_range(fn.meta), floor)
 
     def op(h: Tensor) -> Tensor:
         return fn(h) * lam

@@ -8,8 +8,11 @@ profile or the Test split:
 * :func:`heldout_gate_auc`: per layer, fit the gate on k-1 folds of the forget questions (and H_r), read it on the
   held-out fold (positives) and on the tune retain questions (negatives); AUC of the pooled scores. A gate that
   only memorised its fitting rows scores 0.5 here.
-* :func:`select_layers`: the layers whose held-out AUC reaches ``threshold`` (default 0.8); if none does, the
-  single best layer (with a warning). The threshold is a documented constant, not tuned on results.
+* :func:`select_layers`: the layers whose held-out AUC is within ``margin`` (0.05) of the best layer's, i.e. the
+  threshold is ``best - margin``: "steer where the gate is nearly as selective as it gets". AUC levels differ
+  between models and between image and text questions; a margin transfers, a fixed level does not. If even the
+  best layer is below ``minimum`` (0.6) the gate barely separates anything: that layer alone, with a warning.
+  The constants are stated here and were not tuned on scored results.
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .steering import fit_gate
+from .steering import InputAwareSteerer, fit_gate, fit_steerer
 
-__all__ = ["auc", "heldout_gate_auc", "select_layers", "LAYER_AUC_THRESHOLD"]
+__all__ = ["auc", "heldout_gate_auc", "select_layers", "choose_gate", "LAYER_AUC_MARGIN", "LAYER_AUC_MIN",
+           "GAMMA_GRID"]
 
-# Steer a layer only if its gate separates held-out forget questions from tune retain questions this well.
-LAYER_AUC_THRESHOLD = 0.8
+# Steer a layer only if its held-out gate AUC is within this margin of the best layer's.
+LAYER_AUC_MARGIN = 0.05
+# Below this best-layer AUC the gate barely separates: one layer only, with a warning.
+LAYER_AUC_MIN = 0.6
+# Relative ridge candidates for the contrastive gate (units of the normal matrix's mean eigenvalue).
+GAMMA_GRID = (1e-4, 1e-3, 1e-2)
 
 
 def auc(pos, neg) -> float:
@@ -69,15 +77,47 @@ def heldout_gate_auc(H_forget: Mapping[int, Tensor], H_retain: Mapping[int, Tens
     return out
 
 
-def select_layers(aucs: Mapping[int, float], threshold: float = LAYER_AUC_THRESHOLD) -> list[int]:
-    """Layers whose held-out gate AUC is >= ``threshold``; if none, the best single layer (with a warning)."""
+def select_layers(aucs: Mapping[int, float], margin: float = LAYER_AUC_MARGIN,
+                  minimum: float = LAYER_AUC_MIN) -> list[int]:
+    """Layers whose held-out gate AUC is >= best - ``margin``; the best layer alone (warning) if best < minimum."""
     if not aucs:
         raise ValueError("select_layers: no layers given")
-    chosen = sorted(l for l, a in aucs.items() if a >= threshold)
-    if not chosen:
-        best = max(aucs, key=aucs.get)
-        warnings.warn(f"no layer's held-out gate AUC reaches {threshold} (best: layer {best}, {aucs[best]:.3f}); "
-                      "steering that layer only. The gate separates forget from retain questions poorly here.",
+    best = max(aucs, key=aucs.get)
+    if aucs[best] < minimum:
+        warnings.warn(f"the best layer's held-out gate AUC is {aucs[best]:.3f} (layer {best}), below {minimum}: "
+                      "the gate separates forget from retain questions poorly; steering that layer only.",
                       stacklevel=2)
-        chosen = [best]
-    return chosen
+        return [best]
+    return sorted(l for l, a in aucs.items() if a >= aucs[best] - margin)
+
+
+def choose_gate(H_forget: Mapping[int, Tensor], H_retain: Mapping[int, Tensor], H_tune: Mapping[int, Tensor],
+                direction, layers: Sequence[int] | None = None, gammas: Sequence[float] = GAMMA_GRID,
+                alpha: float = 1.0, margin: float = LAYER_AUC_MARGIN, floor_quantile: float | None = 0.9,
+                folds: int = 4) -> InputAwareSteerer:
+    """erasekit's default steerer, every choice by a stated rule on tuning data (no scored profile, no Test row).
+
+    1. For each relative ridge gamma in ``gammas``: the held-out gate AUC per layer (:func:`heldout_gate_auc`).
+    2. gamma = the candidate with the highest best-layer AUC (ties: the larger gamma, the smoother map).
+    3. layers = those whose AUC at that gamma is within ``margin`` of the best layer's (:func:`select_layers`).
+    4. The contrastive gate is fitted on all forget rows at those layers, and its floors set at the
+       ``floor_quantile`` of the gate on the tune retain questions (:meth:`InputAwareSteerer.with_floors`;
+       None: no floor).
+
+    Returns the steerer; ``meta["selection"]`` records the AUC table ``{gamma: {layer: auc}}`` and the choices.
+    """
+    layers = sorted(H_forget) if layers is None else [int(l) for l in layers]
+    layers = [l for l in layers if bool(direction[l].abs().max() > 0)]
+    table = {float(g): heldout_gate_auc(H_forget, H_retain, H_tune, direction, layers, folds, gate="contrastive",
+                                        gamma=g, gamma_scale="relative", alpha=alpha) for g in gammas}
+    gamma = max(sorted(table, reverse=True), key=lambda g: max(table[g].values()))
+    chosen = select_layers(table[gamma], margin)
+    st = fit_steerer(H_forget, H_retain, direction, gamma, layers=chosen, gate="contrastive",
+                     gamma_scale="relative", alpha=alpha)
+    if floor_quantile is not None:
+        st = st.with_floors(H_tune, floor_quantile)
+    st.meta["selection"] = {"rule": f"gamma: best-layer held-out AUC over {list(map(float, gammas))}; layers: AUC >= "
+                                    f"best - {margin}; floor: q{floor_quantile} of tune retain gates",
+                            "auc": {str(g): {str(l): a for l, a in t.items()} for g, t in table.items()},
+                            "gamma": gamma, "layers": chosen, "margin": margin}
+    return st

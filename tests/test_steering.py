@@ -240,3 +240,23 @@ def test_fit_steerer_skips_zero_direction_layers_and_returns_gated_operators():
     op = st.operators(0.5)[1]
     assert isinstance(op, GatedOperator) and op.gate_range[0] < op.gate_range[1]
     torch.testing.assert_close(op(H[1]), 0.5 * st[1](H[1]))
+
+
+def test_floors_zero_the_retain_bulk_and_keep_forget():
+    H = {1: _randn(8, D_MODEL, seed=40) + 2.0}
+    R = {1: _randn(60, D_MODEL, seed=41)}
+    T = {1: _randn(30, D_MODEL, seed=42)}
+    st = fit_steerer(H, R, ErasureDirection({1: _randn(D_MODEL, seed=43)}), 1e-3, gate="contrastive",
+                     gamma_scale="relative")
+    fl = st.with_floors(T, quantile=0.9)
+    tau = fl.floors[1]
+    assert tau == pytest.approx(float(torch.quantile(st[1].gate_value(T[1]), 0.9)))
+    op = fl.operators(1.0)[1]
+    s_tune = op.gate_value(T[1])
+    assert float((s_tune == 0).double().mean()) >= 0.85  # the retain bulk reads exactly 0
+    assert bool((op.gate_value(H[1]) > 0).all())
+    one = torch.tensor(1.0, dtype=torch.float64)
+    assert float((one - tau).clamp(min=0) / (1 - tau)) == 1.0
+    assert not st.floors and fl.meta["floor_quantile"] == 0.9
+    with pytest.raises(ValueError, match="quantile"):
+        st.with_floors(T, quantile=1.0)

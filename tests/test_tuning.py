@@ -25,6 +25,24 @@ def test_heldout_gate_auc_separates_only_where_there_is_signal():
     direction = ErasureDirection({1: torch.randn(d, generator=g), 2: torch.randn(d, generator=g)})
     aucs = heldout_gate_auc(Hf, Hr, Ht, direction, gate="contrastive", gamma=1e-3)
     assert aucs[1] > 0.95 and 0.3 < aucs[2] < 0.75
-    assert select_layers(aucs, 0.8) == [1]
-    with pytest.warns(UserWarning, match="no layer"):
-        assert select_layers({1: 0.6, 2: 0.7}, 0.8) == [2]
+    assert select_layers(aucs) == [1]
+    assert select_layers({1: 0.80, 2: 0.77, 3: 0.74}, margin=0.05) == [1, 2]
+    with pytest.warns(UserWarning, match="poorly"):
+        assert select_layers({1: 0.5, 2: 0.55}) == [2]
+
+
+def test_choose_gate_states_its_choices():
+    from erasekit.tuning import choose_gate
+
+    g = torch.Generator().manual_seed(1)
+    d = 16
+    marker = torch.zeros(d)
+    marker[0] = 3.0
+    Hf = {l: torch.randn(40, d, generator=g) + (marker if l == 2 else 0) for l in (1, 2)}
+    Hr = {l: torch.randn(200, d, generator=g) for l in (1, 2)}
+    Ht = {l: torch.randn(60, d, generator=g) for l in (1, 2)}
+    direction = ErasureDirection({1: torch.randn(d, generator=g), 2: torch.randn(d, generator=g)})
+    st = choose_gate(Hf, Hr, Ht, direction, gammas=(1e-3, 1e-1))
+    sel = st.meta["selection"]
+    assert st.layers == [2] == sel["layers"] and sel["gamma"] in (1e-3, 1e-1)
+    assert set(sel["auc"]) == {"0.001", "0.1"} and st.floors and st.meta["gate"] == "contrastive"
