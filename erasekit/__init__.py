@@ -27,8 +27,11 @@ from .hooks import capture, check_layers, collect_activations, steer
 from .models import (CausalLMAdapter, LlavaAdapter, ModelAdapter, Qwen3VLAdapter, Qwen25VLAdapter, adapter_for,
                      load_model, pick_device_dtype)
 from .nullspace import NullSpaceProjector, null_space_projector
-from .steering import (InputAwareMap, InputAwareSteerer, MLPMap, ablation_operator, constant_operator,
-                       constant_operators, fit_input_aware, fit_mlp, fit_mlp_steerer, fit_steerer)
+from .heldout import ProfilePartition, partition_profiles
+from .steering import (GATES, GatedOperator, InputAwareMap, InputAwareSteerer, MLPMap, ablation_operator,
+                       constant_operator, constant_operators, dense_gate_reference, fit_contrastive_gate, fit_gate,
+                       fit_input_aware, fit_mlp, fit_mlp_steerer, fit_steerer)
+from .tuning import auc, choose_gate, heldout_gate_auc, select_layers
 
 __all__ = [
     "ArtifactError", "artifact_exists", "artifact_paths", "cache_key", "load_artifact", "read_sidecar", "save_artifact",
@@ -46,4 +49,6 @@ __all__ = [
     "NullSpaceProjector", "null_space_projector",
     "InputAwareMap", "InputAwareSteerer", "MLPMap", "ablation_operator", "constant_operator", "constant_operators",
     "fit_input_aware", "fit_mlp", "fit_mlp_steerer", "fit_steerer",
+    "GATES", "GatedOperator", "dense_gate_reference", "fit_contrastive_gate", "fit_gate",
+    "ProfilePartition", "partition_profiles", "auc", "choose_gate", "heldout_gate_auc", "select_layers",
 ]

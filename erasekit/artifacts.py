@@ -63,7 +63,12 @@ def artifact_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return Path(p + ".safetensors"), Path(p + ".json")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` (bytes, or str as UTF-8) to ``path`` all or nothing: a temporary file in the same folder,
+    fsynced, then renamed over the target. A crash leaves the old file or the new one, never half of either."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -200,8 +205,8 @@ def save_artifact(
     st_path, js_path = artifact_paths(path)
     sidecar["tensors_file"] = st_path.name
     text = json.dumps(sidecar, indent=2, sort_keys=True, allow_nan=False)
-    _atomic_write(st_path, blob)
-    _atomic_write(js_path, text.encode())
+    atomic_write(st_path, blob)
+    atomic_write(js_path, text.encode())
     return st_path
 
 

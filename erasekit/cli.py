@@ -51,6 +51,22 @@ def _vanilla_quality(args) -> int:
     return 0
 
 
+def _gate_selectivity(args) -> int:
+    import json
+
+    from . import pipeline as pl
+    from .recipes import GateConfig, gate_selectivity, gate_setup, write_json
+
+    d = pl.load_default(args.organism, None)
+    record = gate_selectivity(d, gate_setup(d, GateConfig(forget_pct=args.forget_pct)))
+    out = args.out or str(paths.data_dir() / "results" / "gate_selectivity.json")
+    write_json(record, out)
+    print(json.dumps({g: {m: record[g].get(m, {}).get("cloze") for m in ("QA", "VQA")} for g in
+                      ("vanilla", "paper", "default")}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="erasekit", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -71,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--organism")
     q.add_argument("--out", help="JSON file to write (default: data/results/vanilla_quality.json)")
     q.set_defaults(fn=_vanilla_quality)
+    g = sub.add_parser("gate-selectivity", help="score the paper's gate and erasekit's default on held-out profiles "
+                                              "and record data/results/gate_selectivity.json")
+    g.add_argument("--organism")
+    g.add_argument("--forget-pct", type=int, default=5)
+    g.add_argument("--out", help="JSON file to write (default: data/results/gate_selectivity.json)")
+    g.set_defaults(fn=_gate_selectivity)
     args = p.parse_args(argv)
     return args.fn(args)
 

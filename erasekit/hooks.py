@@ -199,6 +199,7 @@ def steer(
     scale: float = 1.0,
     read: str = "steered",
     anchor: int | None = None,
+    record: dict | None = None,
 ) -> Iterator[None]:
     """Add ``scale * operator(h)`` to the input of each steered layer: ``h~ = h + scale * operator(h)``.
 
@@ -226,6 +227,8 @@ def steer(
                 delta_l = op_l.push(s_anchor). Needs :class:`erasekit.steering.GatedOperator` operators and no
                 extra pass.
         anchor: the reading layer for ``read="anchor"`` (its operator must be among ``operators``).
+        record: if a dict, the gate values each gated operator reads on every prefill pass are appended to
+            ``record[layer]`` (raw, before any floor; a diagnostic of the cascade).
 
     Gated operators carry the range of gate values seen on their fitting data; a gate read during steering far
     outside it (the cascade) triggers one warning per context.
@@ -266,6 +269,8 @@ def steer(
     state = {"inner": False, "frozen": {}, "anchor": None, "warned": False}
 
     def check_range(op, s: Tensor, l: int) -> None:
+        if record is not None and not state["inner"]:
+            record.setdefault(l, []).append(s.detach().float().cpu())
         rng = getattr(op, "gate_range", None)
         if rng is None or state["warned"] or state["inner"]:
             return

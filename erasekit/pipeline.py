@@ -58,13 +58,14 @@ from .directions import ErasureDirection, diff_in_means
 from .evaluate import TASKS, benchmark_rows, build_items, evaluate, evaluate_safety, is_degenerate, is_refusal
 from .heldout import ProfilePartition, partition_profiles
 from .hooks import check_layers, collect_activations, steer
-from .tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
+from .tuning import GAMMA_GRID, LAYER_AUC_MARGIN, auc, choose_gate
 from .steering import InputAwareSteerer, constant_operators, fit_mlp_steerer, fit_steerer
 
 __all__ = [
     "VERSION", "PAPER_STRENGTHS", "STATS", "Default", "load_default", "model_key", "safety_pairs",
     "refusal_direction", "adversarial_images", "clean_images", "multimodal_direction", "query_activations",
-    "ForgetRetain", "forget_retain_activations", "fit_steering", "fit_default_steering", "group_rows", "Steering", "evaluate_steering", "results",
+    "ForgetRetain", "forget_retain_activations", "fit_steering", "fit_default_steering", "group_rows", "Steering",
+    "gate_reads", "evaluate_steering", "results",
     "safety_rates", "attack_success", "refusal_check", "dense_eq12", "images_to_tensor", "profile_questions",
     "generate", "projector_summary", "auc", "example_generations", "tuning_rows", "choose_strengths",
     "BaselineRun", "baseline_data", "run_baseline", "steering_norms", "separability", "steered_activations",
@@ -1008,6 +1009,32 @@ def steered_activations(d: Default, forget_pct: int, steering: Steering | None, 
     return out
 
 
+def gate_reads(d: Default, forget_pct: int, steering: Steering, groups: Sequence[str] = ("Fgt", "Ret", "Cele"),
+               task: str = "cloze", mode: str = "QA", n: int | None = None, read: str | None = None,
+               batch_size: int = 16) -> dict[str, dict[int, Tensor]]:
+    """The gate value each steered layer reads during one steered prefill of the ``task`` prompts per group.
+
+    With the authors' reading (``read="steered"``) a layer reads a state that earlier layers already pushed, so
+    its gate can leave the range it was fitted on (the cascade, METHOD.md §8); ``"frozen"`` reads the unsteered
+    pass. ``read`` overrides the steering's own. Returns ``{group: {layer: (N,) raw gate values}}`` (eval profiles).
+    """
+    items = _group_items(d, forget_pct, groups, n, n, (mode,), (task,))
+    ops = steering.operators(task, d.num_layers)
+    how = dataclasses.replace(steering, read=read) if read is not None else steering
+    out = {}
+    for g, its in items.items():
+        rec: dict = {}
+        for s in range(0, len(its), batch_size):
+            chunk = its[s:s + batch_size]
+            ims = None if mode == "QA" else [it.image for it in chunk]
+            batch = d.adapter.encode([it.prompt for it in chunk], images=ims)
+            with torch.no_grad(), steer(d.adapter, ops, mode=how.mode, read=how.read,
+                                        anchor=min(ops) if how.read == "anchor" else None, record=rec):
+                d.adapter.model(**batch)
+        out[g] = {l: torch.cat(v) for l, v in sorted(rec.items())}
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # safety checks
 
@@ -1138,16 +1165,6 @@ def projector_summary(acts: ForgetRetain, null_space: str | float = 0.3,
                      "retain energy kept (%)": 100 * float(P.apply(Hr).norm() ** 2 / Hr.norm() ** 2),
                      "forget energy kept (%)": 100 * float(P.apply(Hf).norm() ** 2 / Hf.norm() ** 2)})
     return pd.DataFrame(recs).set_index("layer")
-
-
-def auc(pos: Any, neg: Any) -> float:
-    """P(a random ``pos`` value > a random ``neg`` value), ties counted half: 1 = perfectly separated."""
-    p = torch.as_tensor(pos, dtype=torch.float64).ravel()
-    n = torch.as_tensor(neg, dtype=torch.float64).ravel()
-    if p.numel() == 0 or n.numel() == 0:
-        raise ValueError("auc needs at least one value in each group")
-    diff = p[:, None] - n[None, :]
-    return float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
 
 
 def example_generations(d: Default, forget_pct: int, steering: Steering, n: int = 2,

@@ -57,13 +57,18 @@ def image_grid(images: Sequence[Any], titles: Sequence[str] | None = None, ncols
 
 
 def per_layer(series: Mapping[str, Mapping[int, float]], ylabel: str = "", title: str | None = None, ax=None,
-              logy: bool = False):
-    """One line per series of ``{layer: value}`` (direction norms, cosines, gates per layer, ...)."""
+              logy: bool = False, xlabel: str = "layer (input of decoder layer l)"):
+    """One line per series of ``{x: value}`` (layers: direction norms, cosines, gates per layer, ...); integer x
+    values get one tick each."""
     fig, ax = _ax(ax)
+    xs = set()
     for label, values in series.items():
         ls = sorted(values)
+        xs.update(ls)
         ax.plot(ls, [values[l] for l in ls], marker="o", label=label)
-    ax.set_xlabel("layer (input of decoder layer l)")
+    if xs and all(float(x).is_integer() for x in xs):
+        ax.set_xticks(sorted(xs))
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
         ax.set_yscale("log")
@@ -149,6 +154,20 @@ def gate_strip(values: Mapping[str, Any], ax=None, ylabel: str = "gate s(h) = gÂ
     return fig
 
 
+def gate_strips(panels: Mapping[str, Mapping[str, Any]], ylabel: str = "gate value", title: str | None = None,
+                sharey: bool = False):
+    """One :func:`gate_strip` panel per entry of ``{panel: {group: values}}``, side by side."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), layout="constrained",
+                             sharey=sharey, squeeze=False)
+    for ax, (name, values) in zip(axes[0], panels.items()):
+        gate_strip(values, ax=ax, ylabel=ylabel if ax is axes[0][0] else "", title=name)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 def identity_scatter(x: Any, y: Any, xlabel: str, ylabel: str, ax=None, title: str | None = None):
     """y against x with the diagonal: two computations of the same quantity."""
     fig, ax = _ax(ax, figsize=(4, 4))
@@ -166,9 +185,15 @@ def identity_scatter(x: Any, y: Any, xlabel: str, ylabel: str, ax=None, title: s
 
 def tradeoff(points: Any, x: str = "forget", y: str = "retain", label: str = "method", style: str | None = None,
              ax=None, xlabel: str = "forget-set score (lower = more forgotten)",
-             ylabel: str = "retain-set score (higher = more utility kept)", title: str | None = None):
-    """Paper Fig. 3: one marker per row of ``points`` (a DataFrame), colour by ``label``, marker by ``style``."""
+             ylabel: str = "retain-set score (higher = more utility kept)", title: str | None = None,
+             diagonal: bool = False):
+    """Paper Fig. 3: one marker per row of ``points`` (a DataFrame), colour by ``label``, marker by ``style``;
+    ``diagonal`` draws y = x (forget and retain lost in equal measure)."""
     fig, ax = _ax(ax, figsize=(6, 4.5))
+    if diagonal:
+        lo = float(min(points[x].min(), points[y].min(), 0.0))
+        hi = float(max(points[x].max(), points[y].max(), 1.0))
+        ax.plot([lo, hi], [lo, hi], ls=":", color="grey", lw=1, label="y = x")
     markers = "osD^vP*X"
     styles = list(dict.fromkeys(points[style])) if style else [None]
     for i, name in enumerate(dict.fromkeys(points[label])):
@@ -232,4 +257,36 @@ def embedding(points: Mapping[str, Any], ax=None, title: str | None = None, xlab
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7)
+    return fig
+
+
+def separability_per_layer(sep: Any, value: str = "AUC", title: str | None = None, ax=None):
+    """One line per (gate, mode) of ``sep[value]`` against the layer (index (gate, mode, layer)); 0.5 = chance."""
+    fig, ax = _ax(ax, figsize=(6, 3.5))
+    for i, ((gate, mode), s) in enumerate(sep[value].groupby(level=[0, 1], sort=False)):
+        s = s.droplevel([0, 1])
+        ax.plot(s.index, s.values, marker="o", ls="-" if mode == "QA" else "--", color=f"C{i // 2}",
+                label=f"{gate} Â· {mode}")
+    layers = sorted(set(sep.index.get_level_values(-1)))
+    ax.set_xticks(layers)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_ylim(0.3, 1.02)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(value)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def before_after(points: Mapping[str, Mapping[str, Any]], xlabel: str = "dim 1", ylabel: str = "dim 2"):
+    """Side-by-side :func:`embedding` panels with shared axes, e.g. ``{"unsteered": {group: (N, 2)}, "steered":
+    {...}}`` (paper Fig. 4)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(points), figsize=(4.5 * len(points), 3.8), layout="constrained", sharex=True,
+                             sharey=True, squeeze=False)
+    for i, (ax, (name, pts)) in enumerate(zip(axes[0], points.items())):
+        embedding(pts, ax=ax, title=name, xlabel=xlabel, ylabel=ylabel if i == 0 else "")
     return fig

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import pandas as pd
+
+from .artifacts import atomic_write
 
 # (mode, task, group) -> (comparison, bar). Values in the units of evaluate.results_table.
 BARS: dict[tuple[str, str, str], tuple[str, float]] = {}
@@ -88,8 +89,8 @@ def vanilla_quality(organism: str, out: str | None = None, forget_pct: int = 15,
             tl = json.load(f)
         record["training"] = {"train_seconds": tl.get("train_seconds"), "parameters": tl.get("parameters"),
                               "last": tl["steps"][-1] if tl.get("steps") else None}
-    _atomic_write(out, json.dumps(record, indent=1))
-    _atomic_write(os.path.splitext(out)[0] + ".md", _markdown(report, record))
+    atomic_write(out, json.dumps(record, indent=1))
+    atomic_write(os.path.splitext(out)[0] + ".md", _markdown(report, record))
     return report
 
 
@@ -102,15 +103,3 @@ def _markdown(report: pd.DataFrame, record: dict) -> str:
     for r in report.itertuples():
         lines.append(f"| {r.metric} | {r.value:.3g} | {r.bar} | {'yes' if r.met else '**no**'} |")
     return "\n".join(lines) + "\n"
-
-
-def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -1,0 +1,89 @@
+"""erasekit.recipes on the tiny random LLaVA + a tiny world: the shared gate set-up, the selectivity record, and
+the tables and sentences the result chapters show (they must run, carry the measured numbers, and be consistent)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+import pytest
+
+import erasekit.pipeline as pl
+from erasekit import recipes
+from erasekit.world import make_world
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_llava, tmp_path_factory):
+    import os
+
+    old = os.environ.get("ERASEKIT_CACHE")
+    os.environ["ERASEKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    pl._MEMO.clear()
+    session = pl.load_default(tiny_llava, make_world(20, 4, image_size=28))
+    cfg = recipes.GateConfig(lambda_grid=(0.5, 2.0), max_new_tokens=2, pgd_steps=2, n_images=1, k=1, n_pairs=4,
+                             direction_filter=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = recipes.gate_setup(session, cfg)
+    yield s
+    pl._MEMO.clear()
+    if old is None:
+        os.environ.pop("ERASEKIT_CACHE", None)
+    else:
+        os.environ["ERASEKIT_CACHE"] = old
+
+
+def test_gate_setup_fits_both_gates_by_their_rules(setup):
+    assert set(setup.strengths) == {"paper", "default"}
+    paper, default = setup.steerer("paper"), setup.steerer("default")
+    assert paper.meta["gate"] == "nullspace" and default.meta["gate"] == "contrastive"
+    assert default.floors and set(default.meta["selection"]["layers"]) == set(default.layers)
+    assert setup.steering("default").read == "frozen" and setup.steering("paper").read == "steered"
+    frame = recipes.strengths_frame(setup)
+    assert set(frame.index.get_level_values("gate")) == set(recipes.GATE_NAMES.values())
+    text = recipes.describe_choices(setup)
+    assert f"layers {default.layers}" in text and "λ =" in text
+
+
+def test_gate_selectivity_record_shape_and_disjointness(setup):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec = recipes.gate_selectivity(setup.d, setup)
+    assert rec["ret_disjoint_from_fit"] is True
+    for key in ("vanilla", "paper", "default"):
+        assert set(rec[key]["QA"]) == {"classification", "generation", "cloze"}
+        assert set(rec[key]["QA"]["cloze"]) == {"Fgt", "Test", "Ret", "Cele"}
+    assert rec["default"]["params"]["read"] == "frozen" and rec["paper"]["params"]["null_space"] == 0.3
+    assert 0 <= rec["vanilla"]["QA"]["cloze"]["Fgt"] <= 100 and 0 <= rec["vanilla"]["QA"]["generation"]["Ret"] <= 1
+
+
+def test_result_tables_and_sentences(setup):
+    kw = dict(max_new_tokens=2, progress=False, modes=("QA",))
+    frames = {5: pd.concat([pl.evaluate_steering(setup.d, 5, None, **kw)] +
+                           [pl.evaluate_steering(setup.d, 5, setup.steering(g), method=recipes.GATE_NAMES[g], **kw)
+                            for g in ("paper", "default")], ignore_index=True)}
+    tables = {5: pl.results_table(frames[5]) if hasattr(pl, "results_table") else __import__(
+        "erasekit").results_table(frames[5])}
+    text = recipes.describe_table1(tables)
+    assert "**5 %**" in text and recipes.GATE_NAMES["default"] in text
+    points = recipes.tradeoff_points(frames)
+    assert set(points["method"]) == {"Vanilla", *recipes.GATE_NAMES.values()}
+    assert "retain-minus-forget" in recipes.describe_tradeoff(points)
+    beside = recipes.paper_beside_ours(tables[5])
+    assert any(i.startswith("paper") for i in beside.index) and any(i.startswith("ours") for i in beside.index)
+    cases = recipes.case_studies(frames[5], [recipes.GATE_NAMES["default"]])
+    assert {"ground truth", "vanilla", recipes.GATE_NAMES["default"]} <= set(cases.columns)
+
+
+def test_ablation_and_cascade_helpers(setup):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        variants = {"ours": setup.steering("default"), "no floor": recipes.gate_variant(setup, floor=False),
+                    "steered read": recipes.gate_variant(setup, read="steered")}
+        table = recipes.ablation_table(setup, variants, tasks=("generation", "cloze"))
+        reads = recipes.cascade_table(setup)
+    assert list(table.index) == ["Vanilla", "ours", "no floor", "steered read"]
+    assert "Selectivity" in recipes.describe_ablation(table, "ours")
+    assert {"steered", "frozen", "fitting data"} <= set(reads.index.get_level_values("reading"))
+    assert "extra prefill" in recipes.describe_cascade(reads)
