@@ -2,7 +2,8 @@
 # Set up (idempotent) and run every check; exits non-zero if any step fails (all steps still run):
 #   1. unit tests of erasekit (tests/, without the built-book tests);
 #   2. every notebook, executed ONCE by pytest --nbmake on a staged copy (.cache/book-stage; the committed
-#      notebooks stay output-free), with the outputs written into the copy (--overwrite);
+#      notebooks stay output-free), with the outputs written into the copy (--overwrite), under the documented
+#      ci profile (ERASEKIT_PROFILE=ci: fewer forget splits / PGD budgets, same code paths);
 #   3. the book built from those executed copies with execution off, into book/_build/html;
 #   4. the built site checked in headless Chromium (tests/test_book.py: figures present, no error output).
 # Extra arguments go to the unit-test pytest call (e.g. -k pipeline).
@@ -35,7 +36,10 @@ cp notebooks/*.ipynb "$STAGE/notebooks/"
 sed -i 's/^\(\s*execute_notebooks:\s*\)force/\1"off"/' "$STAGE/_config.yml"
 grep -q 'execute_notebooks: "off"' "$STAGE/_config.yml" || failed+=("stage config (execute_notebooks not switched off)")
 
-step "notebooks (nbmake)" "${PYTEST[@]}" -q --nbmake --overwrite --nbmake-timeout=3600 "$STAGE"/notebooks/*.ipynb
+# The documented ci profile (ERASEKIT_PROFILE=ci, read by the parameters cells of 05 and 07): fewer forget splits
+# and PGD budgets, the same code paths. scripts/main.sh builds the published book with the full profile.
+ERASEKIT_PROFILE=ci step "notebooks (nbmake, ci profile)" "${PYTEST[@]}" -q --nbmake --overwrite \
+  --nbmake-timeout=3600 "$STAGE"/notebooks/*.ipynb
 
 rm -rf book/_build/html
 if step "book build" .venv/bin/jupyter-book build "$STAGE" --all -W --keep-going; then :; fi

@@ -55,3 +55,16 @@ def test_plot_returns_figure_on_given_axes(i, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # nothing saved
     assert dict(plt.rcParams) == rc  # global style untouched
     plt.close("all")
+
+
+def test_multi_panel_helpers_return_their_figures():
+    sep = pd.DataFrame({"gate": ["g1"] * 4, "mode": ["QA", "QA", "VQA", "VQA"], "layer": [1, 2, 1, 2],
+                        "AUC": [0.9, 0.8, 0.5, 0.6]}).set_index(["gate", "mode", "layer"])
+    figs = [plots.gate_strips({"paper": {"Fgt": np.ones(3), "Ret": np.zeros(3)}, "ours": {"Fgt": np.ones(3)}}),
+            plots.separability_per_layer(sep, title="t"),
+            plots.before_after({"unsteered": {"Fgt": np.random.rand(4, 2)}, "steered": {"Fgt": np.random.rand(4, 2)}}),
+            plots.tradeoff(pd.DataFrame({"method": ["a"], "forget": [0.2], "retain": [0.9]}), diagonal=True)]
+    assert [len(f.axes) for f in figs] == [2, 1, 2, 1]
+    assert [int(t) for t in figs[1].axes[0].get_xticks()] == [1, 2]  # integer layer ticks only
+    for f in figs:
+        plt.close(f)
