@@ -391,14 +391,21 @@ def unit_image(image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-def random_steerer(d: int, layers: list[int], n_forget: int = 32, n_retain: int = 128, gamma: float = 0.1,
-                   null_space: str | float = 0.3, seed: int = 0):
-    """An InputAwareSteerer fitted on random activations (timing does not depend on the values)."""
+def random_steerer(d: int, layers: list[int], n_forget: int = 32, n_retain: int = 128, gamma: float | None = None,
+                   null_space: str | float = 0.3, seed: int = 0, gate: str = "contrastive"):
+    """An InputAwareSteerer fitted on random activations (timing does not depend on the values).
+
+    ``gate="contrastive"`` (erasekit's default; gamma 1e-3, relative) or ``"nullspace"`` (the paper's; gamma 0.1,
+    absolute, ``null_space``)."""
     from erasekit.directions import ErasureDirection
     from erasekit.steering import fit_steerer
 
     g = torch.Generator().manual_seed(seed)
-    Hf = {l: torch.randn(n_forget, d, generator=g) for l in layers}
+    Hf = {l: torch.randn(n_forget, d, generator=g) + 1.0 for l in layers}  # shifted: forget rows differ from retain
     Hr = {l: torch.randn(n_retain, d, generator=g) for l in layers}
     direction = ErasureDirection({l: torch.randn(d, generator=g) for l in layers})
-    return fit_steerer(Hf, Hr, direction, gamma=gamma, null_space=null_space)
+    if gate == "contrastive":
+        return fit_steerer(Hf, Hr, direction, gamma=1e-3 if gamma is None else gamma, gate="contrastive",
+                           gamma_scale="relative")
+    return fit_steerer(Hf, Hr, direction, gamma=0.1 if gamma is None else gamma, null_space=null_space,
+                       gate="nullspace")

@@ -1,9 +1,26 @@
-"""Greedy-generation throughput with input-aware steering vs without (goal: steered / vanilla >= 0.99).
+"""Steering overhead: prefill and generation throughput with input-aware steering, per gate-reading mode, vs vanilla.
 
-Same prompts (image + question, left padded, one batch), same number of new tokens every call (min_new_tokens =
-max_new_tokens, so a steered run that would stop early at eos does not look faster), variants timed interleaved:
-vanilla, steered (prefill), steered (all), vanilla, ... The steerer is a rank-one InputAwareSteerer fitted on
-random activations at layers 1..L-1 (the authors' layers), moved to the model's device in float32.
+Same prompts (image + question, left padded, one batch) for every variant, timed interleaved (vanilla, steered,
+frozen, anchor, ..., vanilla, ...) so load drifts hit every variant alike; ratios are paired medians of
+vanilla_time / variant_time (= variant throughput / vanilla throughput).
+
+Gated operators (``GatedOperator`` from ``InputAwareSteerer.operators``, erasekit's default contrastive gate fitted on
+random activations, float32 on the model's device) steer ``--steer-layers``: ``half`` (default, the last half of the
+layers, L/2..L-1) or ``authors`` (1..L-1). Reading modes of ``erasekit.hooks.steer(..., mode="prefill", read=...)``:
+
+* ``steered`` (the authors): each layer's gate reads its own, already steered, incoming state; no extra work;
+* ``frozen``: one extra unsteered prefill pass up to the last steered layer (no KV cache) to read every gate;
+* ``anchor``: the first steered layer's gate, read once, pushes every steered layer; no extra pass.
+
+Two measurements, each with its own interleaved timing:
+
+* **prefill**: one forward of the prompt batch as generate's prefill does it (KV cache built, logits of the last
+  position only), in prompt tokens/s: vanilla vs steered / frozen / anchor. This is where the reading modes differ.
+* **generate**: greedy generation of a fixed number of new tokens (min_new_tokens = max_new_tokens), in new
+  tokens/s: vanilla vs prefill-mode steered / frozen / anchor, and every-token steering (mode="all").
+
+Checks recorded with the results: each mode changes the last-token logits, how many times the first steered layer
+runs per prefill (2 for frozen, 1 otherwise), and whether the cascade warning fired.
 
     python benchmarks/bench_steering_overhead.py --scale organism
     python benchmarks/bench_steering_overhead.py --scale full            # CPU: reduced width (see _common)
@@ -12,11 +29,28 @@ random activations at layers 1..L-1 (the authors' layers), moved to the model's 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
+
+READS = ("steered", "frozen", "anchor")
+# variant name -> (mode, read); None = vanilla. Names of the earlier version of this script kept for the first two.
+GEN_VARIANTS = {"vanilla": None, "steered_prefill": ("prefill", "steered"),
+                "steered_prefill_frozen": ("prefill", "frozen"), "steered_prefill_anchor": ("prefill", "anchor"),
+                "steered_all": ("all", "steered")}
+PREFILL_VARIANTS = {"vanilla": None, "steered": ("prefill", "steered"), "frozen": ("prefill", "frozen"),
+                    "anchor": ("prefill", "anchor")}
+
+
+def steer_layers(num_layers: int, which: str) -> list[int]:
+    if which == "half":
+        return list(range(num_layers // 2, num_layers))
+    if which == "authors":
+        return list(range(1, num_layers))
+    raise ValueError(f"--steer-layers must be 'half' or 'authors', got {which!r}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -24,62 +58,137 @@ def main(argv: list[str] | None = None) -> dict:
     C.add_scale_args(p)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=None, help="default 32 (organism) / 16 (full on CPU)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions per variant (default 30 / 5)")
+    p.add_argument("--reps", type=int, default=None, help="timed generate repetitions per variant (default 30 / 5)")
+    p.add_argument("--prefill-reps", type=int, default=None,
+                   help="timed prefill repetitions per variant (default 3 x --reps)")
     p.add_argument("--strength", type=float, default=0.25, help="lambda of Eq. 13")
+    p.add_argument("--steer-layers", choices=["half", "authors"], default="half",
+                   help="half: last half L/2..L-1; authors: 1..L-1")
     args = p.parse_args(argv)
     if args.quick:
-        args.batch_size, args.new_tokens, args.reps = 2, 4, 2
+        args.batch_size, args.new_tokens, args.reps, args.prefill_reps = 2, 4, 2, 2
     machine = C.setup(args)
     big = args.scale == "full"
     new_tokens = args.new_tokens or (16 if big and machine["device"] == "cpu" else 32)
     reps = args.reps or (5 if big else 30)
+    prefill_reps = args.prefill_reps or 3 * reps
 
     import torch
 
     from erasekit.hooks import steer
+    from erasekit.steering import GatedOperator
 
     adapter, shape, notes = C.model_from_args(args)
-    layers = list(range(1, adapter.num_layers))
+    layers = steer_layers(adapter.num_layers, args.steer_layers)
+    anchor = layers[0]
     steerer = C.random_steerer(adapter.hidden_size, layers, seed=args.seed).to(
         device=adapter.device, dtype=torch.float32)
     ops = steerer.operators(args.strength)
+    assert all(isinstance(o, GatedOperator) for o in ops.values())
     questions, images = C.organism_prompts(args.batch_size)
     if shape.image_size != 32:
         images = [im.resize((shape.image_size, shape.image_size)) for im in images]
     batch = adapter.encode(questions, images=images)
+    prompt_tokens = int(batch["input_ids"].numel())
 
-    def run(mode: str | None):
+    def context(spec):
+        mode, read = spec
+        return steer(adapter, ops, mode=mode, read=read, anchor=anchor if read == "anchor" else None)
+
+    def prefill_once():
+        # generate's prefill: KV cache built, logits of the last position only
+        return adapter.model(**batch, use_cache=True, logits_to_keep=1)
+
+    def prefill(spec):
         def go():
-            if mode is None:
+            with torch.no_grad():
+                if spec is None:
+                    return prefill_once()
+                with context(spec):
+                    return prefill_once()
+        return go
+
+    def generate(spec):
+        def go():
+            if spec is None:
                 return adapter.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-            with steer(adapter, ops, mode=mode):
+            with context(spec):
                 return adapter.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
         return go
 
-    # Steering must actually change the computation, else the benchmark would time a no-op.
-    with torch.no_grad():
-        base = adapter.model(**batch).logits[:, -1]
-        with steer(adapter, ops, mode="prefill"):
-            steered = adapter.model(**batch).logits[:, -1]
-    changed = float((steered - base).abs().max())
+    # Checks: steering must change the computation (else the benchmark would time a no-op); frozen must run the
+    # extra pass; record whether the cascade warning fires in each reading mode.
+    calls = {"n": 0}
 
-    variants = {"vanilla": run(None), "steered_prefill": run("prefill"), "steered_all": run("all")}
-    times = C.interleaved(variants, reps=reps, warmup=1, progress=not args.no_progress, device=adapter.device,
-                          desc=f"generate ({args.scale})")
-    tokens = args.batch_size * new_tokens
-    results: dict = {k: C.summarize(v, work=tokens) for k, v in times.items()}
-    for k in ("steered_prefill", "steered_all"):
-        results[f"ratio_{k}_over_vanilla"] = C.paired_ratio(times[k], times["vanilla"])
+    def count(module, args_, kwargs_):
+        calls["n"] += 1
+
+    checks: dict = {}
+    with torch.no_grad():
+        base = prefill_once().logits[:, -1].float()
+        handle = adapter.layers[anchor].register_forward_pre_hook(count, with_kwargs=True)
+        try:
+            for name, spec in PREFILL_VARIANTS.items():
+                calls["n"] = 0
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    logits = prefill(spec)().logits[:, -1].float()
+                checks[name] = {
+                    "max_abs_logit_change_vs_vanilla": float((logits - base).abs().max()),
+                    "first_steered_layer_calls_per_prefill": calls["n"],
+                    "cascade_warning": any("cascade" in str(w.message) for w in caught),
+                }
+        finally:
+            handle.remove()
+    for name in ("steered", "frozen", "anchor"):
+        if not checks[name]["max_abs_logit_change_vs_vanilla"] > 0:
+            raise RuntimeError(f"steering with read={name!r} did not change the logits: the timing would be a no-op")
+    if checks["frozen"]["first_steered_layer_calls_per_prefill"] != 2:
+        raise RuntimeError(f"read='frozen' ran the first steered layer {checks['frozen']} times per prefill, not 2")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cascade warning, recorded above; it would repeat on every call
+        t_pre = C.interleaved({k: prefill(v) for k, v in PREFILL_VARIANTS.items()}, reps=prefill_reps, warmup=1,
+                              progress=not args.no_progress, device=adapter.device, desc=f"prefill ({args.scale})")
+        t_gen = C.interleaved({k: generate(v) for k, v in GEN_VARIANTS.items()}, reps=reps, warmup=1,
+                              progress=not args.no_progress, device=adapter.device, desc=f"generate ({args.scale})")
+
+    new = args.batch_size * new_tokens
+    results: dict = {k: C.summarize(v, work=new) for k, v in t_gen.items()}  # generate, new tokens/s
+    for k in GEN_VARIANTS:
+        if k != "vanilla":
+            results[f"ratio_{k}_over_vanilla"] = C.paired_ratio(t_gen[k], t_gen["vanilla"])
+    pre = {k: C.summarize(v, work=prompt_tokens) for k, v in t_pre.items()}  # prefill, prompt tokens/s
+    for k in PREFILL_VARIANTS:
+        if k != "vanilla":
+            pre[f"ratio_{k}_over_vanilla"] = C.paired_ratio(t_pre[k], t_pre["vanilla"])
+    results["prefill"] = pre
+    results["checks"] = checks
     results["goal_ratio"] = 0.99
-    results["max_abs_logit_change_from_steering"] = changed
-    config = {"scale": args.scale, "reduced_size": bool(notes), "shape": C.shape_info(shape, adapter), "batch_size": args.batch_size,
-              "prompt_tokens": int(batch["input_ids"].shape[1]), "new_tokens": new_tokens, "reps": reps,
-              "steered_layers": layers, "strength": args.strength, "quick": args.quick}
-    for k in ("steered_prefill", "steered_all"):
-        r = results[f"ratio_{k}_over_vanilla"]
-        print(f"{args.scale}: {k} / vanilla tokens/s = {r['median_paired_ratio']:.4f} (paired median; "
-              f"range {r['min_paired_ratio']:.3f}..{r['max_paired_ratio']:.3f}); vanilla "
-              f"{results['vanilla']['median_per_s']:.1f} tok/s")
+    config = {"scale": args.scale, "reduced_size": bool(notes), "shape": C.shape_info(shape, adapter),
+              "batch_size": args.batch_size, "prompt_tokens_per_row": int(batch["input_ids"].shape[1]),
+              "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "reps": reps, "prefill_reps": prefill_reps,
+              "steer_layers": args.steer_layers, "steered_layers": layers, "anchor": anchor,
+              "gate": steerer.meta.get("gate"), "strength": args.strength, "quick": args.quick}
+    notes = list(notes) + [
+        "generate: new tokens/s (batch x new tokens per call); prefill: prompt tokens/s (batch x padded prompt "
+        "length per forward, KV cache built, logits of the last position only).",
+        "ratio_* = paired median of vanilla_time / variant_time over interleaved repetitions (>1: faster than vanilla).",
+    ]
+    print(f"{args.scale} ({machine['device']}), steering layers {layers[0]}..{layers[-1]} ({len(layers)} of "
+          f"{adapter.num_layers}), batch {args.batch_size}:")
+    print(f"  prefill ({prompt_tokens} prompt tokens, {prefill_reps} reps): vanilla "
+          f"{pre['vanilla']['median_per_s']:.0f} tok/s")
+    for k in ("steered", "frozen", "anchor"):
+        r = pre[f"ratio_{k}_over_vanilla"]
+        print(f"    read={k:8s} / vanilla = {r['median_paired_ratio']:.3f} (range {r['min_paired_ratio']:.3f}.."
+              f"{r['max_paired_ratio']:.3f}); cascade warning: {checks[k]['cascade_warning']}")
+    print(f"  generate ({new_tokens} new tokens, {reps} reps): vanilla {results['vanilla']['median_per_s']:.1f} tok/s")
+    for k in GEN_VARIANTS:
+        if k != "vanilla":
+            r = results[f"ratio_{k}_over_vanilla"]
+            print(f"    {k:24s} / vanilla = {r['median_paired_ratio']:.3f} (range {r['min_paired_ratio']:.3f}.."
+                  f"{r['max_paired_ratio']:.3f})")
     C.write_results(f"steering_overhead_{args.scale}", args.out_dir, machine, config, results, notes)
     return results
 

@@ -266,21 +266,28 @@ def steer(
         if not all(hasattr(o, "push") and hasattr(o, "gate_value") for o in ops.values()):
             raise TypeError("read='anchor' needs gated operators (erasekit.steering.GatedOperator, e.g. from "
                             "InputAwareSteerer.operators)")
-    state = {"inner": False, "frozen": {}, "anchor": None, "warned": False}
+    # Gate values outside their fitted range are collected as device tensors and checked once, when the context
+    # exits: a check per layer and pass would force a device synchronisation at every steered layer.
+    state = {"inner": False, "frozen": {}, "anchor": None, "outside": []}
 
     def check_range(op, s: Tensor, l: int) -> None:
         if record is not None and not state["inner"]:
             record.setdefault(l, []).append(s.detach().float().cpu())
         rng = getattr(op, "gate_range", None)
-        if rng is None or state["warned"] or state["inner"]:
+        if rng is None or state["inner"] or len(state["outside"]) >= 4096:
             return
         lo, hi = rng
-        if bool(((s < lo) | (s > hi)).any()):
-            state["warned"] = True
-            warnings.warn(
-                f"gate at layer {l} read {float(s.min()):.3g}..{float(s.max()):.3g} during steering, outside the "
-                f"range {lo:.3g}..{hi:.3g} seen on its fitting data: upstream steering inflates it (the cascade). "
-                "Use read='frozen' or 'anchor', fewer steered layers, or a larger gamma.", stacklevel=2)
+        s = s.detach()
+        state["outside"].append((l, lo, hi, ((s < lo) | (s > hi)).any(), s.min(), s.max()))
+
+    def warn_cascade() -> None:
+        for l, lo, hi, out, smin, smax in state["outside"]:
+            if bool(out):
+                warnings.warn(
+                    f"gate at layer {l} read {float(smin):.3g}..{float(smax):.3g} during steering, outside the range "
+                    f"{lo:.3g}..{hi:.3g} seen on its fitting data: upstream steering inflates it (the cascade). "
+                    "Use read='frozen' or 'anchor', fewer steered layers, or a larger gamma.", stacklevel=4)
+                return
 
     def make_hook(l: int, op: Operator):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -349,3 +356,4 @@ def steer(
 
     with _registered(handles):
         yield
+    warn_cascade()

@@ -109,7 +109,8 @@ def null_space_projector(H_retain: Tensor, null_space: str | float = "exact", rt
     H = H_retain.to(torch.float64)
     if n > d:
         # Tall H_r (the usual case: N_r ~ 6000 > d): H = Q R with R (d, d) has the same singular values and right
-        # singular vectors, and the R-only QR is several times cheaper than a thin SVD of H (benchmarks/bench_fit.py).
+        # singular vectors, and the R-only QR is several times cheaper than a thin SVD of H (measured with
+        # benchmarks/bench_fit.py at commit 08cc600; see benchmarks/README.md).
         H = torch.linalg.qr(H, mode="r").R
     # full_matrices only when n < d, where the (d, d) Vh is needed to reach the null space; otherwise the thin
     # SVD already has a (d, d) Vh, and full_matrices would allocate an (n, n) U for nothing.
