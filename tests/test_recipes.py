@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import erasekit.pipeline as pl
-from erasekit import recipes
+from erasekit import recipes, report
 from erasekit.world import make_world
 
 
@@ -40,9 +40,9 @@ def test_gate_setup_fits_both_gates_by_their_rules(setup):
     assert paper.meta["gate"] == "nullspace" and default.meta["gate"] == "contrastive"
     assert default.floors and set(default.meta["selection"]["layers"]) == set(default.layers)
     assert setup.steering("default").read == "frozen" and setup.steering("paper").read == "steered"
-    frame = recipes.strengths_frame(setup)
+    frame = report.strengths_frame(setup)
     assert set(frame.index.get_level_values("gate")) == set(recipes.GATE_NAMES.values())
-    text = recipes.describe_choices(setup)
+    text = report.describe_choices(setup)
     assert f"layers {default.layers}" in text and "λ =" in text
 
 
@@ -65,14 +65,14 @@ def test_result_tables_and_sentences(setup):
                             for g in ("paper", "default")], ignore_index=True)}
     tables = {5: pl.results_table(frames[5]) if hasattr(pl, "results_table") else __import__(
         "erasekit").results_table(frames[5])}
-    text = recipes.describe_table1(tables)
+    text = report.describe_table1(tables)
     assert "**5 %**" in text and recipes.GATE_NAMES["default"] in text
-    points = recipes.tradeoff_points(frames)
+    points = report.tradeoff_points(frames)
     assert set(points["method"]) == {"Vanilla", *recipes.GATE_NAMES.values()}
-    assert "retain-minus-forget" in recipes.describe_tradeoff(points)
-    beside = recipes.paper_beside_ours(tables[5])
+    assert "retain-minus-forget" in report.describe_tradeoff(points)
+    beside = report.paper_beside_ours(tables[5])
     assert any(i.startswith("paper") for i in beside.index) and any(i.startswith("ours") for i in beside.index)
-    cases = recipes.case_studies(frames[5], [recipes.GATE_NAMES["default"]])
+    cases = report.case_studies(frames[5], [recipes.GATE_NAMES["default"]])
     assert {"ground truth", "vanilla", recipes.GATE_NAMES["default"]} <= set(cases.columns)
 
 
@@ -81,9 +81,9 @@ def test_ablation_and_cascade_helpers(setup):
         warnings.simplefilter("ignore")
         variants = {"ours": setup.steering("default"), "no floor": recipes.gate_variant(setup, floor=False),
                     "steered read": recipes.gate_variant(setup, read="steered")}
-        table = recipes.ablation_table(setup, variants, tasks=("generation", "cloze"))
-        reads = recipes.cascade_table(setup)
+        table = report.ablation_table(setup, variants, tasks=("generation", "cloze"))
+        reads = report.cascade_table(setup)
     assert list(table.index) == ["Vanilla", "ours", "no floor", "steered read"]
-    assert "Selectivity" in recipes.describe_ablation(table, "ours")
+    assert "Selectivity" in report.describe_ablation(table, "ours")
     assert {"steered", "frozen", "fitting data"} <= set(reads.index.get_level_values("reading"))
-    assert "extra prefill" in recipes.describe_cascade(reads)
+    assert "extra prefill" in report.describe_cascade(reads)

@@ -1,0 +1,408 @@
+"""What the result chapters show: tables and the sentences that read them, computed from the run (tested).
+
+The notebooks carry their question, parameters and prose; every number a sentence quotes is produced here from
+the evaluation frames and fitted steerers of :mod:`erasekit.recipes`, so no notebook cell formats long f-strings and
+:mod:`tests.test_recipes` exercises each function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from . import pipeline as pl
+from .recipes import GATE_NAMES, GateSetup
+
+__all__ = [
+    "strengths_frame", "describe_choices", "describe_table1", "paper_beside_ours", "tradeoff_points",
+    "describe_tradeoff", "case_studies", "describe_categories", "describe_projector", "gate_values_by_group",
+    "describe_gates", "cascade_table", "describe_cascade", "describe_examples", "separability_table",
+    "steering_norms_by_group", "describe_separability", "steered_embedding", "ablation_table",
+    "describe_ablation", "describe_nullspace_ablation",
+]
+
+
+def strengths_frame(setup: GateSetup) -> pd.DataFrame:
+    """λ per task chosen by the rule for each gate, with the forget / retain tuning scores at that λ."""
+    recs = []
+    for gate, table in setup.tuning.items():
+        for task, lam in setup.strengths[gate].items():
+            row = table[(table["task"] == task) & (table["lambda"] == lam)].iloc[0]
+            van = table[(table["task"] == task) & (table["lambda"] == 0)].iloc[0]
+            recs.append({"gate": GATE_NAMES[gate], "task": task, "λ": lam,
+                         "forget (vanilla → steered)": f"{van['forget']:.2f} → {row['forget']:.2f}",
+                         "retain (vanilla → steered)": f"{van['retain']:.2f} → {row['retain']:.2f}",
+                         "within budget": bool(row["within budget"])})
+    return pd.DataFrame(recs).set_index(["gate", "task"])
+
+
+def describe_choices(setup: GateSetup) -> str:
+    """One paragraph: what each rule chose and what it means on the tuning profiles."""
+    parts = []
+    st = setup.steerer("default")
+    sel = st.meta.get("selection", {})
+    if sel:
+        best = max(float(a) for a in sel["auc"][str(sel["gamma"])].values())
+        parts.append(f"erasekit's gate: γ = {sel['gamma']:g} (relative), layers {sel['layers']} (held-out AUC of the "
+                     f"best layer {best:.2f}; a layer is steered within 0.05 of it), floors "
+                     + ", ".join(f"{t:.2f}" for t in st.floors.values()) + ".")
+    for gate in setup.strengths:
+        table = setup.tuning[gate]
+        none = [t for t in setup.strengths[gate]
+                if not table[(table["task"] == t) & (table["lambda"] > 0)]["within budget"].any()]
+        lam = ", ".join(f"{t} {v:g}" for t, v in setup.strengths[gate].items())
+        cl = table[(table["task"] == "cloze")].set_index("lambda")
+        chosen = setup.strengths[gate]["cloze"]
+        parts.append(f"{GATE_NAMES[gate]}: λ = {lam}; at the chosen cloze λ the tuning forget score goes "
+                     f"{cl.loc[0.0, 'forget']:.2f} → {cl.loc[chosen, 'forget']:.2f} and the tuning retain score "
+                     f"{cl.loc[0.0, 'retain']:.2f} → {cl.loc[chosen, 'retain']:.2f}"
+                     + (f" (no λ kept retain within budget for {', '.join(none)}: the smallest λ is used)" if none
+                        else "") + ".")
+    return " ".join(parts)
+
+
+def _cell(table: pd.DataFrame, method: str, split: str, task: str = "cloze", mode: str = "QA") -> float:
+    try:
+        return float(table.loc[(mode, method), (task, split)])
+    except KeyError:
+        return float("nan")
+
+
+def describe_table1(tables: dict) -> str:
+    """The headline of Table 1 in numbers: both gates on text cloze / generation, per forget split."""
+    lines = []
+    for pct, t in tables.items():
+        bits = []
+        for gate in ("paper", "default"):
+            m = GATE_NAMES[gate]
+            bits.append(f"{m}: cloze Fgt {_cell(t, 'Vanilla', 'Fgt'):.0f} → {_cell(t, m, 'Fgt'):.0f}, Test "
+                        f"{_cell(t, 'Vanilla', 'Test'):.0f} → {_cell(t, m, 'Test'):.0f}, Ret "
+                        f"{_cell(t, 'Vanilla', 'Ret'):.0f} → {_cell(t, m, 'Ret'):.0f}, Cele "
+                        f"{_cell(t, 'Vanilla', 'Cele'):.0f} → {_cell(t, m, 'Cele'):.0f}; generation ROUGE-L Fgt "
+                        f"{_cell(t, m, 'Fgt', 'generation'):.2f}, Ret {_cell(t, m, 'Ret', 'generation'):.2f}")
+        lines.append(f"**{pct} %** — " + "; ".join(bits) + ".")
+    first = next(iter(tables.values()))
+    sel = {g: (_cell(first, "Vanilla", "Fgt") - _cell(first, GATE_NAMES[g], "Fgt"))
+           - (_cell(first, "Vanilla", "Ret") - _cell(first, GATE_NAMES[g], "Ret")) for g in ("paper", "default")}
+    verdict = (f"On text questions, forget-minus-retain drop in cloze accuracy at {next(iter(tables))} %: "
+               f"{sel['paper']:.0f} points for the paper's gate, {sel['default']:.0f} for erasekit's. ")
+    auth = "MLLMEraser (paper gate, authors' λ)"
+    if auth in first.index.get_level_values("method"):
+        verdict += (f"At the authors' λ the paper's gate erases forget and retain alike (cloze Fgt "
+                    f"{_cell(first, auth, 'Fgt'):.0f}, Ret {_cell(first, auth, 'Ret'):.0f}, Cele "
+                    f"{_cell(first, auth, 'Cele'):.0f}); at the rule's λ it changes little. ")
+    verdict += ("With the portrait (VQA) the vanilla organism answers at chance (notebook 01), so those cells carry "
+                "no signal for any method.")
+    return "\n\n".join(lines + [verdict])
+
+
+# The paper's LLaVA-1.5-7B 5 % tables: Table 1 has the image questions only, Table 6 (appendix) adds text questions.
+PAPER_TABLE_5PCT = {"VQA": "table1", "QA": "table6"}
+
+
+def paper_beside_ours(table: pd.DataFrame, mode: str = "QA", paper_table: str | None = None) -> pd.DataFrame:
+    """The paper's 5 % rows (LLaVA-1.5-7B, Table 1 / Table 6) above ours (vanilla, both gates), one mode."""
+    from .paper import paper_results_table
+
+    theirs = paper_results_table(paper_table or PAPER_TABLE_5PCT[mode])
+    ours = table.xs(mode, level="mode")
+    keep = [m for m in ours.index if m == "Vanilla" or m in GATE_NAMES.values()]
+    ours = ours.loc[keep].rename(index=lambda m: f"ours · {m}")
+    if mode in theirs.index.get_level_values(0):
+        theirs = theirs.xs(mode, level=0)
+    theirs = theirs.rename(index=lambda m: f"paper (LLaVA-1.5-7B) · {m}")
+    cols = [c for c in ours.columns if c in theirs.columns]
+    return pd.concat([theirs[cols], ours[cols]]).round(2)
+
+
+def tradeoff_points(frames: dict, mode: str = "QA") -> pd.DataFrame:
+    """Per (method, forget %): mean forget and retain score over the three tasks (0-1), ``mode`` questions."""
+    recs = []
+    for pct, f in frames.items():
+        for m, g in f.groupby("method", sort=False):
+            s = g[g["mode"] == mode].groupby(["split", "task"])["score"].mean().unstack("task").mean(axis=1)
+            recs.append({"method": m, "forget %": pct, "forget": s.get("Fgt"), "retain": s.get("Ret")})
+    return pd.DataFrame(recs)
+
+
+def describe_tradeoff(points: pd.DataFrame) -> str:
+    """Which runs lie above y = x by how much, and whether any baseline dominates erasekit's gate."""
+    ours = GATE_NAMES["default"]
+    bits = []
+    for pct, g in points.groupby("forget %"):
+        g = g.set_index("method")
+        if ours not in g.index:
+            continue
+        dom = [m for m in g.index if m not in (ours, "Vanilla") and g.loc[m, "forget"] <= g.loc[ours, "forget"]
+               and g.loc[m, "retain"] >= g.loc[ours, "retain"]]
+        gap = g["retain"] - g["forget"]
+        best = gap.drop("Vanilla", errors="ignore").idxmax()
+        bits.append(f"at {pct} % the largest retain-minus-forget gap is {best}'s ({gap[best]:.2f}; erasekit's gate "
+                    f"{gap[ours]:.2f}, vanilla {gap.get('Vanilla', float('nan')):.2f})"
+                    + (f"; {', '.join(dom)} forget at least as much while keeping at least as much" if dom else
+                       "; no other run forgets as much while keeping as much"))
+    return "Mean text-question score: " + "; ".join(bits) + "."
+
+
+def case_studies(frame: pd.DataFrame, methods: Sequence[str], n: int = 3, task: str = "generation",
+                 mode: str = "QA") -> pd.DataFrame:
+    """``n`` questions per split (Fgt, Ret): ground truth, the vanilla answer and each method's answer."""
+    keys = ["split", "mode", "task", "id", "question", "image_index"]
+    base = frame[frame.method == "Vanilla"][keys + ["target", "response"]].rename(
+        columns={"target": "ground truth", "response": "vanilla"})
+    for m in methods:
+        base = base.merge(frame[frame.method == m][keys + ["response"]].rename(columns={"response": m}), on=keys)
+    sel = base[(base.task == task) & (base["mode"] == mode) & base.split.isin(["Fgt", "Ret"])]
+    return sel.groupby("split", sort=False).head(n)[["split", "question", "ground truth", "vanilla", *methods]]
+
+
+def describe_categories(cat: pd.DataFrame, pct: int) -> str:
+    """Free generation about a named person: correct / refusal / degenerate shares per method, Fgt vs Ret."""
+    c = cat.xs("QA", level="mode").xs("generation", level="task")
+
+    def share(m, s, k):
+        try:
+            return float(c.loc[(m, s), k])
+        except KeyError:
+            return float("nan")
+
+    methods = list(dict.fromkeys(c.index.get_level_values("method")))
+    return (f"Free generation about a named person at {pct} %, share of answers that are correct / refusals / "
+            "degenerate, forget vs retain: " + "; ".join(
+                f"{m}: Fgt {share(m, 'Fgt', 'correct'):.0f} / {share(m, 'Fgt', 'refusal'):.0f} / "
+                f"{share(m, 'Fgt', 'degenerate'):.0f} %, Ret {share(m, 'Ret', 'correct'):.0f} / "
+                f"{share(m, 'Ret', 'refusal'):.0f} / {share(m, 'Ret', 'degenerate'):.0f} %" for m in methods) + ".")
+
+
+def describe_projector(summary: pd.DataFrame, acts) -> str:
+    """What the paper's null-space projector keeps of the retain and forget activations (notebook 04)."""
+    s = summary
+    full_rank = bool((s["rank(H_r)"] == s["d"]).all())
+    return (f"H_r holds {acts.meta['n_retain']} retain and {acts.meta['n_celebrity']} celebrity questions (the "
+            f"`fit` profiles), H_f {acts.meta['n_forget']} forget questions, in d = {int(s['d'].iloc[0])} dimensions. "
+            + ("H_r has full rank, so there is no exact null space: " if full_rank else "")
+            + f"P keeps the {int(s['k'].iloc[0])} directions of smallest retain variance. They hold at most "
+              f"{s['retain energy kept (%)'].max():.2g} % of the retain activations' energy, and "
+              f"{s['forget energy kept (%)'].min():.2g}–{s['forget energy kept (%)'].max():.2g} % of the forget "
+              "activations': the paper's gate only sees that sliver of each forget query.")
+
+
+def gate_values_by_group(setup: GateSetup, queries: dict, layer: int) -> dict:
+    """``{gate name: {group: gate values at layer}}`` on ``{group: {layer: (N, d)}}`` activations. For erasekit's
+    gate the value as applied (after its floor); layers a gate does not steer are skipped."""
+    out = {}
+    for gate in ("paper", "default"):
+        st = setup.steerer(gate)
+        if layer not in st.layers:
+            continue
+        op = st.operators(1.0)[layer]
+        out[GATE_NAMES[gate] + ("" if gate == "paper" else " (after its floor)")] = {
+            g: op.gate_value(a[layer]) for g, a in queries.items()}
+    return out
+
+
+def describe_gates(auc: pd.DataFrame, gates: dict, setup: GateSetup) -> str:
+    """Held-out AUC of both gates and their medians per group (notebook 04)."""
+    from .tuning import auc as auc_fn
+
+    bits = [f"Held-out AUC per layer: the paper's gate {auc['paper gate'].min():.2f}–{auc['paper gate'].max():.2f}, "
+            f"erasekit's gate {auc['erasekit gate'].min():.2f}–{auc['erasekit gate'].max():.2f} (best layer "
+            f"{int(auc['erasekit gate'].idxmax())})."]
+    for name, g in gates.items():
+        neg = torch.cat([g["Ret"], g["Cele"]])
+        med = {k: float(v.median()) for k, v in g.items()}
+        bits.append(f"{name}: median {med['Fgt']:.2f} on forget, {med['Test']:.2f} on test, {med['Ret']:.2f} on "
+                    f"retain, {med['Cele']:.2f} on celebrity questions; AUC test vs retain+celebrities "
+                    f"{auc_fn(g['Test'], neg):.2f}.")
+    ratio = setup.steerer("paper")[setup.steerer("paper").layers[-1]].meta.get("null_space_dim")
+    bits.append(f"Why the paper's gate fails here: its projector keeps {ratio} directions, where the retain "
+                "activations barely vary, and the person's identity is exactly what varies across retain people — "
+                "P removes it before the gate is fitted.")
+    return " ".join(bits)
+
+
+def cascade_table(setup: GateSetup, gates: Sequence[str] = ("paper", "default"), forget_pct: int | None = None,
+                  task: str = "cloze") -> pd.DataFrame:
+    """Median gate read per layer during a steered prefill, with the authors' and the frozen reading, next to
+    the range of gate values on the fitting data. Rows (gate, reading, group), columns layers."""
+    pct = setup.config.forget_pct if forget_pct is None else forget_pct
+    recs = {}
+    for gate in gates:
+        steering = setup.steering(gate, pct)
+        for read in ("steered", "frozen"):
+            reads = pl.gate_reads(setup.d, pct, steering, task=task, read=read)
+            for group, per_layer in reads.items():
+                recs[(GATE_NAMES[gate], read, group)] = {l: float(v.median()) for l, v in per_layer.items()}
+        st = setup.steerer(gate, pct)
+        recs[(GATE_NAMES[gate], "fitting data", "min")] = {l: st[l].meta["gate_retain_min"] for l in st.layers}
+        recs[(GATE_NAMES[gate], "fitting data", "max")] = {l: st[l].meta["gate_forget_max"] for l in st.layers}
+    out = pd.DataFrame.from_dict(recs, orient="index").sort_index(axis=1)
+    out.index.names = ["gate", "reading", "group"]
+    out.columns.name = "layer"
+    return out
+
+
+def describe_cascade(reads: pd.DataFrame) -> str:
+    """How far the authors' reading drifts from the unsteered gate (median |steered - frozen| per gate)."""
+    bits = []
+    for gate in dict.fromkeys(reads.index.get_level_values("gate")):
+        r = reads.xs(gate, level="gate")
+        try:
+            a = r.xs("steered", level="reading").astype(float)
+            b = r.xs("frozen", level="reading").astype(float)
+        except KeyError:
+            continue
+        diff = (a - b).abs().dropna(axis=1, how="all")
+        if diff.empty:
+            continue
+        worst = diff.stack().idxmax()
+        bits.append(f"{gate}: the gate read with the authors' rule differs from the unsteered one by up to "
+                    f"{diff.to_numpy().max():.2f} (median over {worst[0]} questions at layer {worst[1]}: "
+                    f"{a.loc[worst]:.2f} instead of {b.loc[worst]:.2f})")
+    return ("; ".join(bits) + ". With the frozen reading every layer's gate is, by construction, the value it was "
+            "fitted to produce; the cost is one extra prefill pass (benchmarks/bench_steering_overhead.py).")
+
+
+def describe_examples(examples: pd.DataFrame) -> str:
+    """Refusals and changed answers per gate and group among the example generations."""
+    ex = examples.assign(changed=examples["vanilla"] != examples["steered"])
+    parts = []
+    for gate, g in ex.groupby(level="gate", sort=False):
+        by = g.groupby("group", sort=False).agg(refuses=("steered refuses", "sum"), changed=("changed", "sum"),
+                                                n=("changed", "size"))
+        parts.append(f"{gate}: " + ", ".join(f"{grp} {int(r['refuses'])} refusals / {int(r['changed'])} changed of "
+                                             f"{int(r['n'])}" for grp, r in by.iterrows()))
+    return "Steered answers that are refusals / that differ from the vanilla answer — " + "; ".join(parts) + "."
+
+
+def _norms(setup: GateSetup, gate: str, acts: dict, task: str = "generation") -> dict:
+    """``{layer: ‖op_l(h)‖}`` with the gate's operators at its chosen λ (floors included)."""
+    ops = setup.steerer(gate).operators(setup.strengths[gate][task])
+    return {l: ops[l](a.double()).norm(dim=-1).float() for l, a in acts.items() if l in ops}
+
+
+def separability_table(setup: GateSetup, queries: dict, task: str = "generation") -> pd.DataFrame:
+    """Per gate, mode and steered layer: median steering norm on forget and retain+celebrity queries and the AUC
+    (forget > retain+celebrities; and test > retain+celebrities). ``queries``: ``{mode: {group: {layer: acts}}}``."""
+    from .tuning import auc
+
+    recs = []
+    for gate in setup.strengths:
+        for mode, q in queries.items():
+            nf, nt = _norms(setup, gate, q["Fgt"], task), _norms(setup, gate, q["Test"], task)
+            nr = _norms(setup, gate, {l: torch.cat([q["Ret"][l], q["Cele"][l]]) for l in q["Ret"]}, task)
+            for l in sorted(nf):
+                recs.append({"gate": GATE_NAMES[gate], "mode": mode, "layer": l,
+                             "median forget": float(nf[l].median()), "median retain": float(nr[l].median()),
+                             "AUC": auc(nf[l], nr[l]), "AUC test vs retain": auc(nt[l], nr[l])})
+    return pd.DataFrame(recs).set_index(["gate", "mode", "layer"])
+
+
+def steering_norms_by_group(setup: GateSetup, gate: str, acts: dict, task: str = "generation") -> dict:
+    """``{group: {layer: log10 ‖λ f(h)‖}}`` (a zero push, below a floor, shows as -8)."""
+    return {g: {l: v.clamp_min(1e-8).log10() for l, v in _norms(setup, gate, a, task).items()}
+            for g, a in acts.items()}
+
+
+def describe_separability(sep: pd.DataFrame) -> str:
+    """Best layer and AUC range per gate and mode (notebook 06)."""
+    bits = []
+    for (gate, mode), s in sep.groupby(level=["gate", "mode"], sort=False):
+        s = s.droplevel(["gate", "mode"])
+        best = int(s["AUC"].idxmax())
+        bits.append(f"{gate}, {mode} questions: AUC {s['AUC'].min():.2f}–{s['AUC'].max():.2f} (best layer {best}, "
+                    f"test queries {s.loc[best, 'AUC test vs retain']:.2f})")
+    return ("Steering-norm AUC, forget vs retain + celebrity queries (1 = every forget query gets a larger push): "
+            + "; ".join(bits) + ". The paper's Fig. 8 shows clearly separated distributions on LLaVA-1.5-7B. On the "
+            "organism, questions that name the person separate and questions about a portrait do not: it does not "
+            "recognise faces (notebook 01), so its activations for an image question barely depend on who is "
+            "pictured, and no gate can tell forget from retain people there. These AUCs are measured on the scored "
+            "(held-out) profiles; notebook 04's held-out AUC on the tuning profiles is what selects the layers.")
+
+
+def steered_embedding(setup: GateSetup, gate: str = "default", mode: str = "QA", task: str = "cloze",
+                      method: str = "pca") -> dict:
+    """Last steered layer's input for ``task`` questions (Fgt, Ret) without and with ``gate``'s steering,
+    embedded jointly in 2-D (``"pca"`` or ``"umap"``). Returns ``{"points": {"before": {group: (N, 2)},
+    "after": {...}}, "summary": str}``."""
+    import numpy as np
+
+    st = setup.steering(gate)
+    layer = st.steerer.layers[-1]
+    pct = setup.config.forget_pct
+    before = pl.steered_activations(setup.d, pct, None, layer, ("Fgt", "Ret"), task=task, n=None, mode=mode,
+                                    progress=False)
+    after = pl.steered_activations(setup.d, pct, st, layer, ("Fgt", "Ret"), task=task, n=None, mode=mode,
+                                   progress=False)
+    X = torch.cat([*before.values(), *after.values()]).double().numpy()
+    if method == "umap":
+        import umap
+
+        Y = umap.UMAP(n_neighbors=15, random_state=0).fit_transform(X)
+    elif method == "pca":
+        Xc = X - X.mean(0)
+        Y = Xc @ np.linalg.svd(Xc, full_matrices=False)[2][:2].T
+    else:
+        raise ValueError(f"method must be 'pca' or 'umap', got {method!r}")
+    sizes = [len(v) for v in [*before.values(), *after.values()]]
+    parts = np.split(Y, np.cumsum(sizes)[:-1])
+    groups = list(before)
+    points = {"unsteered": dict(zip(groups, parts[:len(groups)])), "steered": dict(zip(groups, parts[len(groups):]))}
+    shift = {g: float((after[g] - before[g]).norm(dim=-1).median()) for g in groups}
+    scale = float(before["Ret"].norm(dim=-1).median())
+    summary = (f"At layer {layer}, {GATE_NAMES[gate]} moves the median forget activation by {shift['Fgt']:.3g} and the "
+               f"median retain activation by {shift['Ret']:.3g} (median activation norm {scale:.3g}): "
+               + ("the forget queries move, the retain queries essentially stay." if shift["Fgt"] > 5 * shift["Ret"]
+                  else "the retain queries move too, by a comparable amount."))
+    return {"points": points, "summary": summary, "layer": layer}
+
+
+def ablation_table(setup: GateSetup, variants: dict, modes: Sequence[str] = ("QA",),
+                   tasks: Sequence[str] = ("classification", "generation", "cloze"), forget_pct: int | None = None,
+                   ) -> pd.DataFrame:
+    """Vanilla and each ``{name: Steering}`` scored on the held-out profiles; rows = variants, columns (task, split)
+    (accuracy %, ROUGE-L), averaged over ``modes``."""
+    from .evaluate import results_table
+
+    pct = setup.config.forget_pct if forget_pct is None else forget_pct
+    kw = dict(modes=modes, tasks=tasks, max_new_tokens=setup.config.max_new_tokens, progress=False)
+    frames = [pl.evaluate_steering(setup.d, pct, None, method="Vanilla", **kw)]
+    frames += [pl.evaluate_steering(setup.d, pct, s, method=name, **kw) for name, s in variants.items()]
+    df = pd.concat(frames, ignore_index=True)
+    return results_table(df.assign(mode="QA")).xs("QA", level="mode")  # one row per variant, modes pooled
+
+
+def describe_ablation(table: pd.DataFrame, reference: str) -> str:
+    """Per variant: cloze drop (points) on Fgt / Test / Ret / Cele and generation ROUGE-L on Fgt / Ret, against
+    ``reference`` (a row) — what changing one thing does."""
+    def drop(m, split):
+        return float(table.loc["Vanilla", ("cloze", split)] - table.loc[m, ("cloze", split)])
+
+    rows = [m for m in table.index if m != "Vanilla"]
+    parts = [f"{m}: {drop(m, 'Fgt'):.0f} / {drop(m, 'Test'):.0f} / {drop(m, 'Ret'):.0f} / {drop(m, 'Cele'):.0f}"
+             f" (ROUGE-L Fgt {table.loc[m, ('generation', 'Fgt')]:.2f}, Ret {table.loc[m, ('generation', 'Ret')]:.2f})"
+             for m in rows]
+    ref = drop(reference, "Fgt") - max(drop(reference, "Ret"), drop(reference, "Cele"))
+    better = [m for m in rows if m != reference
+              and drop(m, "Fgt") - max(drop(m, "Ret"), drop(m, "Cele")) > ref + 2]
+    return ("Cloze accuracy drop from vanilla (points) on forget / test / retain / celebrities — " + "; ".join(parts)
+            + f". Selectivity (forget drop minus the larger retain-side drop): {ref:.0f} points for {reference}; "
+            + (f"more selective: {', '.join(better)}." if better else "no variant is more selective."))
+
+
+def describe_nullspace_ablation(auc: pd.DataFrame, recs: pd.DataFrame, exact_auc: float, small, default) -> str:
+    """Why the paper's gate fails on the organism, in numbers (notebook 07)."""
+    best = default.meta["selection"]
+    best_auc = max(float(a) for a in best["auc"][str(best["gamma"])].values())
+    n_small = small.meta["n_retain"] + small.meta["n_celebrity"]
+    return (f"The paper gate's held-out AUC spans {auc.min().min():.2f}–{auc.max().max():.2f} over null-space ratios "
+            f"{', '.join(f'{r:g}' for r in auc.index)} and γ {', '.join(f'{g:g}' for g in auc.columns)}; P keeps "
+            f"{recs['forget energy kept (%)'].min():.2g}–{recs['forget energy kept (%)'].max():.2g} % of the forget "
+            f"activations' energy. The exact null space of a small H_r ({n_small} rows, fewer than d) gives "
+            f"{exact_auc:.2f}. erasekit's contrastive gate reaches {best_auc:.2f} on the same held-out measure. "
+            "Forget and retain questions share their templates and differ only in the person; the person's identity "
+            "lives in directions where the retain set (other people) also varies, which P removes by construction. "
+            "On LLaVA-1.5-7B (d = 4096) the paper finds enough room left; on a 192-dimensional organism there is "
+            "none.")
