@@ -159,6 +159,13 @@ def gate_selectivity(d, setup: GateSetup | None = None, forget_pct: int | None =
             params.update(alpha=st.meta.get("alpha"), floors=st.floors,
                           selection_rule=st.meta.get("selection", {}).get("rule"))
         record[gate] = {"name": GATE_NAMES[gate], "params": params, **score_summary(frame)}
+    if "paper" in setup.strengths:  # the paper's gate at the authors' λ, for the record (not chosen by a rule)
+        frame = pl.evaluate_steering(d, pct, setup.steering("paper", pct, strengths=dict(pl.PAPER_STRENGTHS)),
+                                     method="MLLMEraser (paper gate, authors' λ)", **kw)
+        record["paper_authors_lambda"] = {"name": "MLLMEraser (paper gate, authors' λ)",
+                                          "params": {**record["paper"]["params"],
+                                                     "strengths": dict(pl.PAPER_STRENGTHS)},
+                                          **score_summary(frame)}
     record["ret_disjoint_from_fit"] = bool(disjoint)
     record["n_scored"] = {g: len(rs) for g, rs in scored.items()}
     return record
