@@ -518,6 +518,9 @@ def category_table(df: pd.DataFrame) -> pd.DataFrame:
 
 _TASK_LABEL = {"classification": "Classification Accuracy (%)", "generation": "Generation: Rouge Score",
                "cloze": "Cloze: Accuracy (%)"}
+# One-line column labels for the markdown form (a valid Markdown table has exactly one header row).
+_TASK_SHORT = {"classification": "Cls", "generation": "Gen", "cloze": "Cloze"}
+_RENDER_FORMATS = ("markdown", "html", "styler")
 
 
 def _fmt(task: str, v: float) -> str:
@@ -543,25 +546,63 @@ def _best(table: pd.DataFrame) -> pd.DataFrame:
     return best
 
 
+def _arrow(group: str) -> str:
+    return "↓" if _LOWER_IS_BETTER[group] else "↑"
+
+
+def _html_table(table: pd.DataFrame, best: pd.DataFrame) -> str:
+    """A plain HTML table: two header rows (task spanning its groups, then group with its arrow), one row per mode
+    as a section label, rounded values, the best cells in <strong>."""
+    from html import escape
+
+    tasks = list(dict.fromkeys(t for t, _ in table.columns))
+    head1 = ['<th rowspan="2">Models</th>'] + [
+        f'<th colspan="{sum(1 for t_, _ in table.columns if t_ == t)}">{escape(_TASK_LABEL[t])}</th>' for t in tasks]
+    head2 = [f"<th>{escape(g)} {_arrow(g)}</th>" for _, g in table.columns]
+    rows = []
+    for mode in table.index.get_level_values("mode").unique():
+        rows.append(f'<tr class="mode"><th colspan="{len(table.columns) + 1}">{escape(str(mode))}</th></tr>')
+        for method in table.loc[mode].index:
+            cells = []
+            for col in table.columns:
+                s = escape(_fmt(col[0], table.loc[(mode, method), col]))
+                cells.append(f"<td><strong>{s}</strong></td>" if best.loc[(mode, method), col] else f"<td>{s}</td>")
+            rows.append(f"<tr><th>{escape(str(method))}</th>{''.join(cells)}</tr>")
+    return ('<table class="dataframe erasekit-results">\n<thead>\n<tr>' + "".join(head1) + "</tr>\n<tr>"
+            + "".join(head2) + "</tr>\n</thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>")
+
+
 def render_table(table: pd.DataFrame, fmt: str = "markdown") -> Any:
-    """Render :func:`results_table` output: ``"markdown"`` -> str, ``"styler"`` -> pandas Styler.
+    """Render :func:`results_table` output as a real table, values rounded (accuracy to 2 decimals, ROUGE-L to 3).
+
+    ``fmt``: ``"markdown"`` -> str, a valid Markdown (GFM / MyST) table with ONE header row (``Cls Fgt ↓``,
+    ``Gen Ret ↑``, ``Cloze Cele ↑``; Cls = classification accuracy %, Gen = generation ROUGE-L, Cloze = cloze
+    accuracy %) and a bold row per mode; ``"html"`` -> str, an HTML ``<table>`` with the paper's two header rows;
+    ``"styler"`` -> a pandas Styler (an HTML table in a notebook, ``display(render_table(t, "styler"))``).
 
     Best method per column and mode in bold (lowest for Fgt/Test, highest for Ret/Cele), as in the paper; ties
     share the bold, and a column where all methods tie has none.
     """
+    if fmt not in _RENDER_FORMATS:
+        raise ValueError(f"fmt must be one of {_RENDER_FORMATS}, got {fmt!r}")
     best = _best(table)
-    arrows = {g: ("↓" if low else "↑") for g, low in _LOWER_IS_BETTER.items()}
     if fmt == "styler":
         styler = table.style.format({c: (lambda v, t=c[0]: _fmt(t, v)) for c in table.columns})
-        return styler.apply(lambda _: best.replace({True: "font-weight: bold", False: ""}), axis=None)
-    if fmt != "markdown":
-        raise ValueError(f"fmt must be 'markdown' or 'styler', got {fmt!r}")
-    head1 = ["Models"] + [_TASK_LABEL[t] for t, _ in table.columns]
-    head2 = [""] + [f"{g} {arrows[g]}" for _, g in table.columns]
-    lines = ["| " + " | ".join(head1) + " |", "| " + " | ".join(head2) + " |",
-             "|" + "|".join(["---"] * len(head1)) + "|"]
+        styler = styler.format_index(lambda g: f"{g} {_arrow(g)}" if g in _LOWER_IS_BETTER else g, axis=1, level=1)
+        styler = styler.format_index(lambda t: _TASK_LABEL.get(t, t), axis=1, level=0)
+        # class "dataframe": the book theme's table style (borders, zebra rows), as for a DataFrame's own HTML
+        styler = styler.set_table_attributes('class="dataframe erasekit-results"').set_table_styles(
+            [{"selector": "td", "props": "text-align: right; padding: 0.15em 0.35em;"},
+             {"selector": "th", "props": "padding: 0.15em 0.35em;"}])
+        # the labels say what they are: no "mode / method" and "task / split" name cells
+        styler = styler.hide(names=True, axis=0).hide(names=True, axis=1)
+        return styler.apply(lambda _: best.map(lambda b: "font-weight: bold" if b else ""), axis=None)
+    if fmt == "html":
+        return _html_table(table, best)
+    head = ["Models"] + [f"{_TASK_SHORT[t]} {g} {_arrow(g)}" for t, g in table.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] + ["---:"] * len(table.columns)) + "|"]
     for mode in table.index.get_level_values("mode").unique():
-        lines.append("| **" + mode + "** |" + " |" * len(table.columns))
+        lines.append("| **" + str(mode) + "** |" + " |" * len(table.columns))
         for method in table.loc[mode].index:
             cells = []
             for col in table.columns:

@@ -1,7 +1,8 @@
 """Plot helpers for the notebooks.
 
 Every helper takes ``ax=None`` (a new figure is made when None), draws on that one axes, returns the figure, and
-never saves files or changes matplotlib's global style.
+never saves files or changes matplotlib's global style. New figures are at most :data:`PAGE_WIDTH` inches wide, the
+book's content column, so that they are shown at their own size (fonts as set, not shrunk to fit the page).
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from typing import Any
 import numpy as np
 
 __all__ = ["image_grid", "per_layer", "loss_curves", "bars", "spectra", "gate_strip", "identity_scatter", "tradeoff",
-           "layer_distributions", "embedding"]
+           "layer_distributions", "embedding", "PAGE_WIDTH"]
+
+# Width (inches) of the book's content column: ~770 px at the notebook backend's 100 dpi (1400 px window). A wider
+# figure is scaled down in the page, and its 7-9 pt labels with it.
+PAGE_WIDTH = 7.5
 
 
 def _ax(ax, figsize=(6, 3.5)):
@@ -35,24 +40,36 @@ def _to_array(im: Any) -> np.ndarray:
 
 
 def image_grid(images: Sequence[Any], titles: Sequence[str] | None = None, ncols: int = 8, pad: int = 2,
-               ax=None, scale: float = 1.2):
-    """Images (PIL or (3,H,W) tensors in [0,1], same size) as one mosaic with a caption under each."""
+               ax=None, scale: float | None = None, fontsize: float = 7):
+    """Images (PIL or (3,H,W) tensors in [0,1], same size) as one mosaic with a caption under each.
+
+    Each row of images is followed by a white band tall enough for its captions, so a caption never overprints
+    the picture below it; ``scale`` is the width of one image in inches (None: 1.2, less where the row would be
+    wider than :data:`PAGE_WIDTH`).
+    """
     arrs = [_to_array(im) for im in images]
     if not arrs:
         raise ValueError("no images to show")
     h, w = arrs[0].shape[:2]
     ncols = min(ncols, len(arrs))
     nrows = -(-len(arrs) // ncols)
-    mosaic = np.ones((nrows * (h + pad) - pad, ncols * (w + pad) - pad, 3), dtype=np.float32)
+    if scale is None:
+        scale = min(1.2, PAGE_WIDTH / ncols)
+    # caption band: the font's height plus some air, in image pixels (one image is ``scale`` inches wide)
+    cap = int(np.ceil(1.8 * fontsize / 72 * (w + pad) / scale)) if titles else 0
+    row = h + cap + pad
+    mosaic = np.ones((nrows * row - pad, ncols * (w + pad) - pad, 3), dtype=np.float32)
     for i, a in enumerate(arrs):
         r, c = divmod(i, ncols)
-        mosaic[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = a
-    fig, ax = _ax(ax, figsize=(scale * ncols, scale * nrows + 0.3 * nrows))
+        mosaic[r * row:r * row + h, c * (w + pad):c * (w + pad) + w] = a
+    width_in = scale * ncols
+    fig, ax = _ax(ax, figsize=(width_in, width_in * mosaic.shape[0] / mosaic.shape[1] + 0.1))
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_axis_off()
     for i, t in enumerate(titles or []):
         r, c = divmod(i, ncols)
-        ax.text(c * (w + pad) + w / 2, r * (h + pad) + h + pad / 2, t, ha="center", va="top", fontsize=7)
+        ax.text(c * (w + pad) + w / 2, r * row + h + cap / 2, t, ha="center", va="center", fontsize=fontsize,
+                clip_on=True)
     return fig
 
 
@@ -159,7 +176,7 @@ def gate_strips(panels: Mapping[str, Mapping[str, Any]], ylabel: str = "gate val
     """One :func:`gate_strip` panel per entry of ``{panel: {group: values}}``, side by side."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), layout="constrained",
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(4.2 * len(panels), PAGE_WIDTH), 3.4), layout="constrained",
                              sharey=sharey, squeeze=False)
     for ax, (name, values) in zip(axes[0], panels.items()):
         gate_strip(values, ax=ax, ylabel=ylabel if ax is axes[0][0] else "", title=name)
@@ -223,20 +240,24 @@ def layer_distributions(values: Mapping[str, Mapping[int, Any]], ncols: int = 4,
 
     layers = sorted(next(iter(values.values())))
     nrows = -(-len(layers) // ncols)
-    fig, axes = plt.subplots(nrows, min(ncols, len(layers)), figsize=(3 * min(ncols, len(layers)), 2.4 * nrows),
+    ncols = -(-len(layers) // nrows)  # balanced rows: 5 layers in 2 rows of 3, not 4 + 1 and 3 blank panels
+    fig, axes = plt.subplots(nrows, ncols, figsize=(min(2.6 * ncols, PAGE_WIDTH), 2.2 * nrows),
                              layout="constrained", squeeze=False)
-    for ax, l in zip(axes.ravel(), layers):
+    for i, (ax, l) in enumerate(zip(axes.ravel(), layers)):
         arrs = {g: _np(v[l]).ravel() for g, v in values.items()}
         lo = min(a.min() for a in arrs.values())
         hi = max(a.max() for a in arrs.values())
         edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
-        for g, a in arrs.items():
-            ax.hist(a, bins=edges, alpha=0.5, density=True, label=g)
+        for j, (g, a) in enumerate(arrs.items()):  # filled and outlined: overlapping groups stay distinguishable
+            ax.hist(a, bins=edges, density=True, color=f"C{j}", alpha=0.3, label=g)
+            ax.hist(a, bins=edges, density=True, color=f"C{j}", histtype="step", lw=1.2)
         ax.set_title(f"layer {l}" + (f" · AUC {scores[l]:.2f}" if scores is not None and l in scores else ""),
                      fontsize=9)
         ax.tick_params(labelsize=7)
         if xlabel:
             ax.set_xlabel(xlabel, fontsize=8)
+        if i % ncols == 0:
+            ax.set_ylabel("density", fontsize=8)
     for ax in axes.ravel()[len(layers):]:
         ax.set_axis_off()
     axes.ravel()[0].legend(fontsize=7)
@@ -285,8 +306,8 @@ def before_after(points: Mapping[str, Mapping[str, Any]], xlabel: str = "dim 1",
     {...}}`` (paper Fig. 4)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(points), figsize=(4.5 * len(points), 3.8), layout="constrained", sharex=True,
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(points), figsize=(min(4.5 * len(points), PAGE_WIDTH), 3.8), layout="constrained",
+                             sharex=True, sharey=True, squeeze=False)
     for i, (ax, (name, pts)) in enumerate(zip(axes[0], points.items())):
         embedding(pts, ax=ax, title=name, xlabel=xlabel, ylabel=ylabel if i == 0 else "")
     return fig

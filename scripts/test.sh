@@ -5,7 +5,9 @@
 #      notebooks stay output-free), with the outputs written into the copy (--overwrite), under the documented
 #      ci profile (ERASEKIT_PROFILE=ci: fewer forget splits / PGD budgets, same code paths);
 #   3. the book built from those executed copies with execution off, into book/_build/html;
-#   4. the built site checked in headless Chromium (tests/test_book.py: figures present, no error output).
+#   4. the built site checked in headless Chromium (tests/test_book.py: figures present and fitting the column, no
+#      error output, tables as <table>, no local paths / NaN / raw LaTeX, math served locally); screenshots of the
+#      landing page, 05 and 06 at 1400 px go to book/_build/screenshots/.
 # Extra arguments go to the unit-test pytest call (e.g. -k pipeline).
 set -uo pipefail
 cd "$(dirname "$0")/.."

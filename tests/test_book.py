@@ -1,12 +1,18 @@
-"""The built book (book/_build/html): every chapter page exists, shows its figures and no error output.
+"""The built book (book/_build/html): every chapter page exists, shows its figures and no error output, and reads
+as a publication: results tables are real <table>s (no walls of pipe text), no local paths, tracebacks, NaN or raw
+LaTeX in what a reader sees, math served from the site itself (MathJax in _static, no CDN), figures that fit the
+content column.
 
 Run by scripts/test.sh after it builds the site (``pytest -m book``). Without a built site the tests skip, unless
 ``ERASEKIT_REQUIRE_BOOK=1`` (set by scripts/test.sh), where a missing site fails. The page checks run twice: on the
 HTML source, and in headless Chromium through selenium (skipped when chromium / chromedriver are not installed).
+The Chromium run also writes full-page screenshots of the landing page, 05 and 06 at 1400 px wide into
+book/_build/screenshots/ (git-ignored; ``ERASEKIT_BOOK_SCREENSHOTS`` overrides the folder) for a reviewer to look at.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,6 +28,18 @@ SITE = Path(os.environ.get("ERASEKIT_BOOK_HTML", ROOT / "book" / "_build" / "htm
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # An exception's output: a traceback, or "SomethingError: message" / "SomethingException: ..." in an output cell.
 ERROR = re.compile(r"Traceback \(most recent call last\)|\b[A-Z]\w*(Error|Exception): ")
+SHOTS = Path(os.environ.get("ERASEKIT_BOOK_SCREENSHOTS", ROOT / "book" / "_build" / "screenshots"))
+# Every page a reader reaches from the table of contents: the landing page, the chapters, the back matter.
+PAGES = ["intro"] + [f"notebooks/{nb.stem}" for nb in NOTEBOOKS] + ["references"]
+# Screenshots for review (landing page, Table 1, the separability chapter) and the window width they are taken at.
+SHOT_PAGES = {"landing": "intro", "05": "notebooks/05_", "06": "notebooks/06_"}
+WIDTH = 1400
+# What a reader must never see in a page's text: a local path, an exception, a missing value, LaTeX that MathJax
+# did not typeset (inline \( \), display \[ \] or $$). Checked on the whole article, prose, code and outputs.
+FORBIDDEN = {"local path": re.compile(r"/(tmp|work|root)/"), "traceback": re.compile(r"Traceback"),
+             "NaN": re.compile(r"\bNaN\b"), "raw LaTeX": re.compile(r"\\\(|\\\[|\$\$")}
+# A paragraph with this many "|" is a Markdown table that did not render (a wall of pipe text).
+MAX_PIPES = 20
 
 
 def _require_site():
@@ -113,3 +131,195 @@ def test_browser_renders_every_page(browser):
         outputs = " ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, "div.cell_output"))
         m = ERROR.search(outputs)
         assert m is None, f"{nb.stem}: error output in the rendered page: {outputs[max(0, m.start() - 200):m.end() + 200]}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# what a reader sees: real tables, no paths / tracebacks / NaN / raw LaTeX, local math, figures that fit
+# ----------------------------------------------------------------------------------------------------------------
+def _html(name: str) -> Path:
+    return SITE / f"{name}.html"
+
+
+def _snippet(text: str, m: re.Match, width: int = 80) -> str:
+    return " ".join(text[max(0, m.start() - width):m.end() + width].split())
+
+
+def _problems(name: str, text: str, blocks: list[str]) -> list[str]:
+    """Everything wrong with a page's visible text (``text``: the article; ``blocks``: its paragraphs / outputs)."""
+    found = []
+    for what, rx in FORBIDDEN.items():
+        for m in list(rx.finditer(text))[:3]:
+            found.append(f"{name}: {what} {m.group(0)!r} in ...{_snippet(text, m)}...")
+    for b in blocks:
+        if b.count("|") > MAX_PIPES:
+            found.append(f"{name}: a paragraph with {b.count('|')} '|' (a Markdown table that did not render): "
+                         f"{' '.join(b.split())[:160]}...")
+    return found
+
+
+def _soup(name: str):
+    bs4 = pytest.importorskip("bs4")  # a dependency of the book's theme (pydata-sphinx-theme)
+    page = _html(name)
+    assert page.exists(), f"{page} missing: is it in book/_toc.yml?"
+    return bs4.BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+
+
+def _source_text(name: str) -> tuple[str, list[str]]:
+    """The article's text as the HTML source has it, without scripts and without the math elements that MathJax
+    typesets (their \\( \\) delimiters are MathJax's input, not raw LaTeX); and its paragraphs and output blocks."""
+    soup = _soup(name)
+    art = soup.find("article") or soup.body
+    for el in art.find_all(["script", "style"]):
+        el.decompose()
+    for el in art.find_all(class_="math"):
+        el.decompose()
+    blocks = [el.get_text(" ") for el in art.find_all("p")]
+    blocks += [el.get_text(" ") for el in art.select("div.cell_output pre, div.cell_output p")]
+    return art.get_text(" "), blocks
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_text_reads_clean(name):
+    """No local path, traceback, NaN, raw LaTeX or paragraph of pipe text on the page (HTML source)."""
+    _require_site()
+    text, blocks = _source_text(name)
+    problems = _problems(name, text, blocks)
+    assert not problems, "\n".join(problems)
+
+
+def _code(nb: Path) -> str:
+    return "".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+
+
+# The chapters that show a results table (erasekit.evaluate.render_table)
+TABLE_NOTEBOOKS = [nb for nb in NOTEBOOKS if "render_table(" in _code(nb)]
+
+
+@pytest.mark.parametrize("nb", TABLE_NOTEBOOKS, ids=[p.stem for p in TABLE_NOTEBOOKS])
+def test_results_tables_are_tables(nb):
+    """A chapter that renders a results table (render_table) shows it as an HTML <table> in its outputs."""
+    _require_site()
+    soup = _soup(f"notebooks/{nb.stem}")
+    assert soup.select("div.cell_output table"), f"{nb.stem}: render_table is called but no <table> in the outputs"
+
+
+def test_math_is_served_from_the_site():
+    """MathJax loads from the built site (_static/mathjax), never from a CDN, on every page that has math."""
+    _require_site()
+    loaders = []
+    for name in PAGES:
+        soup = _soup(name)
+        srcs = [s.get("src", "") for s in soup.find_all("script") if "mathjax" in s.get("src", "").lower()]
+        inline = " ".join(s.get_text() for s in soup.find_all("script") if not s.get("src"))
+        remote = re.search(r"https?://[^\s\"']*mathjax", inline, re.I)
+        assert remote is None, f"{name}: an inline script loads MathJax from {remote.group(0)}"
+        if soup.select("article .math"):
+            assert srcs, f"{name}: has math but loads no MathJax"
+        for src in srcs:
+            assert "://" not in src and not src.startswith("//"), f"{name}: MathJax from {src} (not the site itself)"
+            target = (_html(name).parent / src.split("?")[0]).resolve()
+            assert target.is_file(), f"{name}: MathJax script {src} is not in the built site ({target})"
+            loaders.append(target)
+    assert (SITE / "_static" / "mathjax" / "tex-chtml.js").is_file(), \
+        "no _static/mathjax in the built site: is sphinx-mathjax-offline installed and in book/_config.yml?"
+    assert all(t.parent.name == "mathjax" and t.parent.parent.name == "_static" for t in loaders), loaders
+
+
+# ----- the same, in headless Chromium: what the reader's browser actually shows ------------------------------------
+_TYPESET = """
+const done = arguments[arguments.length - 1];
+if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+  MathJax.startup.promise.then(() => done(true), () => done(false));
+} else { done(null); }
+"""
+
+_READ = """
+const art = document.querySelector('article') || document.body;
+const blocks = Array.from(art.querySelectorAll('p, div.cell_output pre')).map(e => e.innerText);
+const w = art.getBoundingClientRect().width;
+const figs = Array.from(art.querySelectorAll('div.cell_output img')).map(i => ({
+  src: i.getAttribute('src'), width: i.getBoundingClientRect().width, natural: i.naturalWidth}));
+return {text: art.innerText, blocks: blocks, article_width: w, figures: figs,
+        math: art.querySelectorAll('.math').length, typeset: art.querySelectorAll('mjx-container').length};
+"""
+
+
+def _open(browser, name: str) -> dict:
+    browser.get(_html(name).as_uri())
+    browser.set_script_timeout(60)
+    typeset = browser.execute_async_script(_TYPESET)
+    info = browser.execute_script(_READ)
+    info["mathjax"] = typeset
+    return info
+
+
+@pytest.fixture(scope="module")
+def reader(browser):
+    """The browser at the width the screenshots are taken at, and each page read once (typeset, measured)."""
+    browser.set_window_size(WIDTH, 1000)
+    cache: dict[str, dict] = {}
+
+    def read(name: str) -> dict:
+        if name not in cache:
+            cache[name] = _open(browser, name)
+        return cache[name]
+
+    return read
+
+
+def test_browser_pages_read_clean(reader):
+    """Rendered text: no local path, traceback, NaN, untypeset LaTeX or pipe-text table on any page."""
+    problems = []
+    for name in PAGES:
+        info = reader(name)
+        problems += _problems(name, info["text"], info["blocks"])
+        if info["math"]:
+            if info["mathjax"] is not True or info["typeset"] < info["math"]:
+                problems.append(f"{name}: {info['math']} math elements, {info['typeset']} typeset by MathJax "
+                                f"(MathJax loaded: {info['mathjax']})")
+    assert not problems, "\n".join(problems)
+
+
+def test_browser_figures_fit_the_column(reader):
+    """Each chapter shows at least one figure that is drawn (naturalWidth > 0) and fits the content column."""
+    bad = []
+    for nb in NOTEBOOKS:
+        info = reader(f"notebooks/{nb.stem}")
+        w = info["article_width"]
+        fitting = [f for f in info["figures"] if f["natural"] > 0 and 0 < f["width"] <= w + 0.5]
+        if not fitting:
+            bad.append(f"{nb.stem}: no figure fits the {w:.0f}px column: "
+                       + (", ".join(f"{f['src']} {f['width']:.0f}px" for f in info["figures"]) or "no figures"))
+    assert not bad, "\n".join(bad)
+
+
+def _full_page_png(browser) -> bytes:
+    """A PNG of the whole page at the window's width (Chrome DevTools capture beyond the viewport)."""
+    import base64
+
+    dims = browser.execute_script("return [window.innerWidth, document.documentElement.scrollHeight]")
+    try:
+        shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": dims[0], "height": min(dims[1], 30000), "scale": 1}})
+        return base64.b64decode(shot["data"])
+    except Exception:  # not a Chromium driver: the visible window only
+        return browser.get_screenshot_as_png()
+
+
+def test_browser_screenshots(browser, reader):
+    """Full-page screenshots, 1400 px wide, of the landing page, 05 and 06 for a reviewer (book/_build/screenshots)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label, prefix in SHOT_PAGES.items():
+        names = [n for n in PAGES if n == prefix or n.startswith(prefix)]
+        assert names, f"no page for {label} ({prefix})"
+        browser.get(_html(names[0]).as_uri())  # the landing page: intro (index.html only redirects to it)
+        browser.execute_async_script(_TYPESET)
+        width = browser.execute_script("return window.innerWidth")
+        assert abs(width - WIDTH) <= 20, f"window is {width}px wide, not {WIDTH}"
+        out = SHOTS / ("landing.png" if label == "landing" else f"{Path(names[0]).name}.png")
+        out.write_bytes(_full_page_png(browser))
+        assert out.stat().st_size > 10_000, f"{out}: an empty screenshot?"
+        written.append(out)
+    print("screenshots:", *written, sep="\n  ")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import re
 
 import pandas as pd
 import pytest
@@ -286,13 +287,26 @@ def test_results_table_layout_and_render():
     assert t.loc[("VQA", "Ours"), ("cloze", "Cele")] == 100.0
     md = ev.render_table(t)
     lines = md.splitlines()
-    assert lines[0].startswith("| Models | Classification Accuracy (%)")
-    assert "Fgt ↓" in lines[1] and "Cele ↑" in lines[1]
-    assert lines[3] == "| **VQA** |" + " |" * 12
-    assert lines[5].startswith("| Ours | **0.00** | **0.00** | 50.00 | 50.00 | **0.100** | **0.100** | 0.100")
-    assert lines[4].startswith("| Vanilla | 50.00 | 50.00 | 50.00 | 50.00 | 0.600 | 0.600 | **0.600**")
+    # a valid Markdown table: ONE header row, then the delimiter row, then the body (no second header row)
+    assert lines[0].startswith("| Models | Cls Fgt ↓ | Cls Test ↓ | Cls Ret ↑ | Cls Cele ↑ | Gen Fgt ↓")
+    assert "Cloze Cele ↑" in lines[0]
+    assert re.fullmatch(r"\|(:?-{3,}:?\|){13}", lines[1])
+    assert all(line.count("|") == 14 for line in lines)
+    assert lines[2] == "| **VQA** |" + " |" * 12
+    assert lines[4].startswith("| Ours | **0.00** | **0.00** | 50.00 | 50.00 | **0.100** | **0.100** | 0.100")
+    assert lines[3].startswith("| Vanilla | 50.00 | 50.00 | 50.00 | 50.00 | 0.600 | 0.600 | **0.600**")
+    html = ev.render_table(t, fmt="html")
+    assert html.startswith("<table") and html.rstrip().endswith("</table>")
+    assert html.count("<tr") == 2 + 1 + 2  # two header rows, one mode row, two methods
+    assert '<th colspan="4">Classification Accuracy (%)</th>' in html and "<th>Fgt ↓</th>" in html
+    assert "<tr><th>Ours</th><td><strong>0.00</strong></td><td><strong>0.00</strong></td><td>50.00</td>" in html
     styler = ev.render_table(t, fmt="styler")
-    assert "font-weight: bold" in styler.to_html()
+    shtml = styler.to_html()
+    assert "font-weight: bold" in shtml and "<table" in shtml
+    assert "0.100" in shtml and "0.1000" not in shtml  # rounded like the other forms
+    assert "Fgt ↓" in shtml
+    with pytest.raises(ValueError):
+        ev.render_table(t, fmt="latex")
     cats = ev.category_table(_toy_df())
     assert list(cats.columns) == list(ev.CATEGORIES)
     assert cats.loc[("Ours", "VQA", "Fgt", "classification"), "wrong"] == 50.0
