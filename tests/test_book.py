@@ -187,6 +187,14 @@ def test_page_text_reads_clean(name):
     assert not problems, "\n".join(problems)
 
 
+def test_landing_page_states_the_finding():
+    """The landing page says what the book found, not only what its chapters contain."""
+    _require_site()
+    text, _ = _source_text("intro")
+    assert "The finding" in text and "erasekit" in text and "paper" in text, \
+        "the landing page (book/intro.md) must state the finding up front"
+
+
 def _code(nb: Path) -> str:
     return "".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
 
