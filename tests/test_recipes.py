@@ -67,6 +67,9 @@ def test_result_tables_and_sentences(setup):
         "erasekit").results_table(frames[5])}
     text = report.describe_table1(tables)
     assert "**5 %**" in text and recipes.GATE_NAMES["default"] in text
+    aucs = report.heldout_auc_by_split(setup, [5, 10])
+    assert set(aucs) == {5, 10} and all(0 <= a <= 1 for a in aucs.values())
+    assert "held-out gate AUC" in report.describe_table1(tables, aucs)
     points = report.tradeoff_points(frames)
     assert set(points["method"]) == {"Vanilla", *recipes.GATE_NAMES.values()}
     assert "retain-minus-forget" in report.describe_tradeoff(points)
