@@ -42,9 +42,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     d = pl.load_default()
     forget, retain = pl.baseline_data(d, args.forget_pct, args.retain_train)
-    trained = {e.id for e in retain}
-    held = [r for r in d.source.split(f"retain_{100 - args.forget_pct}") if r["ID"] not in trained]
-    eval_retain = _sample(B.build_examples(_sample(held, 20, 0, "sweep-heldout")), 160, 0, "sweep-examples")
+    # The held-out side of the rule: the partition's "tune" profiles (never trained on, never scored by the tables).
+    held = pl.tuning_rows(d, args.forget_pct)["Ret"]
+    eval_retain = _sample(B.build_examples(held), 160, 0, "sweep-examples")
     out = {"forget_pct": args.forget_pct, "retain_train": args.retain_train, "max_retain_drop": args.max_retain_drop,
            "rule": "lowest teacher-forced forget accuracy with held-out retain accuracy >= vanilla - max_retain_drop",
            "methods": {}}
