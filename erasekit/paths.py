@@ -23,3 +23,13 @@ def cache_dir() -> Path:
     p = Path(os.environ.get("ERASEKIT_CACHE", REPO_ROOT / ".cache" / "erasekit"))
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def repo_relative(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository when it lies inside it (for records committed to the repo: no absolute
+    machine paths), else the absolute path."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(p)

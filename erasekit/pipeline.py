@@ -42,7 +42,6 @@ import dataclasses
 import hashlib
 import os
 import tempfile
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -712,10 +711,7 @@ def fit_default_steering(d: Default, direction: ErasureDirection, forget_pct: in
                     tune=[r["ID"] for r in group_rows(d, forget_pct, ("Ret",), "tune")["Ret"]], **hyper)
 
     def compute():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # zero-direction layers are skipped by choose_gate
-            st = choose_gate(acts.forget, acts.retain, tune, direction, layers, gammas, alpha, margin,
-                             floor_quantile)
+        st = choose_gate(acts.forget, acts.retain, tune, direction, layers, gammas, alpha, margin, floor_quantile)
         st.meta.update(model_id=d.model_id, retain_ids=acts.meta["retain_ids"])
         return st
 
@@ -772,10 +768,12 @@ class Steering:
         ops = {t: self.operators(t, adapter.num_layers) for t in TASKS}
         return {t: (lambda o=ops[t]: self.context(adapter, o)) for t in TASKS}
 
-    def context(self, adapter: Any, ops: Mapping[int, Any]):
-        """The :func:`erasekit.hooks.steer` context for these operators with this steering's mode and reading."""
+    def context(self, adapter: Any, ops: Mapping[int, Any], record: dict | None = None):
+        """The :func:`erasekit.hooks.steer` context for these operators with this steering's mode and reading
+        (``record``: see :func:`erasekit.hooks.steer`)."""
         read = self.read if self.steerer is not None else "steered"
-        return steer(adapter, ops, mode=self.mode, read=read, anchor=min(ops) if read == "anchor" else None)
+        return steer(adapter, ops, mode=self.mode, read=read, anchor=min(ops) if read == "anchor" else None,
+                     record=record)
 
     def key(self) -> str:
         what = _key_of(self.steerer) if self.steerer is not None else _key_of(self.direction)
@@ -1028,8 +1026,7 @@ def gate_reads(d: Default, forget_pct: int, steering: Steering, groups: Sequence
             chunk = its[s:s + batch_size]
             ims = None if mode == "QA" else [it.image for it in chunk]
             batch = d.adapter.encode([it.prompt for it in chunk], images=ims)
-            with torch.no_grad(), steer(d.adapter, ops, mode=how.mode, read=how.read,
-                                        anchor=min(ops) if how.read == "anchor" else None, record=rec):
+            with torch.no_grad(), how.context(d.adapter, ops, record=rec):
                 d.adapter.model(**batch)
         out[g] = {l: torch.cat(v) for l, v in sorted(rec.items())}
     return out

@@ -78,7 +78,7 @@ def vanilla_quality(organism: str, out: str | None = None, forget_pct: int = 15,
     report = quality_report(table, rates)
     out = out or str(paths.data_dir() / "results" / "vanilla_quality.json")
     record: dict[str, Any] = {
-        "organism": os.path.abspath(organism), "forget_pct": forget_pct, "retain_sample": retain_sample,
+        "organism": paths.repo_relative(organism), "forget_pct": forget_pct, "retain_sample": retain_sample,
         "bars": report.to_dict(orient="records"),
         "table": {f"{m}|{t}|{g}": float(v) for (m, _), row in table.iterrows() for (t, g), v in row.items()},
         "safety": rates.reset_index().to_dict(orient="records"),

@@ -196,5 +196,4 @@ def gate_variant(setup: GateSetup, *, read: str | None = None, floor: bool = Tru
         tune = pl.query_activations(setup.d, pct, ("Ret",), modes=setup.config.fit_modes, role="tune",
                                     progress=False)["Ret"]
         st = st.with_floors(tune, base.meta.get("floor_quantile", 0.9))
-        st.meta["cache_key"] = pl.cache_key(base=pl._key_of(st), floors=st.meta["floors"])
     return pl.Steering(st, strengths=setup.strengths["default"], read=setup.reads["default"] if read is None else read)

@@ -553,7 +553,9 @@ class InputAwareSteerer:
                 raise KeyError(f"layer {l} not in H_tune (has {sorted(H_tune)})")
             s = m.gate_value(H_tune[l])
             floors[str(l)] = min(float(torch.quantile(s.double(), quantile)), 0.9)
-        return InputAwareSteerer(dict(self.maps), {**self.meta, "floors": floors, "floor_quantile": quantile})
+        # A cache key in meta describes the steerer without these floors: drop it (the copy is keyed by value).
+        meta = {k: v for k, v in self.meta.items() if k != "cache_key"}
+        return InputAwareSteerer(dict(self.maps), {**meta, "floors": floors, "floor_quantile": quantile})
 
     def gate_values(self, acts: Mapping[int, Tensor]) -> dict[int, Tensor]:
         """``{layer: g_l . h}`` for activations ``{layer: (..., d)}`` (rank-one maps only): a per-query diagnostic."""

@@ -260,3 +260,5 @@ def test_floors_zero_the_retain_bulk_and_keep_forget():
     assert not st.floors and fl.meta["floor_quantile"] == 0.9
     with pytest.raises(ValueError, match="quantile"):
         st.with_floors(T, quantile=1.0)
+    st.meta["cache_key"] = "key-of-the-unfloored-steerer"
+    assert "cache_key" not in st.with_floors(T).meta  # a floored copy must not reuse the original's cache key
