@@ -23,7 +23,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .steering import InputAwareSteerer, fit_gate, fit_steerer
+from .gates import fit_gate
+from .steering import InputAwareSteerer, fit_steerer
 
 __all__ = ["auc", "heldout_gate_auc", "select_layers", "choose_gate", "LAYER_AUC_MARGIN", "LAYER_AUC_MIN",
            "GAMMA_GRID"]
