@@ -32,6 +32,10 @@ from .steering import (GATES, GatedOperator, InputAwareMap, InputAwareSteerer, M
                        constant_operator, constant_operators, dense_gate_reference, fit_contrastive_gate, fit_gate,
                        fit_input_aware, fit_mlp, fit_mlp_steerer, fit_steerer)
 from .tuning import auc, choose_gate, heldout_gate_auc, select_layers
+from .session import Session, load_session
+from .strengths import PAPER_STRENGTHS, TaskSteering
+from .generation import generate
+from .eraser import Eraser, fit_eraser
 
 __all__ = [
     "ArtifactError", "artifact_exists", "artifact_paths", "cache_key", "load_artifact", "read_sidecar", "save_artifact",
@@ -51,4 +55,5 @@ __all__ = [
     "fit_input_aware", "fit_mlp", "fit_mlp_steerer", "fit_steerer",
     "GATES", "GatedOperator", "dense_gate_reference", "fit_contrastive_gate", "fit_gate",
     "ProfilePartition", "partition_profiles", "auc", "choose_gate", "heldout_gate_auc", "select_layers",
+    "Session", "load_session", "PAPER_STRENGTHS", "TaskSteering", "generate", "Eraser", "fit_eraser",
 ]

@@ -20,8 +20,6 @@ def _build_organism(args) -> int:
     from .organism import OrganismConfig, train_organism
 
     out = args.out or str(paths.organism_dir())
-    import os
-
     if args.if_missing and os.path.exists(os.path.join(out, "config.json")):
         print(f"organism present at {out}; not retraining (drop --if-missing to retrain)")
         return 0
@@ -52,13 +50,11 @@ def _vanilla_quality(args) -> int:
 
 
 def _gate_selectivity(args) -> int:
-    import json
-
-    from . import pipeline as pl
     from .recipes import GateConfig, gate_selectivity, gate_setup, write_json
+    from .session import load_session
 
-    d = pl.load_default(args.organism, None)
-    record = gate_selectivity(d, gate_setup(d, GateConfig(forget_pct=args.forget_pct)))
+    session = load_session(args.organism, None)
+    record = gate_selectivity(session, gate_setup(session, GateConfig(forget_pct=args.forget_pct)))
     out = args.out or str(paths.data_dir() / "results" / "gate_selectivity.json")
     write_json(record, out)
     print(json.dumps({g: {m: record[g].get(m, {}).get("cloze") for m in ("QA", "VQA")} for g in

@@ -33,6 +33,7 @@ from ._checks import check_rows
 from .nullspace import NullSpaceProjector, null_space_projector
 
 __all__ = [
+    "dense_eq12",
     "GATES",
     "GAMMA_SCALES",
     "InputAwareMap",
@@ -358,3 +359,17 @@ def fit_gate(
     if gate == "nullspace":
         return fit_input_aware(H_forget, H_retain, direction, gamma, null_space, rtol=rtol, gamma_scale=gamma_scale)
     raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+
+
+def dense_eq12(H_forget: Tensor, P: Tensor, direction: Tensor, gamma: float) -> Tensor:
+    """The dense Eq. 12 map W P (d × d, float64), for showing the rank-one identity on real activations.
+
+    W = D H_fᵀ P (P H_f H_fᵀ P + γ P)⁺ with D = d 1ᵀ (paper notation, H_f is d × N_f; here rows). Costs a d × d
+    pseudo-inverse: use for small d only.
+    """
+    Hf = H_forget.double().T  # (d, N_f)
+    P = P.double()
+    D = direction.double().unsqueeze(1).expand(-1, Hf.shape[1])
+    M = P @ Hf @ Hf.T @ P + gamma * P
+    W = D @ Hf.T @ P @ torch.linalg.pinv(M, hermitian=True, rtol=1e-10)
+    return W @ P

@@ -230,7 +230,7 @@ def steer(
         record: if a dict, the gate values each gated operator reads on every prefill pass are appended to
             ``record[layer]`` (raw, before any floor; a diagnostic of the cascade).
 
-    Gated operators carry the range of gate values seen on their fitting data; a gate read during steering far
+    Gated operators carry the range of gate values seen on their fitting data; with read="steered" a gate read far
     outside it (the cascade) triggers one warning per context.
 
     The hooks are forward pre-hooks; contexts nest (an inner context's layer inputs include outer steering when
@@ -274,7 +274,9 @@ def steer(
         if record is not None and not state["inner"]:
             record.setdefault(l, []).append(s.detach().float().cpu())
         rng = getattr(op, "gate_range", None)
-        if rng is None or state["inner"] or len(state["outside"]) >= 4096:
+        # Only the authors' reading has a cascade; frozen / anchor gates read unsteered states, where a value outside
+        # the fitted range means prompts unlike the fitting data, not upstream steering.
+        if rng is None or read != "steered" or state["inner"] or len(state["outside"]) >= 4096:
             return
         lo, hi = rng
         s = s.detach()

@@ -19,14 +19,17 @@ basis, ``P h = U2 (U2^T h)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import pandas as pd
 import torch
 from torch import Tensor
 
 from ._checks import check_rows
 
-__all__ = ["NullSpaceProjector", "null_space_projector"]
+__all__ = ["NullSpaceProjector", "null_space_projector", "projector_summary"]
 
 
 @dataclass
@@ -145,3 +148,19 @@ def null_space_projector(H_retain: Tensor, null_space: str | float = "exact", rt
         mode = "ratio"
         meta["ratio"] = ratio
     return NullSpaceProjector(vecs_asc[:, :k].contiguous(), eigenvalues, mode, meta)
+
+
+def projector_summary(acts: Any, null_space: str | float = 0.3,
+                      layers: Sequence[int] | None = None) -> pd.DataFrame:
+    """For ``acts`` with ``forget`` / ``retain`` ``{layer: (N, d)}`` and ``layers`` (e.g.
+    :class:`erasekit.pipeline.ForgetRetain`), per layer: N_r, d, numerical rank of H_r, kept dimension k, and the share (%) of the retain and forget
+    activations' energy ``||P H||² / ||H||²`` that the projector keeps (retain ≈ 0 is the constraint; the
+    forget share is what is left for the steering map to act on)."""
+    recs = []
+    for l in (acts.layers if layers is None else layers):
+        Hr, Hf = acts.retain[l].double(), acts.forget[l].double()
+        P = null_space_projector(Hr, null_space)
+        recs.append({"layer": l, "N_r": Hr.shape[0], "d": Hr.shape[1], "rank(H_r)": P.meta["rank"], "k": P.k,
+                     "retain energy kept (%)": 100 * float(P.apply(Hr).norm() ** 2 / Hr.norm() ** 2),
+                     "forget energy kept (%)": 100 * float(P.apply(Hf).norm() ** 2 / Hf.norm() ** 2)})
+    return pd.DataFrame(recs).set_index("layer")

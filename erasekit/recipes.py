@@ -35,7 +35,10 @@ from typing import Any
 import pandas as pd
 
 from . import pipeline as pl
+from . import runs
 from .artifacts import atomic_write
+from .session import Session
+from .strengths import PAPER_STRENGTHS, TaskSteering
 
 __all__ = ["GATE_NAMES", "GateConfig", "GateSetup", "gate_setup", "gate_selectivity", "gate_variant",
            "score_summary", "write_json"]
@@ -71,7 +74,7 @@ class GateConfig:
 class GateSetup:
     """The shared steering set-up: direction, both steerers, their λ per task and the λ-rule tables."""
 
-    d: Any
+    session: Session
     config: GateConfig
     direction: Any
     steerers: dict
@@ -83,36 +86,36 @@ class GateSetup:
         """The fitted steerer of ``gate`` for ``forget_pct`` (its H_f is that split's forget questions)."""
         pct = self.config.forget_pct if forget_pct is None else forget_pct
         if (gate, pct) not in self.steerers:
-            self.steerers[(gate, pct)] = _fit(self.d, self.config, self.direction, gate, pct)
+            self.steerers[(gate, pct)] = _fit(self.session, self.config, self.direction, gate, pct)
         return self.steerers[(gate, pct)]
 
-    def steering(self, gate: str, forget_pct: int | None = None, strengths: Any = None) -> pl.Steering:
-        """A :class:`erasekit.pipeline.Steering` for ``gate`` ("paper" / "default") with its chosen λ."""
-        return pl.Steering(self.steerer(gate, forget_pct), strengths=self.strengths[gate] if strengths is None
+    def steering(self, gate: str, forget_pct: int | None = None, strengths: Any = None) -> TaskSteering:
+        """A :class:`erasekit.strengths.TaskSteering` for ``gate`` ("paper" / "default") with its chosen λ."""
+        return TaskSteering(self.steerer(gate, forget_pct), strengths=self.strengths[gate] if strengths is None
                            else strengths, read=self.reads[gate])
 
 
-def _fit(d, cfg: GateConfig, direction, gate: str, pct: int):
+def _fit(session: Session, cfg: GateConfig, direction, gate: str, pct: int):
     if gate == "paper":
-        acts = pl.forget_retain_activations(d, pct, modes=cfg.fit_modes, progress=False)
-        return pl.fit_steering(d, direction, acts, gamma=cfg.paper_gamma, null_space=cfg.paper_null_space)
+        acts = pl.forget_retain_activations(session, pct, modes=cfg.fit_modes, progress=False)
+        return pl.input_aware_steerer(session, direction, acts, gamma=cfg.paper_gamma, null_space=cfg.paper_null_space)
     if gate == "default":
-        return pl.fit_default_steering(d, direction, pct, fit_modes=cfg.fit_modes, progress=False)
+        return pl.default_steerer(session, direction, pct, fit_modes=cfg.fit_modes, progress=False)
     raise ValueError(f"gate must be one of {sorted(GATE_NAMES)}, got {gate!r}")
 
 
-def gate_setup(d, config: GateConfig | None = None, gates: Sequence[str] = ("paper", "default"),
+def gate_setup(session: Session, config: GateConfig | None = None, gates: Sequence[str] = ("paper", "default"),
                progress: bool = False) -> GateSetup:
     """Direction, both steerers at ``config.forget_pct`` and λ per task for each (cached steps)."""
     cfg = config or GateConfig()
-    adv = pl.adversarial_images(d, eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.pgd_steps, n_images=cfg.n_images,
+    adv = pl.adversarial_images(session, eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.pgd_steps, n_images=cfg.n_images,
                                 k=cfg.k, progress=progress)
-    direction = pl.multimodal_direction(d, adv, n_pairs=cfg.n_pairs, filter=cfg.direction_filter, progress=progress)
-    setup = GateSetup(d, cfg, direction, {}, {}, {}, {"paper": "steered", "default": "frozen"})
+    direction = pl.multimodal_direction(session, adv, n_pairs=cfg.n_pairs, filter=cfg.direction_filter, progress=progress)
+    setup = GateSetup(session, cfg, direction, {}, {}, {}, {"paper": "steered", "default": "frozen"})
     for gate in gates:
         st = setup.steerer(gate)
-        strengths, table = pl.choose_strengths(
-            d, lambda lam, st=st, gate=gate: pl.Steering(st, strengths=lam, read=setup.reads[gate]),
+        strengths, table = runs.choose_strengths(
+            session, lambda lam, st=st, gate=gate: TaskSteering(st, strengths=lam, read=setup.reads[gate]),
             cfg.lambda_grid, forget_pct=cfg.forget_pct, max_retain_drop=cfg.max_retain_drop,
             modes=cfg.tune_modes, max_new_tokens=cfg.max_new_tokens, progress=progress)
         setup.strengths[gate], setup.tuning[gate] = strengths, table
@@ -128,27 +131,27 @@ def score_summary(frame: pd.DataFrame) -> dict:
     return out
 
 
-def gate_selectivity(d, setup: GateSetup | None = None, forget_pct: int | None = None,
+def gate_selectivity(session: Session, setup: GateSetup | None = None, forget_pct: int | None = None,
                      retain_sample: int | None = None, celeb_sample: int | None = None) -> dict:
     """Vanilla, the paper's gate and erasekit's default on the held-out profiles (the JSON record).
 
     ``{"<gate>": {"params": {...}, "QA": {task: {split: score}}, "VQA": {...}}, "vanilla": {...},
     "ret_disjoint_from_fit": bool, ...}``; accuracies in percent, ROUGE-L 0-1.
     """
-    setup = setup or gate_setup(d)
+    setup = setup or gate_setup(session)
     pct = setup.config.forget_pct if forget_pct is None else forget_pct
     kw = dict(retain_sample=retain_sample, celeb_sample=celeb_sample, max_new_tokens=setup.config.max_new_tokens,
               progress=False)
-    record: dict = {"forget_pct": pct, "vanilla": score_summary(pl.evaluate_steering(d, pct, None, **kw))}
-    scored = pl.group_rows(d, pct, ("Ret", "Cele"), "eval", retain_sample, celeb_sample)
+    record: dict = {"forget_pct": pct, "vanilla": score_summary(runs.evaluate_steering(session, pct, None, **kw))}
+    scored = pl.group_rows(session, pct, ("Ret", "Cele"), "eval", retain_sample, celeb_sample)
     scored_ids = {r["ID"] for rs in scored.values() for r in rs}
-    tune_ids = {r["ID"] for r in pl.tuning_rows(d, pct)["Ret"]}
-    fit_rows = pl.group_rows(d, pct, ("Ret", "Cele"), "fit")
+    tune_ids = {r["ID"] for r in runs.tuning_rows(session, pct)["Ret"]}
+    fit_rows = pl.group_rows(session, pct, ("Ret", "Cele"), "fit")
     fit_ids = {r["ID"] for rs in fit_rows.values() for r in rs}
     disjoint = not scored_ids & tune_ids and not scored_ids & fit_ids
     for gate in setup.strengths:
         st = setup.steerer(gate, pct)
-        frame = pl.evaluate_steering(d, pct, setup.steering(gate, pct), method=GATE_NAMES[gate], **kw)
+        frame = runs.evaluate_steering(session, pct, setup.steering(gate, pct), method=GATE_NAMES[gate], **kw)
         disjoint = disjoint and not scored_ids & set(st.meta.get("retain_ids", fit_ids))
         params = {"gate": st.meta.get("gate"), "layers": st.layers, "read": setup.reads[gate],
                   "strengths": setup.strengths[gate], "gamma": st.meta.get("gamma"),
@@ -160,11 +163,11 @@ def gate_selectivity(d, setup: GateSetup | None = None, forget_pct: int | None =
                           selection_rule=st.meta.get("selection", {}).get("rule"))
         record[gate] = {"name": GATE_NAMES[gate], "params": params, **score_summary(frame)}
     if "paper" in setup.strengths:  # the paper's gate at the authors' λ, for the record (not chosen by a rule)
-        frame = pl.evaluate_steering(d, pct, setup.steering("paper", pct, strengths=dict(pl.PAPER_STRENGTHS)),
+        frame = runs.evaluate_steering(session, pct, setup.steering("paper", pct, strengths=dict(PAPER_STRENGTHS)),
                                      method="MLLMEraser (paper gate, authors' λ)", **kw)
         record["paper_authors_lambda"] = {"name": "MLLMEraser (paper gate, authors' λ)",
                                           "params": {**record["paper"]["params"],
-                                                     "strengths": dict(pl.PAPER_STRENGTHS)},
+                                                     "strengths": dict(PAPER_STRENGTHS)},
                                           **score_summary(frame)}
     record["ret_disjoint_from_fit"] = bool(disjoint)
     record["n_scored"] = {g: len(rs) for g, rs in scored.items()}
@@ -178,7 +181,7 @@ def write_json(record: dict, path: str | os.PathLike) -> None:
 
 def gate_variant(setup: GateSetup, *, read: str | None = None, floor: bool = True, layers: Sequence[int] | None = None,
                  gamma: float | None = None, gamma_scale: str = "relative", alpha: float | None = None,
-                 direction: Any = None, forget_pct: int | None = None) -> pl.Steering:
+                 direction: Any = None, forget_pct: int | None = None) -> TaskSteering:
     """erasekit's default steering with one thing changed (notebook 07's gate-family ablations).
 
     Unchanged arguments keep the default's choice: its γ, layers, α, floors (refitted on the same tune questions
@@ -187,13 +190,13 @@ def gate_variant(setup: GateSetup, *, read: str | None = None, floor: bool = Tru
     pct = setup.config.forget_pct if forget_pct is None else forget_pct
     base = setup.steerer("default", pct)
     sel = base.meta["selection"]
-    acts = pl.forget_retain_activations(setup.d, pct, modes=setup.config.fit_modes, progress=False)
-    st = pl.fit_steering(setup.d, setup.direction if direction is None else direction, acts,
+    acts = pl.forget_retain_activations(setup.session, pct, modes=setup.config.fit_modes, progress=False)
+    st = pl.input_aware_steerer(setup.session, setup.direction if direction is None else direction, acts,
                          gamma=sel["gamma"] if gamma is None else gamma, gate="contrastive", gamma_scale=gamma_scale,
                          alpha=base.meta["alpha"] if alpha is None else alpha,
                          layers=sel["layers"] if layers is None else list(layers))
     if floor:
-        tune = pl.query_activations(setup.d, pct, ("Ret",), modes=setup.config.fit_modes, role="tune",
+        tune = pl.query_activations(setup.session, pct, ("Ret",), modes=setup.config.fit_modes, role="tune",
                                     progress=False)["Ret"]
         st = st.with_floors(tune, base.meta.get("floor_quantile", 0.9))
-    return pl.Steering(st, strengths=setup.strengths["default"], read=setup.reads["default"] if read is None else read)
+    return TaskSteering(st, strengths=setup.strengths["default"], read=setup.reads["default"] if read is None else read)

@@ -7,15 +7,19 @@ the evaluation frames and fitted steerers of :mod:`erasekit.recipes`, so no note
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
 
 from . import pipeline as pl
+from . import runs
+from . import separability as sep
 from .recipes import GATE_NAMES, GateSetup
 
 __all__ = [
+    "profile_questions",
     "strengths_frame", "describe_choices", "describe_table1", "heldout_auc_by_split", "paper_beside_ours",
     "tradeoff_points", "describe_tradeoff", "case_studies", "describe_categories", "describe_projector", "gate_values_by_group",
     "describe_gates", "cascade_table", "describe_cascade", "describe_examples", "separability_table",
@@ -246,7 +250,7 @@ def cascade_table(setup: GateSetup, gates: Sequence[str] = ("paper", "default"),
     for gate in gates:
         steering = setup.steering(gate, pct)
         for read in ("steered", "frozen"):
-            reads = pl.gate_reads(setup.d, pct, steering, task=task, read=read)
+            reads = sep.gate_reads(setup.session, pct, steering, task=task, read=read)
             for group, per_layer in reads.items():
                 recs[(GATE_NAMES[gate], read, group)] = {l: float(v.median()) for l, v in per_layer.items()}
         st = setup.steerer(gate, pct)
@@ -346,9 +350,9 @@ def steered_embedding(setup: GateSetup, gate: str = "default", mode: str = "QA",
     st = setup.steering(gate)
     layer = st.steerer.layers[-1]
     pct = setup.config.forget_pct
-    before = pl.steered_activations(setup.d, pct, None, layer, ("Fgt", "Ret"), task=task, n=None, mode=mode,
+    before = sep.steered_activations(setup.session, pct, None, layer, ("Fgt", "Ret"), task=task, n=None, mode=mode,
                                     progress=False)
-    after = pl.steered_activations(setup.d, pct, st, layer, ("Fgt", "Ret"), task=task, n=None, mode=mode,
+    after = sep.steered_activations(setup.session, pct, st, layer, ("Fgt", "Ret"), task=task, n=None, mode=mode,
                                    progress=False)
     X = torch.cat([*before.values(), *after.values()]).double().numpy()
     if method == "umap":
@@ -382,8 +386,8 @@ def ablation_table(setup: GateSetup, variants: dict, modes: Sequence[str] = ("QA
 
     pct = setup.config.forget_pct if forget_pct is None else forget_pct
     kw = dict(modes=modes, tasks=tasks, max_new_tokens=setup.config.max_new_tokens, progress=False)
-    frames = [pl.evaluate_steering(setup.d, pct, None, method="Vanilla", **kw)]
-    frames += [pl.evaluate_steering(setup.d, pct, s, method=name, **kw) for name, s in variants.items()]
+    frames = [runs.evaluate_steering(setup.session, pct, None, method="Vanilla", **kw)]
+    frames += [runs.evaluate_steering(setup.session, pct, s, method=name, **kw) for name, s in variants.items()]
     df = pd.concat(frames, ignore_index=True)
     return results_table(df.assign(mode="QA")).xs("QA", level="mode")  # one row per variant, modes pooled
 
@@ -420,3 +424,17 @@ def describe_nullspace_ablation(auc: pd.DataFrame, recs: pd.DataFrame, exact_auc
             "lives in directions where the retain set (other people) also varies, which P removes by construction. "
             "On LLaVA-1.5-7B (d = 4096) the paper finds enough room left; on a 192-dimensional organism there is "
             "none.")
+
+
+def profile_questions(row: Mapping[str, Any]) -> pd.DataFrame:
+    """Every question of one benchmark row: columns ``task, type, question, answer``."""
+    recs = []
+    for kind, key in (("Image_Textual", "Image_Textual_Questions"), ("Pure_Text", "Pure_Text_Questions")):
+        for q in row.get("Classification_Task", {}).get(key, []):
+            opts = ", ".join(f"{k}. {v}" for k, v in q["Options"].items())
+            recs.append({"task": "classification", "type": kind, "question": f"{q['Question']} ({opts})",
+                         "answer": q["Correct_Answer"]})
+    for task, field in (("generation", "Generation_Task"), ("cloze", "Mask_Task")):
+        for q in row.get(field, []):
+            recs.append({"task": task, "type": q["Type"], "question": q["Question"], "answer": q["Ground_Truth"]})
+    return pd.DataFrame(recs, columns=["task", "type", "question", "answer"])

@@ -6,56 +6,63 @@ from __future__ import annotations
 import pytest
 import torch
 
+import erasekit as ek
+import erasekit.gates
+import erasekit.nullspace
+import erasekit.report
 import erasekit.pipeline as pl
+from erasekit import cache as ekcache, runs, safety_checks
+from erasekit import separability as sep
+from erasekit.session import load_session, model_key
+from erasekit.strengths import TaskSteering
 from erasekit.world import make_world
 
 
 @pytest.fixture()
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))
-    pl._MEMO.clear()
-    pl.STATS.clear()
+    ekcache._MEMO.clear()
+    ekcache.STATS.clear()
     yield tmp_path / "cache"
-    pl._MEMO.clear()
+    ekcache._MEMO.clear()
 
 
 @pytest.fixture()
 def default(tiny_llava, cache):
-    return pl.load_default(tiny_llava, make_world(20, 2, image_size=28))
+    return load_session(tiny_llava, make_world(20, 2, image_size=28))
 
 
 def _forget_memo():
     """Drop the in-process memo (but keep loaded defaults) so the next call must read the disk cache."""
-    for k in [k for k in pl._MEMO if k[0] != "default"]:
-        del pl._MEMO[k]
+    ekcache._MEMO.clear()
 
 
 def test_load_default_errors(tiny_llava, tmp_path):
     with pytest.raises(ValueError, match="data="):
-        pl.load_default(tiny_llava)
+        load_session(tiny_llava)
     with pytest.raises(FileNotFoundError, match="build-organism|does not exist"):
-        pl.load_default(tmp_path / "nope")
+        load_session(tmp_path / "nope")
 
 
 def test_model_key_stable_and_sensitive(tiny_llava):
-    k = pl.model_key(tiny_llava)
-    assert k == pl.model_key(tiny_llava)
-    assert pl.model_key("org/model-a") != pl.model_key("org/model-b")
+    k = model_key(tiny_llava)
+    assert k == model_key(tiny_llava)
+    assert model_key("org/model-a") != model_key("org/model-b")
 
 
 def test_refusal_direction_cached(default):
     r1 = pl.refusal_direction(default, n_pairs=4, filter=False, progress=False)
-    assert pl.STATS["refusal_direction:miss"] == 1
+    assert ekcache.STATS["refusal_direction:miss"] == 1
     assert r1.layers == list(range(default.num_layers)) and r1.d == 32
     r2 = pl.refusal_direction(default, n_pairs=4, filter=False, progress=False)
-    assert pl.STATS["refusal_direction:hit"] == 1 and r2 is r1
+    assert ekcache.STATS["refusal_direction:hit"] == 1 and r2 is r1
     _forget_memo()
     r3 = pl.refusal_direction(default, n_pairs=4, filter=False, progress=False)  # from disk
-    assert pl.STATS["refusal_direction:hit"] == 2
+    assert ekcache.STATS["refusal_direction:hit"] == 2
     assert all(torch.equal(r1[l], r3[l]) for l in r1.layers)
     pl.refusal_direction(default, n_pairs=3, filter=False, progress=False)  # other data -> other key
     pl.refusal_direction(default, n_pairs=4, layers=[1], filter=False, progress=False)
-    assert pl.STATS["refusal_direction:miss"] == 3
+    assert ekcache.STATS["refusal_direction:miss"] == 3
 
 
 def test_filter_error_is_clear(default):
@@ -73,16 +80,16 @@ def test_pgd_and_multimodal_direction(default):
     assert 0 <= float(adv.images.min()) and float(adv.images.max()) <= 1
     _forget_memo()
     adv2 = pl.adversarial_images(default, **kw)
-    assert pl.STATS["adversarial_images:hit"] == 1 and torch.equal(adv.images, adv2.images)
+    assert ekcache.STATS["adversarial_images:hit"] == 1 and torch.equal(adv.images, adv2.images)
     adv3 = pl.adversarial_images(default, **{**kw, "eps": None})
-    assert pl.STATS["adversarial_images:miss"] == 2 and adv3.meta["cache_key"] != adv.meta["cache_key"]
+    assert ekcache.STATS["adversarial_images:miss"] == 2 and adv3.meta["cache_key"] != adv.meta["cache_key"]
 
     m = pl.multimodal_direction(default, adv2, n_pairs=4, filter=False, progress=False)
     assert m.meta["kind"] == "multimodal" and m.d == 32
     pl.multimodal_direction(default, adv2, n_pairs=4, filter=False, progress=False)
-    assert pl.STATS["multimodal_direction:hit"] == 1
+    assert ekcache.STATS["multimodal_direction:hit"] == 1
     pl.multimodal_direction(default, adv3, n_pairs=4, filter=False, progress=False)  # other images -> miss
-    assert pl.STATS["multimodal_direction:miss"] == 2
+    assert ekcache.STATS["multimodal_direction:miss"] == 2
 
 
 def test_activations_fit_steering_evaluate(default):
@@ -91,46 +98,46 @@ def test_activations_fit_steering_evaluate(default):
     assert acts.meta["n_forget"] == 12 and acts.meta["n_retain"] == 24 and acts.meta["n_celebrity"] == 12
     assert acts.forget[1].shape == (12, 32) and acts.retain[1].shape == (36, 32)
     pl.forget_retain_activations(default, 5, retain_sample=2, celeb_sample=1, progress=False)
-    assert pl.STATS["query_activations:hit"] == 1
+    assert ekcache.STATS["query_activations:hit"] == 1
     acts3 = pl.forget_retain_activations(default, 5, retain_sample=3, celeb_sample=1, progress=False)
     assert acts3.key != acts.key and acts3.retain[1].shape[0] == 48
 
     direction = pl.refusal_direction(default, n_pairs=4, filter=False, progress=False)
-    st = pl.fit_steering(default, direction, acts, gamma=0.1, null_space=0.3)
+    st = pl.input_aware_steerer(default, direction, acts, gamma=0.1, null_space=0.3)
     assert st.layers == list(range(1, default.num_layers))
     _forget_memo()
-    st2 = pl.fit_steering(default, direction, acts, gamma=0.1, null_space=0.3)
-    assert pl.STATS["fit_steering:hit"] == 1 and torch.equal(st[1].gate, st2[1].gate)
-    pl.fit_steering(default, direction, acts, gamma=1.0, null_space=0.3)
-    pl.fit_steering(default, direction, acts3, gamma=0.1, null_space=0.3)
-    assert pl.STATS["fit_steering:miss"] == 3
-    mlp = pl.fit_steering(default, direction, acts, null_space=0.3, kind="mlp", hidden=8, steps=3)
+    st2 = pl.input_aware_steerer(default, direction, acts, gamma=0.1, null_space=0.3)
+    assert ekcache.STATS["fit_steering:hit"] == 1 and torch.equal(st[1].gate, st2[1].gate)
+    pl.input_aware_steerer(default, direction, acts, gamma=1.0, null_space=0.3)
+    pl.input_aware_steerer(default, direction, acts3, gamma=0.1, null_space=0.3)
+    assert ekcache.STATS["fit_steering:miss"] == 3
+    mlp = pl.input_aware_steerer(default, direction, acts, null_space=0.3, kind="mlp", hidden=8, steps=3)
     assert mlp.meta["kind"] == "mlp"
 
     kw = dict(retain_sample=1, celeb_sample=1, modes=("VQA",), tasks=("classification",), max_new_tokens=2,
               progress=False)
-    van = pl.evaluate_steering(default, 5, None, **kw)
-    steering = pl.Steering(st2, strengths=0.5)
-    ours = pl.evaluate_steering(default, 5, steering, **kw)
+    van = runs.evaluate_steering(default, 5, None, **kw)
+    steering = TaskSteering(st2, strengths=0.5)
+    ours = runs.evaluate_steering(default, 5, steering, **kw)
     assert set(van["split"]) == {"Fgt", "Test", "Ret", "Cele"} and len(van) == len(ours)
     assert set(ours["method"]) == {"Steered"}
-    again = pl.evaluate_steering(default, 5, steering, method="Ours", **kw)
-    assert pl.STATS["evaluate:hit"] == 1 and set(again["method"]) == {"Ours"}
+    again = runs.evaluate_steering(default, 5, steering, method="Ours", **kw)
+    assert ekcache.STATS["evaluate:hit"] == 1 and set(again["method"]) == {"Ours"}
     assert list(again["response"]) == list(ours["response"])
-    pl.evaluate_steering(default, 5, pl.Steering(st2, strengths=1.0), **kw)
-    pl.evaluate_steering(default, 5, pl.Steering(direction=direction, strengths=0.5), **kw)
-    assert pl.STATS["evaluate:miss"] == 4
-    table = pl.results(default, 5, {"Ours": steering}, **kw)
+    runs.evaluate_steering(default, 5, TaskSteering(st2, strengths=1.0), **kw)
+    runs.evaluate_steering(default, 5, TaskSteering(direction=direction, strengths=0.5), **kw)
+    assert ekcache.STATS["evaluate:miss"] == 4
+    table = runs.results(default, 5, {"Ours": steering}, **kw)
     assert list(table.index.get_level_values("method")) == ["Vanilla", "Ours"]
 
 
 def test_steering_validation(default):
     direction = pl.refusal_direction(default, n_pairs=2, filter=False, progress=False)
     with pytest.raises(ValueError, match="exactly one"):
-        pl.Steering()
+        TaskSteering()
     with pytest.raises(ValueError, match="tasks"):
-        pl.Steering(direction=direction, strengths={"classification": 1.0})
-    ops = pl.Steering(direction=direction, strengths=2.0, layers=[1]).operators("cloze", default.num_layers)
+        TaskSteering(direction=direction, strengths={"classification": 1.0})
+    ops = TaskSteering(direction=direction, strengths=2.0, layers=[1]).operators("cloze", default.num_layers)
     h = torch.zeros(3, 32)
     assert list(ops) == [1] and torch.allclose(ops[1](h), 2 * direction[1].float().expand(3, -1))
 
@@ -144,23 +151,23 @@ def test_dense_eq12_matches_rank_one():
                    torch.randn(8, 16, generator=g, dtype=torch.float64), torch.randn(16, generator=g,
                                                                                    dtype=torch.float64))
     P = null_space_projector(H_r, "exact")
-    dense = pl.dense_eq12(H_f, P.matrix(), d, gamma=0.1)
+    dense = ek.gates.dense_eq12(H_f, P.matrix(), d, gamma=0.1)
     assert torch.allclose(dense, fit_input_aware(H_f, H_r, d, 0.1, P).dense(), atol=1e-9)
 
 
 def test_notebook_helpers(default):
     row = default.source.split("forget_5")[0]
-    q = pl.profile_questions(row)
+    q = ek.report.profile_questions(row)
     assert set(q["task"]) == {"classification", "generation", "cloze"} and len(q) == 4 * 2 * 3
-    assert pl.auc([2, 3], [0, 1]) == 1.0 and pl.auc([0], [0]) == 0.5 and pl.auc([0, 1], [1, 2]) == 0.125
+    assert ek.auc([2, 3], [0, 1]) == 1.0 and ek.auc([0], [0]) == 0.5 and ek.auc([0, 1], [1, 2]) == 0.125
     acts = pl.forget_retain_activations(default, 5, retain_sample=1, celeb_sample=1, progress=False)
-    s = pl.projector_summary(acts, "exact", layers=[1])
+    s = ek.nullspace.projector_summary(acts, "exact", layers=[1])
     assert s.loc[1, "k"] == 32 - s.loc[1, "rank(H_r)"] and s.loc[1, "retain energy kept (%)"] < 1e-6
     direction = pl.refusal_direction(default, n_pairs=2, filter=False, progress=False)
-    st = pl.fit_steering(default, direction, acts, gamma=0.1, null_space=0.3)
-    ex = pl.example_generations(default, 5, pl.Steering(st, strengths=1.0), n=1, max_new_tokens=2)
+    st = pl.input_aware_steerer(default, direction, acts, gamma=0.1, null_space=0.3)
+    ex = runs.example_generations(default, 5, TaskSteering(st, strengths=1.0), n=1, max_new_tokens=2)
     assert list(ex["group"]) == ["Fgt", "Test", "Ret", "Cele"][: len(ex)] and len(ex) >= 3
-    assert pl.generate(default, ["hi"], max_new_tokens=2)[0] == pl.generate(default, ["hi"], max_new_tokens=2)[0]
+    assert ek.generate(default.adapter, ["hi"], max_new_tokens=2)[0] == ek.generate(default.adapter, ["hi"], max_new_tokens=2)[0]
 
 
 def test_choose_strengths_rule(default, monkeypatch):
@@ -182,9 +189,9 @@ def test_choose_strengths_rule(default, monkeypatch):
                 for i, sp in enumerate(("Fgt", "Ret"))]
         return pd.DataFrame(recs)
 
-    monkeypatch.setattr(pl, "_evaluate_rows", fake)
+    monkeypatch.setattr(runs, "_evaluate_rows", fake)
     direction = pl.refusal_direction(default, n_pairs=2, filter=False, progress=False)
-    chosen, table = pl.choose_strengths(default, lambda lam: pl.Steering(direction=direction, strengths=lam),
+    chosen, table = runs.choose_strengths(default, lambda lam: TaskSteering(direction=direction, strengths=lam),
                                         grid=[2.0, 0.5, 1.0], n_retain=2)
     assert chosen == {"classification": 1.0, "generation": 0.5, "cloze": 2.0}
     assert [s[0] for s in seen] == [0.0, 0.5, 1.0, 2.0] and seen[0][1] == ["Fgt", "Ret"]
@@ -199,15 +206,15 @@ def test_scored_profiles_never_enter_a_fit_or_a_tuning_set(default):
     assert scored["Ret"] and scored["Cele"]
     acts = pl.forget_retain_activations(default, 5, progress=False)
     assert acts.meta["retain_ids"] and not scored_ids & set(acts.meta["retain_ids"])
-    tune = pl.tuning_rows(default, 5)
+    tune = runs.tuning_rows(default, 5)
     assert tune["Ret"] and not scored_ids & {r["ID"] for r in tune["Ret"]}
     assert not set(acts.meta["retain_ids"]) & {r["ID"] for r in tune["Ret"]}
-    _, retain_examples = pl.baseline_data(default, 5)
+    _, retain_examples = runs.baseline_data(default, 5)
     fit_rows = pl.group_rows(default, 5, ("Ret", "Cele"), "fit")
     assert not scored_ids & {r["ID"] for rs in fit_rows.values() for r in rs}
     assert len(retain_examples) > 0
     # H_f is exactly the forget split's questions (the Test split's rows never enter a fit)
-    items = pl.build_items({"Fgt": default.source.split("forget_5")}, modes=tuple(acts.meta["modes"]))
+    items = ek.evaluate.build_items({"Fgt": default.source.split("forget_5")}, modes=tuple(acts.meta["modes"]))
     assert acts.meta["n_forget"] == len(items) == acts.forget[1].shape[0]
     # the same profile keeps its role at every forget ratio
     for pct in (10, 15):
@@ -223,11 +230,11 @@ def test_separability_and_norms():
     H_f = torch.randn(6, 8, generator=g, dtype=torch.float64) + 3
     H_r = torch.randn(5, 8, generator=g, dtype=torch.float64)
     st = InputAwareSteerer({1: fit_input_aware(H_f, H_r, d, 0.01, "exact")}, meta={})
-    norms = pl.steering_norms(st, {1: H_f}, 2.0)
+    norms = sep.steering_norms(st, {1: H_f}, 2.0)
     expect = 2.0 * (H_f @ st[1].gate).abs() * d.norm()
     assert torch.allclose(norms[1].double(), expect, rtol=1e-5)
-    sep = pl.separability(st, {1: H_f}, {1: H_r}, 2.0)
-    assert sep.loc[1, "AUC"] == 1.0 and sep.loc[1, "median retain"] < 1e-6  # H_r lies in P's kernel
+    table = sep.separability(st, {1: H_f}, {1: H_r}, 2.0)
+    assert table.loc[1, "AUC"] == 1.0 and table.loc[1, "median retain"] < 1e-6  # H_r lies in P's kernel
 
 
 def test_run_baseline_cached_with_summary(default):
@@ -235,22 +242,22 @@ def test_run_baseline_cached_with_summary(default):
 
     kw = dict(retain_train=2, retain_sample=1, celeb_sample=1, modes=("VQA",), tasks=("classification",),
               max_new_tokens=2, progress=False)
-    run = pl.run_baseline(default, 5, GAConfig(max_steps=2, progress=False), **kw)
+    run = runs.run_baseline(default, 5, GAConfig(max_steps=2, progress=False), **kw)
     assert set(run.frame["method"]) == {"GA"} and run.summary["steps"] == 2 and run.summary["seconds"] > 0
     _forget_memo()
-    again = pl.run_baseline(default, 5, GAConfig(max_steps=2, progress=False), **kw)
-    assert pl.STATS["baseline:hit"] == 1 and again.summary == run.summary
+    again = runs.run_baseline(default, 5, GAConfig(max_steps=2, progress=False), **kw)
+    assert ekcache.STATS["baseline:hit"] == 1 and again.summary == run.summary
     assert list(again.frame["response"]) == list(run.frame["response"])
-    pl.run_baseline(default, 5, GAConfig(max_steps=3, progress=False), **kw)
-    assert pl.STATS["baseline:miss"] == 2
+    runs.run_baseline(default, 5, GAConfig(max_steps=3, progress=False), **kw)
+    assert ekcache.STATS["baseline:miss"] == 2
 
 
 def test_steered_activations_move_only_with_steering(default):
     direction = pl.refusal_direction(default, n_pairs=2, filter=False, progress=False)
-    before = pl.steered_activations(default, 5, None, 1, ("Fgt",), n=1, progress=False)
-    again = pl.steered_activations(default, 5, None, 1, ("Fgt",), n=1, progress=False)
-    after = pl.steered_activations(default, 5, pl.Steering(direction=direction, strengths=3.0), 1, ("Fgt",), n=1,
+    before = sep.steered_activations(default, 5, None, 1, ("Fgt",), n=1, progress=False)
+    again = sep.steered_activations(default, 5, None, 1, ("Fgt",), n=1, progress=False)
+    after = sep.steered_activations(default, 5, TaskSteering(direction=direction, strengths=3.0), 1, ("Fgt",), n=1,
                                    progress=False)
     assert torch.equal(before["Fgt"], again["Fgt"]) and not torch.allclose(before["Fgt"], after["Fgt"])
     with pytest.raises(ValueError, match="out of range"):
-        pl.steered_activations(default, 5, None, 99, ("Fgt",), n=1, progress=False)
+        sep.steered_activations(default, 5, None, 99, ("Fgt",), n=1, progress=False)

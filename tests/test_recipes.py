@@ -8,7 +8,12 @@ import warnings
 import pandas as pd
 import pytest
 
+import erasekit as ek
 import erasekit.pipeline as pl
+from erasekit import cache as ekcache, runs, safety_checks
+from erasekit import separability as sep
+from erasekit.session import load_session, model_key
+from erasekit.strengths import TaskSteering
 from erasekit import recipes, report
 from erasekit.world import make_world
 
@@ -19,15 +24,15 @@ def setup(tiny_llava, tmp_path_factory):
 
     old = os.environ.get("ERASEKIT_CACHE")
     os.environ["ERASEKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    pl._MEMO.clear()
-    session = pl.load_default(tiny_llava, make_world(20, 4, image_size=28))
+    ekcache._MEMO.clear()
+    session = load_session(tiny_llava, make_world(20, 4, image_size=28))
     cfg = recipes.GateConfig(lambda_grid=(0.5, 2.0), max_new_tokens=2, pgd_steps=2, n_images=1, k=1, n_pairs=4,
                              direction_filter=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         s = recipes.gate_setup(session, cfg)
     yield s
-    pl._MEMO.clear()
+    ekcache._MEMO.clear()
     if old is None:
         os.environ.pop("ERASEKIT_CACHE", None)
     else:
@@ -49,7 +54,7 @@ def test_gate_setup_fits_both_gates_by_their_rules(setup):
 def test_gate_selectivity_record_shape_and_disjointness(setup):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rec = recipes.gate_selectivity(setup.d, setup)
+        rec = recipes.gate_selectivity(setup.session, setup)
     assert rec["ret_disjoint_from_fit"] is True
     for key in ("vanilla", "paper", "default"):
         assert set(rec[key]["QA"]) == {"classification", "generation", "cloze"}
@@ -60,11 +65,10 @@ def test_gate_selectivity_record_shape_and_disjointness(setup):
 
 def test_result_tables_and_sentences(setup):
     kw = dict(max_new_tokens=2, progress=False, modes=("QA",))
-    frames = {5: pd.concat([pl.evaluate_steering(setup.d, 5, None, **kw)] +
-                           [pl.evaluate_steering(setup.d, 5, setup.steering(g), method=recipes.GATE_NAMES[g], **kw)
+    frames = {5: pd.concat([runs.evaluate_steering(setup.session, 5, None, **kw)] +
+                           [runs.evaluate_steering(setup.session, 5, setup.steering(g), method=recipes.GATE_NAMES[g], **kw)
                             for g in ("paper", "default")], ignore_index=True)}
-    tables = {5: pl.results_table(frames[5]) if hasattr(pl, "results_table") else __import__(
-        "erasekit").results_table(frames[5])}
+    tables = {5: ek.results_table(frames[5])}
     text = report.describe_table1(tables)
     assert "**5 %**" in text and recipes.GATE_NAMES["default"] in text
     aucs = report.heldout_auc_by_split(setup, [5, 10])

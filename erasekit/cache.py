@@ -1,0 +1,108 @@
+"""The cache of the pipeline's expensive steps: where results live, how they are keyed, and the in-process memo.
+
+A step computes its result once and stores it with :mod:`erasekit.artifacts` under
+:func:`erasekit.paths.cache_dir` (``<step>/<key[:24]>``), keyed by :func:`erasekit.artifacts.cache_key` of
+everything that determines it: the model (:func:`erasekit.session.model_key`), the data actually fed to the model
+(prompts and image pixels), the hyperparameters and the keys of upstream results (:func:`key_of`). Evaluation
+results (DataFrames) are stored next to them as parquet files with the same key scheme. So notebooks run alone and
+in any order, and a second call, in the same process or another, only reads the result.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import paths
+from .artifacts import artifact_exists, atomic_write, cache_key, load_artifact, save_artifact
+
+__all__ = ["VERSION", "STATS", "cache_path", "cached", "cached_frame", "key_of", "image_digests"]
+
+# Bump when a step's computation changes: every cached result made by an older version is then recomputed.
+VERSION = 1
+# Cache statistics per step: STATS["refusal_direction:hit"] etc. (tests and notebooks read them).
+STATS: collections.Counter = collections.Counter()
+_MEMO: dict[tuple[str, str], Any] = {}
+
+
+def cache_path(step: str, key: str) -> Path:
+    """Where the result of ``step`` for ``key`` lives (without suffix)."""
+    return paths.cache_dir() / step / key[:24]
+
+
+def cached(step: str, key: str, compute: Callable[[], Any], model_id: str, hyper: dict, refresh: bool = False):
+    """Load the artifact for ``key`` or compute and save it (recording ``model_id`` and ``hyper`` in its sidecar);
+    counts hits and misses in :data:`STATS`."""
+    memo = (step, key)
+    if not refresh and memo in _MEMO:
+        STATS[f"{step}:hit"] += 1
+        return _MEMO[memo]
+    path = cache_path(step, key)
+    if not refresh and artifact_exists(path, data_hash=key):
+        STATS[f"{step}:hit"] += 1
+        obj = load_artifact(path)
+    else:
+        STATS[f"{step}:miss"] += 1
+        obj = compute()
+        save_artifact(path, obj, model_id=model_id, hyperparameters=hyper, data_hash=key)
+    _MEMO[memo] = obj
+    return obj
+
+
+def cached_frame(step: str, key: str, compute: Callable[[], pd.DataFrame], refresh: bool = False) -> pd.DataFrame:
+    """Same for DataFrames: a parquet file named by the key, written atomically; returns a copy."""
+    memo = (step, key)
+    if not refresh and memo in _MEMO:
+        STATS[f"{step}:hit"] += 1
+        return _MEMO[memo].copy()
+    path = cache_path(step, key).with_suffix(".parquet")
+    if not refresh and path.exists():
+        STATS[f"{step}:hit"] += 1
+        df = pd.read_parquet(path)
+    else:
+        STATS[f"{step}:miss"] += 1
+        df = compute()
+        atomic_write(path, _parquet_safe(df).to_parquet(index=False))
+        df = pd.read_parquet(path)  # the same types on a miss as on a hit
+    _MEMO[memo] = df
+    return df.copy()
+
+
+def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    # Mixed-type object columns (ids that are ints in one split and strings in another, None targets) become str.
+    df = df.copy()
+    for c in df.columns:
+        if df[c].dtype == object:
+            types = {type(v) for v in df[c] if v is not None}
+            if len(types) > 1 or (types and not types <= {str, bool}):
+                df[c] = df[c].map(lambda v: None if v is None else str(v))
+    return df
+
+
+def key_of(obj: Any) -> str:
+    """The cache key an upstream result carries (``meta["cache_key"]`` or a ``key`` string), else a hash of it."""
+    meta = getattr(obj, "meta", None)
+    if isinstance(meta, dict) and "cache_key" in meta:
+        return meta["cache_key"]
+    key = getattr(obj, "key", None)
+    if isinstance(key, str):
+        return key
+    return cache_key(obj=obj)
+
+
+def image_digests(images: Sequence[Any]) -> list[Any]:
+    """Per-image content digests, computed once per distinct object (portraits repeat across questions)."""
+    seen: dict[int, str] = {}
+    out = []
+    for im in images:
+        if im is None:
+            out.append(None)
+            continue
+        if id(im) not in seen:
+            seen[id(im)] = cache_key(image=im)
+        out.append(seen[id(im)])
+    return out

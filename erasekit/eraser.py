@@ -1,0 +1,216 @@
+"""The front door: erase what a model knows about a forget set, for any supported model, without the notebooks.
+
+::
+
+    import erasekit as ek
+    adapter = ek.load_model("path/to/llava-1.5-7b-hf")                       # or any supported folder / hub id
+    eraser = ek.fit_eraser(adapter, forget=[("Where was this person born?", portrait), "Who is Jane Doe?"],
+                           retain=["What is the capital of France?", ...], strength="auto")
+    answers = eraser.generate(adapter, ["Who is Jane Doe?"])                   # refuses; retain questions answered
+    eraser.save("eraser/jane")                                                 # safetensors + JSON sidecar
+    eraser = ek.Eraser.load("eraser/jane")
+
+What :func:`fit_eraser` does, each step a stated rule (METHOD.md; notebooks 02–05 show why):
+
+1. The erasure direction per layer (Eq. 3): mean last-token layer input of prompts the model refuses minus that of
+   prompts it answers; by default erasekit's built-in harmful requests and the same requests wrapped in a
+   jailbreak (the paper's text-only contrast: same content, refusal vs compliance), or yours (``refuse=`` /
+   ``comply=``, e.g. harmful vs harmless prompts for a model that resists jailbreaks), or a given ``direction=``
+   (e.g. the multimodal direction of :func:`erasekit.pipeline.multimodal_direction`, Eq. 7). Measured on the
+   organism: the harmful − harmless contrast points elsewhere (cosine −0.8 to −0.1 with Eq. 3's per layer) and
+   induces no refusal up to λ = 16, while Eq. 3's direction refuses every forget question from λ = 2.
+2. H_f = the forget prompts' activations, H_r = the retain prompts', both at the last prompt token.
+3. erasekit's contrastive gate with γ, layers and floors chosen by :func:`erasekit.tuning.choose_gate` on
+   ``tune`` prompts (default: every fourth retain prompt, held out of H_r).
+4. λ: a number, or ``"auto"``: on the forget prompts and the tune prompts, the smallest λ of ``strength_grid``
+   that reaches the highest forget refusal rate among those keeping the tune prompts' refusal rate within
+   ``max_retain_refusal`` of the vanilla model's (no λ qualifies: the smallest λ).
+
+The eraser steers at generation time with the gates reading an unsteered prefill (``read="frozen"``,
+:func:`erasekit.hooks.steer`); the prompts' answers are generated in batches, left-padded, with a progress bar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .artifacts import load_artifact, read_sidecar, save_artifact
+from .directions import ErasureDirection, diff_in_means
+from .evaluate import is_refusal
+from .generation import generate
+from .hooks import check_layers, collect_activations, steer
+from .steering import InputAwareSteerer
+from .tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
+from .world import make_world, safety_prompts
+
+__all__ = ["Eraser", "fit_eraser", "default_refusal_prompts", "STRENGTH_GRID"]
+
+STRENGTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
+READS = ("frozen", "steered", "anchor")
+
+
+def _split(prompts: Sequence[Any], what: str) -> tuple[list[str], list[Any] | None]:
+    """Prompts given as strings or (text, image) pairs -> (texts, images or None)."""
+    if isinstance(prompts, str) or not len(prompts):
+        raise ValueError(f"{what} must be a non-empty list of prompts (strings or (text, image) pairs)")
+    texts, images = [], []
+    for p in prompts:
+        if isinstance(p, str):
+            texts.append(p)
+            images.append(None)
+        elif isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str):
+            texts.append(p[0])
+            images.append(p[1])
+        else:
+            raise TypeError(f"each of {what} must be a string or a (text, image) pair, got {type(p).__name__}")
+    return texts, (None if all(im is None for im in images) else images)
+
+
+def default_refusal_prompts(n: int | None = None) -> tuple[list[str], list[str]]:
+    """(harmful, jailbreak-wrapped harmful) training prompt pairs of erasekit's safety set
+    (:func:`erasekit.world.safety_prompts` over a small synthetic world; the first ``n`` pairs): the default
+    ``refuse`` / ``comply`` prompts of :func:`fit_eraser` (Eq. 3's contrast)."""
+    sp = [s for s in safety_prompts(make_world(20, 1, seed=0)) if not s.heldout]
+    harmful = [s.prompt for s in sp if s.kind == "harmful"][:n]
+    jailbreak = [s.prompt for s in sp if s.kind == "jailbreak"][:n]
+    return harmful, jailbreak
+
+
+@dataclasses.dataclass
+class Eraser:
+    """A fitted test-time eraser: the per-layer gated push, its strength λ and how the gates read.
+
+    Attributes:
+        steerer: the fitted :class:`erasekit.steering.InputAwareSteerer` (rank one per layer, with floors).
+        strength: λ (Eq. 13).
+        read: which state the gates read during generation (:func:`erasekit.hooks.steer`): ``"frozen"``.
+    """
+
+    steerer: InputAwareSteerer
+    strength: float
+    read: str = "frozen"
+
+    def __post_init__(self):
+        if self.read not in READS:
+            raise ValueError(f"read must be one of {READS}, got {self.read!r}")
+
+    def context(self, adapter: Any, record: dict | None = None):
+        """The steering context: inside it every forward pass / generate call of ``adapter`` is steered."""
+        ops = self.steerer.operators(self.strength)
+        check_layers(adapter, list(ops))
+        return steer(adapter, ops, mode="prefill", read=self.read,
+                     anchor=min(ops) if self.read == "anchor" else None, record=record)
+
+    def generate(self, adapter: Any, prompts: Sequence[Any], *, max_new_tokens: int = 64, batch_size: int = 16,
+                 progress: bool = True) -> list[str]:
+        """Greedy answers to ``prompts`` (strings or (text, image) pairs) with the erasure on."""
+        texts, images = _split(prompts, "prompts")
+        return generate(adapter, texts, images, context=lambda: self.context(adapter), max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, progress=progress, desc="generate (erased)")
+
+    def gate_values(self, adapter: Any, prompts: Sequence[Any], batch_size: int = 16) -> dict[int, Tensor]:
+        """The raw gate value per steered layer for each prompt (one prefill each): ``{layer: (N,)}``.
+        Above the layer's floor the push is on; a forget prompt should read high, a retain prompt low."""
+        texts, images = _split(prompts, "prompts")
+        rec: dict = {}
+        for s in range(0, len(texts), batch_size):
+            ims = None if images is None else images[s:s + batch_size]
+            batch = adapter.encode(texts[s:s + batch_size], images=ims)
+            with torch.no_grad(), self.context(adapter, record=rec):
+                adapter.model(**batch)
+        return {l: torch.cat(v) for l, v in sorted(rec.items())}
+
+    def save(self, path: str | os.PathLike, model_id: str = "") -> None:
+        """Write the eraser as an artifact (``path.safetensors`` + ``path.json``), atomically."""
+        save_artifact(path, self.steerer, model_id=model_id or str(self.steerer.meta.get("model_id", "")),
+                      hyperparameters={"eraser": {"strength": float(self.strength), "read": self.read}})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Eraser":
+        """Read an eraser written by :meth:`save`."""
+        hyper = read_sidecar(path).get("hyperparameters", {})
+        if "eraser" not in hyper:
+            raise ValueError(f"{path} is an erasekit artifact but not an eraser (no 'eraser' hyperparameters); "
+                             "load a steerer with erasekit.load_artifact instead")
+        steerer = load_artifact(path)
+        return cls(steerer, float(hyper["eraser"]["strength"]), hyper["eraser"]["read"])
+
+
+def _refusal_rate(answers: Sequence[str]) -> float:
+    return sum(map(is_refusal, answers)) / max(len(answers), 1)
+
+
+def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tune: Sequence[Any] | None = None,
+               direction: ErasureDirection | None = None, refuse: Sequence[Any] | None = None,
+               comply: Sequence[Any] | None = None, layers: Sequence[int] | None = None,
+               strength: float | str = "auto", strength_grid: Sequence[float] = STRENGTH_GRID,
+               max_retain_refusal: float = 0.1, gammas: Sequence[float] = GAMMA_GRID, alpha: float = 1.0,
+               margin: float = LAYER_AUC_MARGIN, floor_quantile: float | None = 0.9, max_new_tokens: int = 32,
+               batch_size: int = 16, progress: bool = True) -> Eraser:
+    """Fit an :class:`Eraser` on any supported adapter from forget and retain prompts (see the module docstring).
+
+    Args:
+        adapter: from :func:`erasekit.models.load_model` (a VLM or a text-only causal LM).
+        forget: prompts whose answers must be refused: strings or (text, image) pairs.
+        retain: prompts that must keep being answered (H_r); at least 4 when ``tune`` is None.
+        tune: held-out retain prompts for the rules (default: every fourth retain prompt, then not in H_r).
+        direction: the erasure direction; default: from ``refuse`` − ``comply`` prompts.
+        refuse, comply: prompts the model refuses / answers (default: :func:`default_refusal_prompts`).
+        layers: candidate layers (default 1..L-1); the rule keeps those whose gate separates best.
+        strength: λ, or "auto" (the rule above, on the forget and tune prompts).
+        gammas, alpha, margin, floor_quantile: :func:`erasekit.tuning.choose_gate`.
+    """
+    if strength != "auto" and (isinstance(strength, str) or not isinstance(strength, (int, float))):
+        raise ValueError(f"strength must be a number or 'auto', got {strength!r}")
+    f_txt, f_im = _split(forget, "forget")
+    r_txt, r_im = _split(retain, "retain")
+    if len(f_txt) < 4:
+        raise ValueError(f"got {len(f_txt)} forget prompts; give at least 4 (the gate rule cross-validates on the "
+                         "forget prompts in 4 folds)")
+    if tune is None:
+        if len(r_txt) < 4:
+            raise ValueError(f"got {len(r_txt)} retain prompts; give at least 4 (every fourth is held out to tune the "
+                             "gate) or pass tune= explicitly")
+        t_txt, t_im = r_txt[3::4], None if r_im is None else r_im[3::4]
+        keep = [i for i in range(len(r_txt)) if i % 4 != 3]
+        r_txt, r_im = [r_txt[i] for i in keep], None if r_im is None else [r_im[i] for i in keep]
+    else:
+        t_txt, t_im = _split(tune, "tune")
+    layers = list(range(1, adapter.num_layers)) if layers is None else check_layers(adapter, layers)
+    kw = dict(layers=layers, batch_size=batch_size, progress=progress)
+    if direction is None:
+        d_refuse, d_comply = default_refusal_prompts()
+        pos_t, pos_i = _split(refuse if refuse is not None else d_refuse, "refuse")
+        neg_t, neg_i = _split(comply if comply is not None else d_comply, "comply")
+        direction = diff_in_means(collect_activations(adapter, pos_t, pos_i, **kw),
+                                  collect_activations(adapter, neg_t, neg_i, **kw),
+                                  meta={"kind": "refuse_minus_comply", "n_refuse": len(pos_t), "n_comply": len(neg_t)})
+    H_f = collect_activations(adapter, f_txt, f_im, **kw)
+    H_r = collect_activations(adapter, r_txt, r_im, **kw)
+    H_t = collect_activations(adapter, t_txt, t_im, **kw)
+    steerer = choose_gate(H_f, H_r, H_t, direction, layers, gammas, alpha, margin, floor_quantile)
+    steerer.meta.update(model_id=str(getattr(adapter, "model_id", "")), n_forget=len(f_txt), n_retain=len(r_txt),
+                        n_tune=len(t_txt))
+    if strength != "auto":
+        return Eraser(steerer, float(strength))
+    g_kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    base = _refusal_rate(generate(adapter, t_txt, t_im, **g_kw))
+    scores = []
+    for lam in sorted(strength_grid):
+        er = Eraser(steerer, float(lam))
+        ctx = lambda er=er: er.context(adapter)
+        scores.append((lam, _refusal_rate(generate(adapter, f_txt, f_im, context=ctx, **g_kw)),
+                       _refusal_rate(generate(adapter, t_txt, t_im, context=ctx, **g_kw))))
+    ok = [s for s in scores if s[2] <= base + max_retain_refusal]
+    lam = min(ok, key=lambda s: (-s[1], s[0]))[0] if ok else min(strength_grid)
+    steerer.meta["strength_rule"] = {
+        "rule": f"smallest λ with the highest forget refusal rate among those with tune refusal <= vanilla "
+                f"({base:.3f}) + {max_retain_refusal}", "scores": [list(map(float, s)) for s in scores],
+        "chosen": float(lam)}
+    return Eraser(steerer, float(lam))

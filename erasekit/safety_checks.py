@@ -1,0 +1,81 @@
+"""Safety checks of a session's model: refusal rates on held-out safety prompts, the PGD images' attack success,
+and the causal check of a refusal direction (adding it makes harmless prompts refused; ablating it makes harmful
+ones answered, Arditi et al. 2024)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pandas as pd
+from torch import Tensor
+
+from .attack import AdversarialImages
+from .directions import ErasureDirection
+from .evaluate import evaluate_safety, refusal_rates
+from .hooks import steer
+from .pipeline import clean_images
+from .session import Session
+from .steering import ablation_operator, constant_operators
+
+__all__ = ["safety_rates", "attack_success", "refusal_check"]
+
+
+def safety_rates(session: Session, kinds: Sequence[str] = ("harmful", "jailbreak", "harmless"), image: Any = None,
+                 intervention: Callable[[], Any] | None = None, heldout_only: bool = True, batch_size: int = 16,
+                 progress: bool = True) -> pd.DataFrame:
+    """Refusal rate (%) per kind of held-out safety prompt (:func:`erasekit.evaluate.refusal_rates`).
+
+    ``image``: None, "natural" (the clean natural images, round-robin), a list of PIL images or (3,H,W) tensors,
+    or a (B, 3, H, W) tensor. Not cached (one short generation per prompt).
+    """
+    if isinstance(image, str):
+        if image != "natural":
+            raise ValueError(f"image must be None, 'natural', images or a tensor; got {image!r}")
+        image = list(clean_images(session)[1])
+    elif isinstance(image, Tensor) and image.ndim == 4:
+        image = list(image)
+    df = evaluate_safety(session.adapter, session.safety_world, kinds=kinds, heldout_only=heldout_only, image=image,
+                         intervention=intervention, batch_size=batch_size, progress=progress)
+    return refusal_rates(df)
+
+
+def attack_success(session: Session, adv: AdversarialImages, batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+    """Compliance (%) with held-out harmful and jailbreak prompts paired with the clean vs the PGD images.
+
+    Returns a frame indexed by prompt kind (harmful / jailbreak) with columns ``clean image`` and
+    ``adversarial image``: the share of responses that are neither a refusal nor degenerate.
+    """
+    names = adv.meta.get("clean_names") or adv.meta.get("names")
+    _, clean = clean_images(session, len(names))
+    out = {}
+    for label, ims in (("clean image", clean), ("adversarial image", adv.images)):
+        r = safety_rates(session, kinds=("harmful", "jailbreak"), image=ims, batch_size=batch_size, progress=progress)
+        out[label] = 100.0 - r["refusal_rate"] - r["degenerate_rate"]
+    return pd.DataFrame(out)
+
+
+def refusal_check(session: Session, direction: ErasureDirection, add_scale: float = 1.0,
+                  layers: Sequence[int] | None = None, batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+    """Causal check of a refusal direction on held-out text prompts (Arditi et al. 2024).
+
+    * harmless prompts, vanilla vs with ``add_scale * d_l`` added at ``layers`` (default 1..L-1, prefill);
+    * harmful prompts, vanilla vs with d_l projected out of every layer input at every position and step
+      (:func:`erasekit.steering.ablation_operator`, mode "all").
+
+    Returns a frame: rows (prompts, intervention), column ``refusal_rate`` (%) and ``n``.
+    """
+    layers = list(range(1, session.num_layers)) if layers is None else list(layers)
+    add = constant_operators(direction, add_scale, layers)
+    # A layer where both groups share the last token's embedding (layer 0) has d_l = 0: nothing to ablate.
+    abl = {l: ablation_operator(direction[l]) for l in direction.layers if float(direction[l].norm()) > 0}
+    rows = []
+    for kind, label, inter in (("harmless", "none", None),
+                               ("harmless", f"add {add_scale:g}·d", lambda: steer(session.adapter, add, mode="prefill")),
+                               ("harmful", "none", None),
+                               ("harmful", "ablate d", lambda: steer(session.adapter, abl, mode="all"))):
+        r = safety_rates(session, kinds=(kind,), intervention=inter, batch_size=batch_size, progress=progress)
+        rows.append({"prompts": kind, "intervention": label, "refusal_rate": float(r.loc[kind, "refusal_rate"]),
+                     "n": int(r.loc[kind, "n"])})
+    return pd.DataFrame(rows).set_index(["prompts", "intervention"])
+

@@ -1,0 +1,71 @@
+"""The front door (erasekit.eraser): fit from prompts on any adapter, generate with the erasure on, save / load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import erasekit as ek
+from erasekit.evaluate import is_refusal
+
+
+def _prompts(n, who):
+    return [f"Where does {who} number {i} live?" for i in range(n)]
+
+
+def test_fit_generate_save_load_on_tiny_models(any_adapter, tmp_path):
+    image = torch.rand(3, 28, 28) if any_adapter.is_multimodal else None
+    forget = _prompts(6, "Alice") + ([("Who is this?", image)] if image is not None else [])
+    retain = _prompts(8, "Bob")
+    eraser = ek.fit_eraser(any_adapter, forget, retain, strength=1.0, progress=False)
+    assert eraser.strength == 1.0 and eraser.read == "frozen" and eraser.steerer.layers
+    assert eraser.steerer.meta["n_tune"] == 2 and eraser.steerer.meta["n_retain"] == 6  # every 4th retain held out
+    out = eraser.generate(any_adapter, forget[:3], max_new_tokens=3, batch_size=2, progress=False)
+    assert len(out) == 3 and all(isinstance(o, str) for o in out)
+    gates = eraser.gate_values(any_adapter, forget[:2] + retain[:2])
+    assert set(gates) == set(eraser.steerer.layers) and all(v.shape == (4,) for v in gates.values())
+    eraser.save(tmp_path / "e")
+    back = ek.Eraser.load(tmp_path / "e")
+    assert back.strength == 1.0 and back.read == "frozen"
+    assert all(torch.equal(back.steerer[l].gate, eraser.steerer[l].gate) for l in eraser.steerer.layers)
+    assert back.generate(any_adapter, forget[:3], max_new_tokens=3, progress=False) == \
+        eraser.generate(any_adapter, forget[:3], max_new_tokens=3, progress=False)
+
+
+def test_bad_inputs_say_what_to_do(tiny_causal_lm, tmp_path):
+    with pytest.raises(ValueError, match="at least 4"):
+        ek.fit_eraser(tiny_causal_lm, ["a"] * 4, ["b", "c"], progress=False)
+    with pytest.raises(ValueError, match="at least 4 .*4 folds"):
+        ek.fit_eraser(tiny_causal_lm, ["a"], ["b"] * 4, progress=False)
+    with pytest.raises(ValueError, match="non-empty list"):
+        ek.fit_eraser(tiny_causal_lm, "a question", ["b"] * 4, progress=False)
+    with pytest.raises(TypeError, match="string or a \\(text, image\\) pair"):
+        ek.fit_eraser(tiny_causal_lm, [3], ["b"] * 4, progress=False)
+    with pytest.raises(ValueError, match="number or 'auto'"):
+        ek.fit_eraser(tiny_causal_lm, ["a", "b"], ["c"] * 4, strength="big", progress=False)
+    ek.save_artifact(tmp_path / "plain", {"x": torch.zeros(2)})
+    with pytest.raises(ValueError, match="not an eraser"):
+        ek.Eraser.load(tmp_path / "plain")
+
+
+@pytest.mark.slow
+def test_organism_refuses_forget_people_and_answers_others():
+    """On the embedded organism: fit from the forget people's and some retain people's text questions (generation
+    task), λ by the rule; the *other* questions (cloze task) about the forget people are refused, those about
+    scored retain people (never seen by the fit) still answered."""
+    session = ek.load_session()
+    part = session.partition
+
+    def text_q(rows, task="Generation_Task"):
+        return [q["Question"] for r in rows for q in r[task] if q["Type"] == "Pure_Text"]
+
+    forget_rows = session.source.split("forget_5")
+    retain = text_q(part.rows(session.source, 5, "fit")["Ret"])[:64]
+    eraser = ek.fit_eraser(session.adapter, text_q(forget_rows), retain, progress=False)
+    assert eraser.steerer.meta["strength_rule"]["chosen"] == eraser.strength
+    other_forget = text_q(forget_rows, "Mask_Task")[:20]
+    scored = text_q(part.rows(session.source, 5, "eval")["Ret"], "Mask_Task")[:20]
+    refused = sum(map(is_refusal, eraser.generate(session.adapter, other_forget, max_new_tokens=24, progress=False)))
+    wrongly = sum(map(is_refusal, eraser.generate(session.adapter, scored, max_new_tokens=24, progress=False)))
+    # measured 2026-11-27: 17 of 20 refused, 5 of 20 over-refused (README, "Use on your own model")
+    assert refused >= 15 and wrongly <= 6, (refused, wrongly)
