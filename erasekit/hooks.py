@@ -86,9 +86,13 @@ def _registered(handles_factory: Callable[[], Iterable]) -> Iterator[None]:
 # capture
 
 
+CAPTURE_PASSES = ("all", "prefill", "decode")
+
+
 @contextmanager
 def capture(
-    adapter: Any, layers: Iterable[int] | None = None, position: str = "all", detach: bool = True
+    adapter: Any, layers: Iterable[int] | None = None, position: str = "all", detach: bool = True,
+    passes: str = "all",
 ) -> Iterator[dict[int, list[Tensor]]]:
     """Record the input of the given decoder layers on every forward pass inside the context.
 
@@ -97,14 +101,20 @@ def capture(
         layers: layer indices (None: all).
         position: "all" records (B,T,d) per pass; "last" records the last position (B,d).
         detach: detach from the autograd graph (False keeps it, e.g. for losses on activations).
+        passes: which forward passes to record during ``generate`` (with a KV cache): "all" (the prefill, then
+            one entry per decode step), "prefill" (passes over more than one position: the prompt) or "decode"
+            (single-position passes: one per generated token after the first). A plain forward call is a prefill.
 
     Yields:
-        ``{layer: [tensor per forward pass]}``; generate() gives one entry for the prefill and one per decode step.
-        The recorded input is what the layer actually receives, i.e. after any steering hooks, regardless of
-        the order in which contexts were entered.
+        ``{layer: [tensor per recorded pass]}``: with ``passes="all"``, generate() gives entry 0 for the prefill
+        ((B, T_prompt, d)) and entry k for decode step k ((B, 1, d)). The recorded input is what the layer actually
+        receives, i.e. after any steering hooks, regardless of the order in which contexts were entered; the extra
+        unsteered pass of ``steer(read="frozen")`` is recorded too (it is a prefill).
     """
     if position not in ("all", "last"):
         raise ValueError(f"position must be 'all' or 'last', got {position!r}")
+    if passes not in CAPTURE_PASSES:
+        raise ValueError(f"passes must be one of {CAPTURE_PASSES}, got {passes!r}")
     layers = check_layers(adapter, layers)
     records: dict[int, list[Tensor]] = {l: [] for l in layers}
     modules = adapter.layers
@@ -113,6 +123,8 @@ def capture(
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             # A forward (post) hook sees the args after every pre-hook ran: the steered input when steering.
             h = _get_hidden(args, kwargs)
+            if passes != "all" and (h.shape[1] > 1) != (passes == "prefill"):
+                return
             h = h[:, -1, :] if position == "last" else h
             records[l].append(h.detach() if detach else h)
 

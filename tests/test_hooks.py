@@ -340,3 +340,18 @@ def test_cascade_warning_when_gate_leaves_fitted_range(tiny_causal_lm):
     with torch.no_grad(), pytest.warns(UserWarning, match="cascade"):
         with steer(a, narrow, mode="prefill"):
             a.model(**batch)
+
+
+def test_capture_passes_during_generate(tiny_llava):
+    """generate() = one prefill pass over the prompt, then one single-position pass per further token."""
+    batch = tiny_llava.encode(["hello there", "hi"])
+    T = batch["input_ids"].shape[1]
+    with capture(tiny_llava, [1], passes="all") as rec_all, capture(tiny_llava, [1], passes="prefill") as rec_pre, \
+            capture(tiny_llava, [1], passes="decode") as rec_dec:
+        tiny_llava.generate(batch, max_new_tokens=4, min_new_tokens=4)
+    assert len(rec_all[1]) == 4 and rec_all[1][0].shape[:2] == (2, T)
+    assert len(rec_pre[1]) == 1 and torch.equal(rec_pre[1][0], rec_all[1][0])
+    assert len(rec_dec[1]) == 3 and all(t.shape[:2] == (2, 1) for t in rec_dec[1])
+    with pytest.raises(ValueError, match="passes must be one of"):
+        with capture(tiny_llava, [1], passes="steps"):
+            pass
