@@ -35,13 +35,13 @@ mkdir -p "$STAGE/notebooks"
 cp book/_config.yml book/_toc.yml book/*.md book/references.bib "$STAGE/"
 cp notebooks/*.ipynb "$STAGE/notebooks/"
 # Execution happened in the nbmake step: the staged book renders the stored outputs.
-sed -i 's/^\(\s*execute_notebooks:\s*\)force/\1"off"/' "$STAGE/_config.yml"
+sed -i 's/^\(\s*execute_notebooks:\s*\)\(force\|cache\|auto\)/\1"off"/' "$STAGE/_config.yml"
 grep -q 'execute_notebooks: "off"' "$STAGE/_config.yml" || failed+=("stage config (execute_notebooks not switched off)")
 
 # The documented ci profile (ERASEKIT_PROFILE=ci, read by the parameters cells of 05 and 07): fewer forget splits
 # and PGD budgets, the same code paths. scripts/main.sh builds the published book with the full profile.
 ERASEKIT_PROFILE=ci step "notebooks (nbmake, ci profile)" "${PYTEST[@]}" -q --nbmake --overwrite \
-  --nbmake-timeout=3600 "$STAGE"/notebooks/*.ipynb
+  --nbmake-timeout=3600 --durations=0 "$STAGE"/notebooks/*.ipynb
 
 rm -rf book/_build/html
 if step "book build" .venv/bin/jupyter-book build "$STAGE" --all -W --keep-going; then :; fi

@@ -191,8 +191,12 @@ def test_landing_page_states_the_finding():
     """The landing page says what the book found, not only what its chapters contain."""
     _require_site()
     text, _ = _source_text("intro")
-    assert "The finding" in text and "erasekit" in text and "paper" in text, \
+    assert "What we found" in text and "erasekit" in text and "paper" in text, \
         "the landing page (book/intro.md) must state the finding up front"
+    # the findings list glued from chapter 09: computed numbers, not prose alone
+    found = text[text.index("What we found"):]
+    assert "contrastive gate selects" in found and len(re.findall(r"\d+(?:\.\d+)? ?%", found)) >= 5, \
+        "the landing page must show chapter 09's findings with their numbers (the glued 'findings' output)"
 
 
 def _code(nb: Path) -> str:
