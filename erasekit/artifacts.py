@@ -30,7 +30,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from torch import Tensor
 
 from .attack import AdversarialImages, PGDResult
 from .directions import ErasureDirection
+from .files import atomic_write  # re-exported: recipes, quality and others import it from here
 from .steering import InputAwareMap, InputAwareSteerer, MLPMap
 
 __all__ = ["save_artifact", "load_artifact", "read_sidecar", "artifact_exists", "artifact_paths", "cache_key",
@@ -61,28 +61,6 @@ def artifact_paths(path: str | os.PathLike) -> tuple[Path, Path]:
         if p.endswith(suffix):
             p = p[: -len(suffix)]
     return Path(p + ".safetensors"), Path(p + ".json")
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` (bytes, or str as UTF-8) to ``path`` all or nothing: a temporary file in the same folder,
-    fsynced, then renamed over the target. A crash leaves the old file or the new one, never half of either."""
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # --- JSON-able metadata ------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from .artifacts import atomic_write
+from .files import atomic_write
 
 # (mode, task, group) -> (comparison, bar). Values in the units of evaluate.results_table.
 BARS: dict[tuple[str, str, str], tuple[str, float]] = {}

@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from . import pipeline as pl
-from .artifacts import atomic_write
+from .files import atomic_write
 
 __all__ = ["GATE_NAMES", "GateConfig", "GateSetup", "gate_setup", "gate_selectivity", "gate_variant",
            "score_summary", "write_json"]
@@ -172,7 +172,7 @@ def gate_selectivity(d, setup: GateSetup | None = None, forget_pct: int | None =
 
 
 def write_json(record: dict, path: str | os.PathLike) -> None:
-    """Write ``record`` as indented JSON, atomically (:func:`erasekit.artifacts.atomic_write`)."""
+    """Write ``record`` as indented JSON, atomically (:func:`erasekit.files.atomic_write`)."""
     atomic_write(path, json.dumps(record, indent=1) + "\n")
 
 
