@@ -12,12 +12,14 @@ import os as _os
 # other jobs, spinning OpenMP threads starve each other (measured: PGD 10x slower next to one other process).
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .artifacts import (ArtifactError, artifact_exists, artifact_paths, cache_key, load_artifact, read_sidecar,
-                        save_artifact)
+from .artifacts import ArtifactError, artifact_exists, artifact_paths, load_artifact, read_sidecar, save_artifact
+# attack, directions and steering also register their artifact kinds (erasekit.artifacts.register_artifact): every
+# "import erasekit..." runs this file first, so any saved artifact loads however the package is reached.
 from .attack import AdversarialImages, PGDResult, harmful_target_loss, pgd_attack, target_token_loss
 from .baselines import (CONFIGS, Example, GAConfig, GADiffConfig, KLMinConfig, MANUConfig, MMUnlearnerConfig,
                         NPOConfig, RetainFTConfig, TrainConfig, UnlearnResult, answer_accuracy, answer_nll,
                         build_examples, pick_config, retain_finetune, sweep, unlearn)
+from .cache_keys import cache_key
 from .data import MLLMUBench, load_split, split_files, write_rows, write_world
 from .directions import ErasureDirection, cosine_per_layer, diff_in_means, layer_norms, project_out
 from .evaluate import (BENCHMARK, CATEGORIES, ZERO_SHOT, categorize, category_table, evaluate_safety, is_degenerate,
