@@ -46,7 +46,8 @@ class PGDResult:
 
 @dataclass
 class AdversarialImages:
-    """A batch of PGD images (one per harmful prompt), saved as an ``adversarial_images`` artifact (:mod:`erasekit.artifacts`).
+    """A batch of PGD images (one per harmful prompt), saved as an ``adversarial_images`` artifact
+    (:mod:`erasekit.artifacts`).
 
     Attributes:
         images: (B, 3, H, W) float in [0, 1].

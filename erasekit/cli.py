@@ -1,13 +1,13 @@
-"""Command-line entry points: ``erasekit build-organism``, ``erasekit write-world``, ``erasekit vanilla-quality``."""
+"""Command-line entry points: ``erasekit build-organism``, ``write-world``, ``vanilla-quality``,
+``gate-selectivity``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import sys
-
 import os
+import sys
 
 # Passive OpenMP waiting: on a 2-core machine shared with other jobs, spinning threads starve each other
 # (measured: 13 s/step instead of 0.9 s/step for the organism with another process on one core).
@@ -20,8 +20,6 @@ def _build_organism(args) -> int:
     from .organism import OrganismConfig, train_organism
 
     out = args.out or str(paths.organism_dir())
-    import os
-
     if args.if_missing and os.path.exists(os.path.join(out, "config.json")):
         print(f"organism present at {out}; not retraining (drop --if-missing to retrain)")
         return 0
@@ -52,8 +50,6 @@ def _vanilla_quality(args) -> int:
 
 
 def _gate_selectivity(args) -> int:
-    import json
-
     from . import pipeline as pl
     from .recipes import GateConfig, gate_selectivity, gate_setup, write_json
 

@@ -134,7 +134,8 @@ def _fixed(kind):
             {1: InputAwareMap(_t(4), _t(4, start=0.5), {"gamma": 0.1, "n_forget": 2}),
              2: MLPMap(_t(2, 4), _t(2), _t(4, 2, start=-0.5), _t(4), {"hidden": 2})},
             {"model_id": "toy/fixed", "gate": "contrastive"}),
-        "adversarial_images": lambda: AdversarialImages(_t(2, 3, 2, 2), _t(2, 3, dtype=torch.float64), {"eps": 16 / 255}),
+        "adversarial_images": lambda: AdversarialImages(_t(2, 3, 2, 2), _t(2, 3, dtype=torch.float64),
+                                                        {"eps": 16 / 255}),
         "pgd_result": lambda: PGDResult(_t(3, 2, 2), [3.0, 2.5, 2.0], {"eps": 16 / 255, "steps": 3}),
         "tensors": lambda: {"a": torch.arange(6).reshape(2, 3), "b": _t(2, dtype=torch.bfloat16)},
     }[kind]()
