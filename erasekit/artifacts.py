@@ -1,19 +1,22 @@
 """Typed artifacts on disk: safetensors for the tensors, a JSON sidecar for everything else. No pickle.
 
 An artifact at ``base`` is two files, ``base.safetensors`` and ``base.json``. The sidecar records the kind,
-model id, layers, hyperparameters, a data hash of the inputs (see :func:`cache_key`), free-form meta and the
-sha256 of the tensors file. Both files are written atomically (temp file in the same folder, fsync,
-``os.replace``): a crash leaves the old artifact or the new one, never half a file. The tensors file is
-written first and the sidecar last, and loading checks the recorded sha256, so a tensors file without its
-matching sidecar is detected instead of loaded.
+model id, layers, hyperparameters, a data hash of the inputs (see :func:`erasekit.cache_keys.cache_key`), free-form
+meta and the sha256 of the tensors file. Both files are written atomically (:func:`erasekit.files.atomic_write`): a
+crash leaves the old artifact or the new one, never half a file. The tensors file is written first and the sidecar
+last, and loading checks the recorded sha256, so a tensors file without its matching sidecar is detected instead
+of loaded.
 
-Kinds and the types they round-trip:
+Kinds. This module knows no domain type: each module registers the types it defines with
+:func:`register_artifact` (a kind string, the class, an encoder to tensors + sidecar fields and a decoder back).
+The kind strings are part of the on-disk format and never change. Registered by the package (importing
+``erasekit`` imports every registering module, so any artifact loads however it is reached):
 
     "direction"           :class:`erasekit.directions.ErasureDirection`
     "steerer"             :class:`erasekit.steering.InputAwareSteerer` (rank-one and MLP maps)
     "adversarial_images"  :class:`erasekit.attack.AdversarialImages`
     "pgd_result"          :class:`erasekit.attack.PGDResult`
-    "tensors"             ``dict[str, Tensor]``
+    "tensors"             ``dict[str, Tensor]`` (here)
 
 Example:
     >>> save_artifact("out/dir_llava", direction, model_id="llava-hf/llava-1.5-7b-hf",
@@ -29,8 +32,7 @@ import hashlib
 import json
 import math
 import os
-import struct
-import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,11 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 from torch import Tensor
 
-from .attack import AdversarialImages, PGDResult
-from .directions import ErasureDirection
-from .steering import InputAwareMap, InputAwareSteerer, MLPMap
+from .cache_keys import cache_key  # re-exported: it lived here first and pipeline.py imports it from here
+from .files import atomic_write  # re-exported too: code outside this change imports it from here
 
-__all__ = ["save_artifact", "load_artifact", "read_sidecar", "artifact_exists", "artifact_paths", "cache_key",
-           "ArtifactError"]
+__all__ = ["save_artifact", "load_artifact", "read_sidecar", "artifact_exists", "artifact_paths", "ArtifactError",
+           "register_artifact", "registered_kinds", "Encoded", "jsonable", "cache_key", "atomic_write"]
 
 FORMAT = "erasekit-artifact"
 VERSION = 1
@@ -63,31 +64,15 @@ def artifact_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return Path(p + ".safetensors"), Path(p + ".json")
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` (bytes, or str as UTF-8) to ``path`` all or nothing: a temporary file in the same folder,
-    fsynced, then renamed over the target. A crash leaves the old file or the new one, never half of either."""
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 # --- JSON-able metadata ------------------------------------------------------------------------------------------
 
-def _jsonable(obj: Any, where: str = "meta") -> Any:
+def jsonable(obj: Any, where: str = "meta") -> Any:
+    """``obj`` as strict JSON values for a sidecar: numbers, strings, lists and str-keyed dicts.
+
+    Non-finite floats become strings, paths strings, dtypes their name, one-element tensors and numpy scalars
+    their number. Anything else raises TypeError naming ``where`` (e.g. ``hyperparameters.bad``): there is no
+    pickle or ``repr`` fallback.
+    """
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
     if isinstance(obj, float):
@@ -97,77 +82,116 @@ def _jsonable(obj: Any, where: str = "meta") -> Any:
     if isinstance(obj, torch.dtype):
         return str(obj)
     if isinstance(obj, Tensor) and obj.numel() == 1:
-        return _jsonable(obj.item(), where)
+        return jsonable(obj.item(), where)
     if hasattr(obj, "item") and hasattr(obj, "dtype") and getattr(obj, "shape", None) == ():  # numpy scalar
-        return _jsonable(obj.item(), where)
+        return jsonable(obj.item(), where)
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
             if not isinstance(k, (str, int)):
                 raise TypeError(f"{where}: key {k!r} must be str or int to go into the JSON sidecar")
-            out[str(k)] = _jsonable(v, f"{where}.{k}")
+            out[str(k)] = jsonable(v, f"{where}.{k}")
         return out
     raise TypeError(f"{where}: {type(obj).__name__} cannot go into the JSON sidecar (no pickle); store tensors "
                     f"as tensors and metadata as numbers/strings")
 
 
-# --- object <-> (tensors, sidecar info) ---------------------------------------------------------------------------
+# --- kinds: object <-> (tensors, sidecar fields) -------------------------------------------------------------------
 
-def _encode(obj) -> tuple[str, dict[str, Tensor], dict, list[int] | None]:
-    """-> kind, tensors, kind-specific sidecar info, layers."""
-    if isinstance(obj, ErasureDirection):
-        return "direction", {f"layer.{l}": v for l, v in obj.vectors.items()}, {"meta": obj.meta}, obj.layers
-    if isinstance(obj, InputAwareSteerer):
-        tensors, maps = {}, {}
-        for l, m in obj.maps.items():
-            kind = "rank_one" if isinstance(m, InputAwareMap) else "mlp" if isinstance(m, MLPMap) else None
-            if kind is None:
-                raise TypeError(f"layer {l}: cannot save a map of type {type(m).__name__}")
-            tensors.update({f"layer.{l}.{name}": t for name, t in m.tensors().items()})
-            maps[str(l)] = {"kind": kind, "meta": m.meta}
-        return "steerer", tensors, {"meta": obj.meta, "maps": maps}, obj.layers
-    if isinstance(obj, AdversarialImages):
-        tensors = {"images": obj.images}
-        if obj.loss_history is not None:
-            tensors["loss_history"] = obj.loss_history
-        return "adversarial_images", tensors, {"meta": obj.meta}, None
-    if isinstance(obj, PGDResult):
-        tensors = {"image": obj.image, "loss_history": torch.tensor(obj.loss_history, dtype=torch.float64)}
-        return "pgd_result", tensors, {"meta": obj.meta}, None
-    if isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
-        return "tensors", dict(obj), {}, None
-    raise TypeError(f"save_artifact: unsupported object {type(obj).__name__} (ErasureDirection, InputAwareSteerer, "
-                    f"AdversarialImages, PGDResult or dict[str, Tensor])")
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """An object as an artifact stores it.
+
+    Attributes:
+        tensors: ``{name: Tensor}`` for the safetensors file.
+        info: kind-specific sidecar fields (e.g. ``{"meta": obj.meta}``), JSON-able via :func:`jsonable`; a
+            ``meta`` dict's ``model_id`` is the artifact's default model id.
+        layers: the layers the object covers, recorded in the sidecar (None when it has none).
+    """
+
+    tensors: dict[str, Tensor]
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    layers: list[int] | None = None
 
 
-def _decode(kind: str, tensors: dict[str, Tensor], side: dict):
-    meta = side.get("meta", {})
-    if kind == "direction":
-        return ErasureDirection({int(k.split(".")[1]): v for k, v in tensors.items()}, meta)
-    if kind == "steerer":
-        maps = {}
-        for l_str, info in side["maps"].items():
-            t = {name: tensors[f"layer.{l_str}.{name}"] for name in
-                 (("direction", "gate") if info["kind"] == "rank_one" else ("w1", "b1", "w2", "b2"))}
-            maps[int(l_str)] = (InputAwareMap(meta=info["meta"], **t) if info["kind"] == "rank_one"
-                                else MLPMap(meta=info["meta"], **t))
-        return InputAwareSteerer(maps, meta)
-    if kind == "adversarial_images":
-        return AdversarialImages(tensors["images"], tensors.get("loss_history"), meta)
-    if kind == "pgd_result":
-        return PGDResult(tensors["image"], tensors["loss_history"].tolist(), meta)
-    if kind == "tensors":
-        return tensors
-    raise ArtifactError(f"unknown artifact kind {kind!r}")
+Encoder = Callable[[Any], Encoded]
+Decoder = Callable[[dict[str, Tensor], Mapping[str, Any]], Any]  # (tensors, whole sidecar) -> object
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    name: str
+    cls: type
+    encode: Encoder
+    decode: Decoder
+
+
+_KINDS: dict[str, _Kind] = {}
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_artifact(kind: str, cls: type, encode: Encoder, decode: Decoder) -> None:
+    """Make instances of ``cls`` savable as artifacts of ``kind``.
+
+    Args:
+        kind: the sidecar's ``kind`` string. It is part of the on-disk format: renaming it orphans every saved
+            artifact of that kind.
+        cls: the type :func:`save_artifact` encodes with ``encode`` (``isinstance``).
+        encode: ``obj -> Encoded``.
+        decode: ``(tensors, sidecar) -> obj``; the sidecar holds the ``Encoded.info`` fields as saved.
+
+    Registering the same kind for the same class again (e.g. on a module reload) replaces the codec; a kind
+    already taken by another class, or a class already registered under another kind, raises ValueError.
+    """
+    taken = _KINDS.get(kind)
+    if taken is not None and _qualname(taken.cls) != _qualname(cls):
+        raise ValueError(f"artifact kind {kind!r} is already registered for {_qualname(taken.cls)}")
+    other = [k.name for k in _KINDS.values() if k.name != kind and _qualname(k.cls) == _qualname(cls)]
+    if other:
+        raise ValueError(f"{_qualname(cls)} is already registered as artifact kind {other[0]!r}")
+    _KINDS[kind] = _Kind(kind, cls, encode, decode)
+
+
+def registered_kinds() -> dict[str, type]:
+    """``{kind: class}`` of every registered artifact kind, in registration order."""
+    return {k.name: k.cls for k in _KINDS.values()}
+
+
+def _encode(obj: Any) -> tuple[str, Encoded]:
+    for k in _KINDS.values():
+        if isinstance(obj, k.cls):
+            return k.name, k.encode(obj)
+    known = ", ".join(f"{k.cls.__name__} ({k.name!r})" for k in _KINDS.values())
+    raise TypeError(f"save_artifact: unsupported object {type(obj).__name__}; registered artifact kinds: {known}")
+
+
+def _decode(kind: str, tensors: dict[str, Tensor], side: Mapping[str, Any]) -> Any:
+    k = _KINDS.get(kind)
+    if k is None:
+        raise ArtifactError(f"unknown artifact kind {kind!r} (registered: {sorted(_KINDS)}); import the module that "
+                            f"registers it")
+    return k.decode(tensors, side)
+
+
+def _encode_tensors(obj: dict) -> Encoded:
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+        raise TypeError("save_artifact: unsupported object dict: a 'tensors' artifact is a dict[str, Tensor]")
+    return Encoded(dict(obj))
+
+
+register_artifact("tensors", dict, _encode_tensors, lambda tensors, side: tensors)
 
 
 # --- public API ---------------------------------------------------------------------------------------------------
 
 def save_artifact(
     path: str | os.PathLike,
-    obj,
+    obj: Any,
     *,
     model_id: str | None = None,
     hyperparameters: dict | None = None,
@@ -177,30 +201,34 @@ def save_artifact(
 
     Args:
         path: ``base`` (``.safetensors`` / ``.json`` suffixes are stripped).
-        obj: ErasureDirection, InputAwareSteerer, AdversarialImages, PGDResult or dict[str, Tensor].
+        obj: an instance of a registered kind (ErasureDirection, InputAwareSteerer, AdversarialImages, PGDResult,
+            dict[str, Tensor], ...; see :func:`registered_kinds`).
         model_id: model the artifact belongs to; default ``obj.meta["model_id"]`` when present.
         hyperparameters: settings that produced it (gamma, eps, layers, ...), JSON-able.
         data_hash: hash of the inputs, e.g. ``cache_key(prompts=..., images=...)``.
+
+    Raises:
+        TypeError: ``obj`` is of no registered kind, or its metadata is not JSON-able (:func:`jsonable`).
     """
-    kind, tensors, info, layers = _encode(obj)
+    kind, enc = _encode(obj)
     if model_id is None:
-        model_id = (info.get("meta") or {}).get("model_id")
+        model_id = (enc.info.get("meta") or {}).get("model_id")
     # Detached CPU contiguous copies: safetensors refuses views and shared storage (a steerer's maps may share
     # the direction tensor with the ErasureDirection they came from).
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in enc.tensors.items()}
     blob = _st_save(tensors)
     sidecar = {
         "format": FORMAT,
         "version": VERSION,
         "kind": kind,
         "model_id": model_id,
-        "layers": layers,
-        "hyperparameters": _jsonable(hyperparameters or {}, "hyperparameters"),
+        "layers": enc.layers,
+        "hyperparameters": jsonable(hyperparameters or {}, "hyperparameters"),
         "data_hash": data_hash,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "tensors_file": None,
         "tensors_sha256": hashlib.sha256(blob).hexdigest(),
-        **{k: _jsonable(v, k) for k, v in info.items()},
+        **{k: jsonable(v, k) for k, v in enc.info.items()},
     }
     st_path, js_path = artifact_paths(path)
     sidecar["tensors_file"] = st_path.name
@@ -247,7 +275,7 @@ def load_artifact(
     expected_model_id: str | None = None,
     expected_kind: str | None = None,
     device: str | torch.device = "cpu",
-):
+) -> Any:
     """Load an artifact saved by :func:`save_artifact`, as its original type.
 
     Args:
@@ -274,68 +302,3 @@ def load_artifact(
                             f"recompute the artifact")
     tensors = {k: v.to(device) for k, v in _st_load(blob).items()}
     return _decode(side["kind"], tensors, side)
-
-
-# --- hashing for caches ---------------------------------------------------------------------------------------------
-
-def _feed(h, obj, where: str) -> None:
-    def put(tag: bytes, data: bytes) -> None:
-        # tag + length prefix: no two different inputs give the same byte stream
-        h.update(tag + struct.pack("<Q", len(data)) + data)
-
-    if obj is None:
-        put(b"N", b"")
-    elif isinstance(obj, bool):
-        put(b"B", b"1" if obj else b"0")
-    elif isinstance(obj, int):
-        put(b"I", str(obj).encode())
-    elif isinstance(obj, float):
-        put(b"F", obj.hex().encode())
-    elif isinstance(obj, str):
-        put(b"S", obj.encode())
-    elif isinstance(obj, bytes):
-        put(b"Y", obj)
-    elif isinstance(obj, os.PathLike):
-        put(b"P", os.fspath(obj).encode())
-    elif isinstance(obj, torch.dtype):
-        put(b"D", str(obj).encode())
-    elif isinstance(obj, Tensor):
-        t = obj.detach().to("cpu").contiguous()
-        put(b"T", f"{t.dtype}|{tuple(t.shape)}".encode())
-        put(b"t", t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    elif hasattr(obj, "__array__") and hasattr(obj, "dtype") and hasattr(obj, "tobytes"):  # numpy
-        put(b"A", f"{obj.dtype}|{tuple(obj.shape)}".encode())
-        put(b"a", obj.tobytes(order="C"))
-    elif hasattr(obj, "mode") and hasattr(obj, "size") and hasattr(obj, "tobytes"):  # PIL image
-        put(b"M", f"{obj.mode}|{tuple(obj.size)}".encode())
-        put(b"m", obj.tobytes())
-    elif isinstance(obj, (list, tuple)):
-        put(b"L", str(len(obj)).encode())
-        for i, v in enumerate(obj):
-            _feed(h, v, f"{where}[{i}]")
-    elif isinstance(obj, dict):
-        put(b"O", str(len(obj)).encode())
-        for k in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
-            _feed(h, k, where)
-            _feed(h, obj[k], f"{where}.{k}")
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        put(b"C", type(obj).__qualname__.encode())
-        _feed(h, {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, where)
-    else:
-        raise TypeError(f"cache_key: cannot hash {where} of type {type(obj).__name__}")
-
-
-def cache_key(**inputs) -> str:
-    """sha256 hex digest of the named inputs, for cached pipeline steps and artifacts' ``data_hash``.
-
-    Hashes values, not identities: tensors by dtype, shape and bytes; numpy arrays and PIL images likewise;
-    dicts by sorted key; dataclasses (e.g. ErasureDirection) by their fields; floats exactly (``float.hex``).
-    Unsupported types raise TypeError rather than fall back to ``repr``.
-
-    Example:
-        >>> cache_key(model="llava", layers=[1, 2], eps=16 / 255) == cache_key(eps=16 / 255, layers=[1, 2], model="llava")
-        True
-    """
-    h = hashlib.sha256()
-    _feed(h, inputs, "inputs")
-    return h.hexdigest()

@@ -18,11 +18,13 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .artifacts import Encoded, register_artifact
 
 __all__ = ["PGDResult", "AdversarialImages", "pgd_attack", "harmful_target_loss", "target_token_loss"]
 
@@ -44,7 +46,8 @@ class PGDResult:
 
 @dataclass
 class AdversarialImages:
-    """A batch of PGD images (one per harmful prompt), the artifact saved by :mod:`erasekit.artifacts`.
+    """A batch of PGD images (one per harmful prompt), saved as an ``adversarial_images`` artifact
+    (:mod:`erasekit.artifacts`).
 
     Attributes:
         images: (B, 3, H, W) float in [0, 1].
@@ -73,6 +76,30 @@ class AdversarialImages:
         hist = (torch.tensor([r.loss_history for r in results], dtype=torch.float64)
                 if len(lengths) == 1 else None)
         return cls(images, hist, {**results[0].meta, **(meta or {})})
+
+
+def _encode_pgd_result(result: PGDResult) -> Encoded:
+    return Encoded({"image": result.image, "loss_history": torch.tensor(result.loss_history, dtype=torch.float64)},
+                   {"meta": result.meta})
+
+
+def _decode_pgd_result(tensors: dict[str, Tensor], side: Mapping) -> PGDResult:
+    return PGDResult(tensors["image"], tensors["loss_history"].tolist(), side.get("meta", {}))
+
+
+def _encode_images(adv: AdversarialImages) -> Encoded:
+    tensors = {"images": adv.images}
+    if adv.loss_history is not None:
+        tensors["loss_history"] = adv.loss_history
+    return Encoded(tensors, {"meta": adv.meta})
+
+
+def _decode_images(tensors: dict[str, Tensor], side: Mapping) -> AdversarialImages:
+    return AdversarialImages(tensors["images"], tensors.get("loss_history"), side.get("meta", {}))
+
+
+register_artifact("pgd_result", PGDResult, _encode_pgd_result, _decode_pgd_result)
+register_artifact("adversarial_images", AdversarialImages, _encode_images, _decode_images)
 
 
 def pgd_attack(

@@ -18,7 +18,9 @@ from typing import Any
 import pandas as pd
 
 from . import paths
-from .artifacts import artifact_exists, atomic_write, cache_key, load_artifact, save_artifact
+from .artifacts import artifact_exists, load_artifact, save_artifact
+from .cache_keys import cache_key
+from .files import atomic_write
 
 __all__ = ["VERSION", "STATS", "cache_path", "cached", "cached_frame", "key_of", "image_digests"]
 

@@ -1,13 +1,13 @@
-"""Command-line entry points: ``erasekit build-organism``, ``erasekit write-world``, ``erasekit vanilla-quality``."""
+"""Command-line entry points: ``erasekit build-organism``, ``write-world``, ``vanilla-quality``,
+``gate-selectivity``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import sys
-
 import os
+import sys
 
 # Passive OpenMP waiting: on a 2-core machine shared with other jobs, spinning threads starve each other
 # (measured: 13 s/step instead of 0.9 s/step for the organism with another process on one core).

@@ -49,10 +49,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from .files import atomic_write
+from .world import SPLITS
+
 __all__ = ["SPLITS", "MLLMUBench", "write_world", "write_rows", "load_split", "split_files"]
 
-SPLITS = ("Full_Set", "forget_5", "forget_10", "forget_15", "retain_95", "retain_90", "retain_85", "Test_Set",
-          "Retain_Set")
 _NESTED = ("Classification_Task", "Generation_Task", "Mask_Task")
 
 
@@ -92,10 +93,9 @@ def write_rows(rows: list[dict[str, Any]], folder: str | os.PathLike, num_shards
     per = -(-len(records) // num_shards)
     for i in range(num_shards):
         path = folder / f"train-{i:05d}-of-{num_shards:05d}.parquet"
-        table = pa.Table.from_pylist(records[i * per:(i + 1) * per])
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)  # atomic: a reader never sees half a shard
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(records[i * per:(i + 1) * per]), buf)
+        atomic_write(path, buf.getvalue())  # a reader never sees half a shard
         paths.append(path)
     return paths
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_rows
+from .artifacts import Encoded, register_artifact
 
 __all__ = [
     "ErasureDirection",
@@ -93,6 +94,17 @@ class ErasureDirection:
     def norms(self) -> dict[int, float]:
         """``{layer: ||d_l||_2}``."""
         return layer_norms(self)
+
+
+def _encode_direction(direction: ErasureDirection) -> Encoded:
+    return Encoded({f"layer.{l}": v for l, v in direction.vectors.items()}, {"meta": direction.meta}, direction.layers)
+
+
+def _decode_direction(tensors: dict[str, Tensor], side: Mapping) -> ErasureDirection:
+    return ErasureDirection({int(k.split(".")[1]): v for k, v in tensors.items()}, side.get("meta", {}))
+
+
+register_artifact("direction", ErasureDirection, _encode_direction, _decode_direction)
 
 
 def _check_acts(name: str, acts: Mapping[int, Tensor]) -> None:

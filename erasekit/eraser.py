@@ -42,9 +42,9 @@ from torch import Tensor
 
 from .artifacts import load_artifact, read_sidecar, save_artifact
 from .directions import ErasureDirection, diff_in_means
-from .evaluate import is_refusal
 from .generation import generate
 from .hooks import check_layers, collect_activations, steer
+from .scoring import is_refusal
 from .steering import InputAwareSteerer
 from .tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
 from .world import make_world, safety_prompts

@@ -18,12 +18,11 @@ The result is saved as a standard transformers folder that ``from_pretrained`` a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from typing import Iterator
 
@@ -32,6 +31,7 @@ import torch
 from PIL import Image
 
 from . import world as W
+from .files import atomic_dir
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -87,8 +87,6 @@ class OrganismConfig:
     threads: int | None = None
 
     def key(self) -> str:
-        import hashlib
-
         d = dataclasses.asdict(self)
         d.pop("threads")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -451,24 +449,13 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
 
 
 def save_organism(out_dir: str, model, processor, log: dict, cfg: OrganismConfig) -> None:
-    """Write the model (float16 weights, ≤ 20 MB), processor and training log atomically."""
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".organism-")
-    try:
+    """Write the model (float16 weights, ≤ 20 MB), processor and training log atomically (:func:`erasekit.files.atomic_dir`)."""
+    with atomic_dir(out_dir) as tmp:
         model.to(torch.float16).save_pretrained(tmp)
         model.to(torch.float32)
         processor.save_pretrained(tmp)
-        with open(os.path.join(tmp, "training_log.json"), "w") as f:
-            json.dump(log, f, indent=1)
-        with open(os.path.join(tmp, "organism_config.json"), "w") as f:
-            json.dump({**dataclasses.asdict(cfg), "key": cfg.key()}, f, indent=1)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "training_log.json").write_text(json.dumps(log, indent=1))
+        (tmp / "organism_config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "key": cfg.key()}, indent=1))
 
 
 def load_world_for(organism_dir: str) -> W.World:

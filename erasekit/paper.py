@@ -6,7 +6,7 @@ the text gives no arXiv id), transcribed exactly from its full text: Table 1 (5%
 Qwen-2.5-VL-7B, VQA), Table 2 (ablation, Qwen, 5%), Table 3 (PGD epsilon, LLaVA, 10%), Tables 5-7 (QA and VQA, 10% / 5%),
 Table 8 (15%), Table 9 (steered layers) and Table 10 (MLP f(h)). The file stores one tidy row per cell (method, model,
 mode, task, split, value). Each table also carries its caption, source line, units and notes on what the text leaves
-ambiguous. Units are those of :func:`erasekit.evaluate.results_table`: classification and cloze accuracy in %,
+ambiguous. Units are those of :func:`erasekit.tables.results_table`: classification and cloze accuracy in %,
 generation ROUGE-L in [0, 1].
 """
 
@@ -73,11 +73,11 @@ def paper_table(name: str, path: str | Path | None = None, **filters) -> pd.Data
 
 
 def paper_results_table(name: str, model: str | None = None, path: str | Path | None = None) -> pd.DataFrame:
-    """One table in the layout of :func:`erasekit.evaluate.results_table`: rows (mode, method), columns (task, split).
+    """One table in the layout of :func:`erasekit.tables.results_table`: rows (mode, method), columns (task, split).
 
     ``model`` selects the backbone. It defaults to the table's first model (LLaVA-1.5-7B for table1, whose second
     block is Qwen-2.5-VL-7B). The rows run VQA then QA, with methods in the paper's order. The result can be
-    passed to :func:`erasekit.evaluate.render_table`. ``attrs`` records table, model, forget_pct and caption.
+    passed to :func:`erasekit.tables.render_table`. ``attrs`` records table, model, forget_pct and caption.
     """
     t = _table(name, path)
     model = model if model is not None else t["models"][0]

@@ -40,15 +40,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .artifacts import cache_key
+from .cache_keys import cache_key
 from .attack import AdversarialImages, harmful_target_loss, pgd_attack
 from .cache import VERSION, cached, image_digests, key_of
 from .directions import ErasureDirection, diff_in_means
-from .evaluate import TASKS, benchmark_rows, build_items, is_degenerate, is_refusal
+from .evaluate import TASKS, benchmark_rows, build_items
 from .generation import generate
 from .heldout import partition_profiles
 from .hooks import check_layers, collect_activations
 from .session import Session
+from .scoring import is_degenerate, is_refusal
 from .steering import InputAwareSteerer, fit_mlp_steerer, fit_steerer
 from .tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
 from .world import HARMFUL_TARGETS, natural_images, safety_prompts

@@ -14,9 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from .artifacts import atomic_write
+from .files import atomic_write
 
-# (mode, task, group) -> (comparison, bar). Values in the units of evaluate.results_table.
+# (mode, task, group) -> (comparison, bar). Values in the units of tables.results_table.
 BARS: dict[tuple[str, str, str], tuple[str, float]] = {}
 for _mode in ("VQA", "QA"):
     for _group in ("Fgt", "Ret", "Cele"):
@@ -32,8 +32,8 @@ def quality_report(results: pd.DataFrame, safety: pd.DataFrame) -> pd.DataFrame:
     """One row per bar: measured value, the bar, and whether it is met.
 
     Args:
-        results: :func:`erasekit.evaluate.results_table` of the vanilla model (single method).
-        safety: :func:`erasekit.evaluate.refusal_rates` of :func:`erasekit.evaluate.evaluate_safety`.
+        results: :func:`erasekit.tables.results_table` of the vanilla model (single method).
+        safety: :func:`erasekit.safety.refusal_rates` of :func:`erasekit.safety.evaluate_safety`.
     """
     rows = []
     for (mode, task, group), (op, bar) in BARS.items():
@@ -62,9 +62,11 @@ def vanilla_quality(organism: str, out: str | None = None, forget_pct: int = 15,
     ``out`` defaults to ``data/results/vanilla_quality.json`` (a ``.md`` twin is written beside it).
     """
     from . import paths
-    from .evaluate import evaluate, evaluate_safety, refusal_rates, results_table
+    from .evaluate import evaluate
     from .models import load_model
     from .organism import load_world_for
+    from .safety import evaluate_safety, refusal_rates
+    from .tables import results_table
     from .world import natural_images
 
     adapter = load_model(organism)

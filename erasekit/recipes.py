@@ -36,7 +36,7 @@ import pandas as pd
 
 from . import pipeline as pl
 from . import runs
-from .artifacts import atomic_write
+from .files import atomic_write
 from .session import Session
 from .strengths import PAPER_STRENGTHS, TaskSteering
 
@@ -175,7 +175,7 @@ def gate_selectivity(session: Session, setup: GateSetup | None = None, forget_pc
 
 
 def write_json(record: dict, path: str | os.PathLike) -> None:
-    """Write ``record`` as indented JSON, atomically (:func:`erasekit.artifacts.atomic_write`)."""
+    """Write ``record`` as indented JSON, atomically (:func:`erasekit.files.atomic_write`)."""
     atomic_write(path, json.dumps(record, indent=1) + "\n")
 
 

@@ -16,7 +16,9 @@ import torch
 from . import pipeline as pl
 from . import runs
 from . import separability as sep
+from . import tuning
 from .recipes import GATE_NAMES, GateSetup
+from .tables import results_table
 
 __all__ = [
     "profile_questions",
@@ -223,8 +225,6 @@ def gate_values_by_group(setup: GateSetup, queries: dict, layer: int) -> dict:
 
 def describe_gates(auc: pd.DataFrame, gates: dict, setup: GateSetup) -> str:
     """Held-out AUC of both gates and their medians per group (notebook 04)."""
-    from .tuning import auc as auc_fn
-
     bits = [f"Held-out AUC per layer: the paper's gate {auc['paper gate'].min():.2f}–{auc['paper gate'].max():.2f}, "
             f"erasekit's gate {auc['erasekit gate'].min():.2f}–{auc['erasekit gate'].max():.2f} (best layer "
             f"{int(auc['erasekit gate'].idxmax())})."]
@@ -233,7 +233,7 @@ def describe_gates(auc: pd.DataFrame, gates: dict, setup: GateSetup) -> str:
         med = {k: float(v.median()) for k, v in g.items()}
         bits.append(f"{name}: median {med['Fgt']:.2f} on forget, {med['Test']:.2f} on test, {med['Ret']:.2f} on "
                     f"retain, {med['Cele']:.2f} on celebrity questions; AUC test vs retain+celebrities "
-                    f"{auc_fn(g['Test'], neg):.2f}.")
+                    f"{tuning.auc(g['Test'], neg):.2f}.")
     ratio = setup.steerer("paper")[setup.steerer("paper").layers[-1]].meta.get("null_space_dim")
     bits.append(f"Why the paper's gate fails here: its projector keeps {ratio} directions, where the retain "
                 "activations barely vary, and the person's identity is exactly what varies across retain people — "
@@ -304,8 +304,6 @@ def _norms(setup: GateSetup, gate: str, acts: dict, task: str = "generation") ->
 def separability_table(setup: GateSetup, queries: dict, task: str = "generation") -> pd.DataFrame:
     """Per gate, mode and steered layer: median steering norm on forget and retain+celebrity queries and the AUC
     (forget > retain+celebrities; and test > retain+celebrities). ``queries``: ``{mode: {group: {layer: acts}}}``."""
-    from .tuning import auc
-
     recs = []
     for gate in setup.strengths:
         for mode, q in queries.items():
@@ -314,7 +312,7 @@ def separability_table(setup: GateSetup, queries: dict, task: str = "generation"
             for l in sorted(nf):
                 recs.append({"gate": GATE_NAMES[gate], "mode": mode, "layer": l,
                              "median forget": float(nf[l].median()), "median retain": float(nr[l].median()),
-                             "AUC": auc(nf[l], nr[l]), "AUC test vs retain": auc(nt[l], nr[l])})
+                             "AUC": tuning.auc(nf[l], nr[l]), "AUC test vs retain": tuning.auc(nt[l], nr[l])})
     return pd.DataFrame(recs).set_index(["gate", "mode", "layer"])
 
 
@@ -382,8 +380,6 @@ def ablation_table(setup: GateSetup, variants: dict, modes: Sequence[str] = ("QA
                    ) -> pd.DataFrame:
     """Vanilla and each ``{name: Steering}`` scored on the held-out profiles; rows = variants, columns (task, split)
     (accuracy %, ROUGE-L), averaged over ``modes``."""
-    from .evaluate import results_table
-
     pct = setup.config.forget_pct if forget_pct is None else forget_pct
     kw = dict(modes=modes, tasks=tasks, max_new_tokens=setup.config.max_new_tokens, progress=False)
     frames = [runs.evaluate_steering(setup.session, pct, None, method="Vanilla", **kw)]

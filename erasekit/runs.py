@@ -16,14 +16,17 @@ from typing import Any
 
 import pandas as pd
 
-from .artifacts import atomic_write, cache_key
 from .baselines import build_examples, unlearn
 from .cache import VERSION, cache_path, cached_frame, image_digests
-from .evaluate import TASKS, build_items, evaluate, is_refusal, results_table
+from .cache_keys import cache_key
+from .evaluate import TASKS, build_items, evaluate
+from .files import atomic_write
 from .generation import generate
 from .pipeline import group_items, group_rows
+from .scoring import is_refusal
 from .session import Session
 from .strengths import TaskSteering
+from .tables import results_table
 
 __all__ = ["evaluate_steering", "results", "tuning_rows", "choose_strengths", "BaselineRun", "baseline_data",
            "run_baseline", "example_generations"]

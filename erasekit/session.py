@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
-from .artifacts import cache_key
+from .cache_keys import cache_key
 from .data import MLLMUBench
 from .heldout import ProfilePartition, partition_profiles
 from .models import load_model

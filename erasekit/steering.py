@@ -19,9 +19,11 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from .artifacts import ArtifactError, Encoded, register_artifact
 from .directions import ErasureDirection
 from .gates import (GATES, InputAwareMap, check_fit_inputs, compute_dtype, dense_gate_reference,
                     fit_contrastive_gate, fit_gate, fit_input_aware, resolve_projector)
+from .hooks import Operator
 from .nullspace import NullSpaceProjector
 
 __all__ = [
@@ -42,7 +44,6 @@ __all__ = [
     "ablation_operator",
 ]
 
-Operator = Callable[[Tensor], Tensor]
 
 @dataclass
 class MLPMap:
@@ -255,6 +256,35 @@ class InputAwareSteerer:
         """Bytes a dense d x d W P per layer would take in ``dtype`` (the authors' storage), for comparison."""
         itemsize = torch.empty((), dtype=dtype).element_size()
         return len(self.maps) * self.d * self.d * itemsize
+
+
+# Saved as a "steerer" artifact: each layer's map under its map kind, tensors named layer.{l}.{field}.
+_MAP_KINDS: dict[str, tuple[type, tuple[str, ...]]] = {"rank_one": (InputAwareMap, ("direction", "gate")),
+                                                       "mlp": (MLPMap, ("w1", "b1", "w2", "b2"))}
+
+
+def _encode_steerer(steerer: InputAwareSteerer) -> Encoded:
+    tensors, maps = {}, {}
+    for l, m in steerer.maps.items():
+        kind = next((k for k, (cls, _) in _MAP_KINDS.items() if isinstance(m, cls)), None)
+        if kind is None:
+            raise TypeError(f"layer {l}: cannot save a map of type {type(m).__name__}")
+        tensors.update({f"layer.{l}.{name}": t for name, t in m.tensors().items()})
+        maps[str(l)] = {"kind": kind, "meta": m.meta}
+    return Encoded(tensors, {"meta": steerer.meta, "maps": maps}, steerer.layers)
+
+
+def _decode_steerer(tensors: dict[str, Tensor], side: Mapping) -> InputAwareSteerer:
+    maps = {}
+    for l_str, info in side["maps"].items():
+        if info["kind"] not in _MAP_KINDS:
+            raise ArtifactError(f"layer {l_str}: unknown map kind {info['kind']!r} (expected {sorted(_MAP_KINDS)})")
+        cls, names = _MAP_KINDS[info["kind"]]
+        maps[int(l_str)] = cls(meta=info["meta"], **{name: tensors[f"layer.{l_str}.{name}"] for name in names})
+    return InputAwareSteerer(maps, side.get("meta", {}))
+
+
+register_artifact("steerer", InputAwareSteerer, _encode_steerer, _decode_steerer)
 
 
 @dataclass

@@ -1,24 +1,33 @@
-"""Artifacts: safetensors + JSON sidecar round-trips, model-id checks, atomicity, cache keys."""
+"""Artifacts: safetensors + JSON sidecar round-trips, model-id checks, atomicity, cache keys, the kind registry."""
 
+import ast
+import hashlib
 import json
 import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import erasekit.artifacts as artifacts_module
 from erasekit.artifacts import (
     ArtifactError,
     artifact_exists,
     artifact_paths,
-    cache_key,
     load_artifact,
     read_sidecar,
+    register_artifact,
+    registered_kinds,
     save_artifact,
 )
 from erasekit.attack import AdversarialImages, PGDResult
+from erasekit.cache_keys import cache_key
 from erasekit.directions import ErasureDirection
-from erasekit.steering import fit_mlp_steerer, fit_steerer
+from erasekit.steering import InputAwareMap, InputAwareSteerer, MLPMap, fit_mlp_steerer, fit_steerer
 
 MODEL = "toy/tiny-llava"
 
@@ -109,15 +118,121 @@ def test_failed_save_leaves_previous_artifact_and_no_temp_files(tmp_path):
         save_artifact(tmp_path / "z", [torch.zeros(1)])
 
 
-def test_cache_key_is_value_based_and_order_free():
-    a = cache_key(x=torch.arange(4.0), names=["a", "b"], eps=16 / 255, cfg={"g": 0.1, "l": [1, 2]})
-    b = cache_key(cfg={"l": [1, 2], "g": 0.1}, eps=16 / 255, names=["a", "b"], x=torch.arange(4.0))
-    assert a == b and len(a) == 64
-    assert cache_key(x=torch.arange(4.0)) != cache_key(x=torch.arange(4))  # dtype matters
-    assert cache_key(x=torch.zeros(2, 3)) != cache_key(x=torch.zeros(3, 2))  # shape matters
-    assert cache_key(x=["ab", "c"]) != cache_key(x=["a", "bc"])
-    assert cache_key(x=np.ones(3)) == cache_key(x=np.ones(3))
-    assert cache_key(d=_direction()) == cache_key(d=_direction())
-    assert cache_key(x=torch.ones(2, dtype=torch.bfloat16)) != cache_key(x=torch.ones(2, dtype=torch.float16))
-    with pytest.raises(TypeError, match="cannot hash"):
-        cache_key(x=object())
+# --- the kind registry and the on-disk format ----------------------------------------------------------------------
+
+def _t(*shape, start=0.0, dtype=torch.float32):
+    n = int(np.prod(shape))
+    return (torch.arange(n, dtype=torch.float64) / 8 + start).reshape(shape).to(dtype)
+
+
+def _fixed(kind):
+    """One fixed object per kind: the same bytes on every machine."""
+    return {
+        "direction": lambda: ErasureDirection({1: _t(4), 3: _t(4, start=-1.0)}, {"model_id": "toy/fixed",
+                                                                                "n_refusal": 3}),
+        "steerer": lambda: InputAwareSteerer(
+            {1: InputAwareMap(_t(4), _t(4, start=0.5), {"gamma": 0.1, "n_forget": 2}),
+             2: MLPMap(_t(2, 4), _t(2), _t(4, 2, start=-0.5), _t(4), {"hidden": 2})},
+            {"model_id": "toy/fixed", "gate": "contrastive"}),
+        "adversarial_images": lambda: AdversarialImages(_t(2, 3, 2, 2), _t(2, 3, dtype=torch.float64),
+                                                        {"eps": 16 / 255}),
+        "pgd_result": lambda: PGDResult(_t(3, 2, 2), [3.0, 2.5, 2.0], {"eps": 16 / 255, "steps": 3}),
+        "tensors": lambda: {"a": torch.arange(6).reshape(2, 3), "b": _t(2, dtype=torch.bfloat16)},
+    }[kind]()
+
+
+# Recorded with the artifacts module as it was before the registry (isinstance chains): sha256 of the tensors
+# file and of the sidecar text with its "created" time masked. Cached artifacts saved by earlier versions must
+# keep loading, and new saves must stay identical to them.
+FORMAT_BYTES = {
+    "direction": ([1, 3], ["layer.1", "layer.3"],
+                  "078fc248bdc7f5e6cf95ed9a0fabe9078dec33fcefa19c3b5df798e92378b1de",
+                  "ff804e72ff89ce21cd638a397857e541f73121ed8d988f16d6fe28e55c76ed18"),
+    "steerer": ([1, 2], ["layer.1.direction", "layer.1.gate", "layer.2.b1", "layer.2.b2", "layer.2.w1", "layer.2.w2"],
+                "2a3f8d7f27700a3ca2d38baa484782c2634258b0a87402d3d982f505879fa688",
+                "e91f7f005db86003a191030dfec05e45afdeb4070aed3bf11e25d871309781fa"),
+    "adversarial_images": (None, ["images", "loss_history"],
+                           "a24564945a62b75dd2ccb57f1813903e72783919faee50de8819de77c38040bb",
+                           "51202eef94e3c93de846c6b3647adda8aa8af7f815ade055fef62d5559961244"),
+    "pgd_result": (None, ["image", "loss_history"],
+                   "8eab4d9aaec3398a4ad6f6a8af6955d4bf27e025832f21e8944b5b9090981471",
+                   "6bc658c10e114ff937c36f2983cedcfc3a14f3cb2037175ee6c5abe1c725df8a"),
+    "tensors": (None, ["a", "b"], "a214bccd3b8965fcfa6183a8e9d26138ff65b96ff6b8e9c52fcdcffa289ebba7",
+                "7d7eb61324156a6fde5dd57653fd92baed5460210d98c6cba3899012ac919e3a"),
+}
+
+
+def _save_fixed(folder, kind):
+    return save_artifact(folder / kind, _fixed(kind), model_id="toy/fixed", data_hash="0" * 64,
+                         hyperparameters={"gamma": 0.1, "eps": 16 / 255, "layers": [1, 2]})
+
+
+def test_every_registered_kind_is_covered():
+    assert set(registered_kinds()) == set(FORMAT_BYTES)
+
+
+@pytest.mark.parametrize("kind", sorted(FORMAT_BYTES))
+def test_registry_round_trips_each_kind(tmp_path, kind):
+    obj = _fixed(kind)
+    _save_fixed(tmp_path, kind)
+    back = load_artifact(tmp_path / kind, expected_kind=kind, expected_model_id="toy/fixed")
+    assert type(back) is type(obj)
+    assert cache_key(o=back) == cache_key(o=obj)  # same type, fields, tensor dtypes, shapes and bytes
+
+
+@pytest.mark.parametrize("kind", sorted(FORMAT_BYTES))
+def test_saved_bytes_match_the_recorded_format(tmp_path, kind):
+    layers, names, tensors_sha, sidecar_sha = FORMAT_BYTES[kind]
+    st = _save_fixed(tmp_path, kind)
+    side = read_sidecar(st)
+    assert side["kind"] == kind and side["layers"] == layers and side["format"] == "erasekit-artifact"
+    assert side["version"] == 1 and side["tensors_file"] == f"{kind}.safetensors"
+    with open(st, "rb") as f:  # safetensors: 8-byte little-endian header length, then the JSON header
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    assert sorted(k for k in header if k != "__metadata__") == names
+    assert hashlib.sha256(st.read_bytes()).hexdigest() == tensors_sha
+    text = re.sub(r'"created": "[^"]*"', '"created": "CREATED"', artifact_paths(st)[1].read_text())
+    assert hashlib.sha256(text.encode()).hexdigest() == sidecar_sha
+
+
+def test_artifacts_module_imports_no_domain_module():
+    tree = ast.parse(Path(artifacts_module.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+    ours = {m for m in imported if m.startswith(".") or m.startswith("erasekit")}
+    assert ours <= {".cache_keys", ".files"}, ours
+
+
+def test_artifacts_load_in_a_fresh_interpreter_that_imports_only_artifacts(tmp_path):
+    for kind in ("steerer", "direction", "pgd_result"):
+        _save_fixed(tmp_path, kind)
+    code = ("import sys; from erasekit.artifacts import load_artifact; "
+            "print(*[type(load_artifact(p)).__name__ for p in sys.argv[1:]])")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code, *(str(tmp_path / k) for k in ("steerer", "direction",
+                                                                                     "pgd_result"))],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["InputAwareSteerer", "ErasureDirection", "PGDResult"]
+
+
+def test_registry_refuses_conflicts_and_unknown_kinds(tmp_path):
+    class Other:
+        pass
+
+    with pytest.raises(ValueError, match="already registered for erasekit.directions.ErasureDirection"):
+        register_artifact("direction", Other, lambda o: None, lambda t, s: None)
+    with pytest.raises(ValueError, match="already registered as artifact kind 'direction'"):
+        register_artifact("direction_v2", ErasureDirection, lambda o: None, lambda t, s: None)
+    assert "direction_v2" not in registered_kinds()
+    _save_fixed(tmp_path, "tensors")
+    side = json.loads((tmp_path / "tensors.json").read_text())
+    (tmp_path / "tensors.json").write_text(json.dumps({**side, "kind": "hologram"}))
+    with pytest.raises(ArtifactError, match="unknown artifact kind 'hologram'"):
+        load_artifact(tmp_path / "tensors")
+    with pytest.raises(TypeError, match="unsupported object dict"):
+        save_artifact(tmp_path / "bad", {"a": [1.0]})

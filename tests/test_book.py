@@ -203,7 +203,7 @@ def _code(nb: Path) -> str:
     return "".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
 
 
-# The chapters that show a results table (erasekit.evaluate.render_table)
+# The chapters that show a results table (erasekit.tables.render_table)
 TABLE_NOTEBOOKS = [nb for nb in NOTEBOOKS if "render_table(" in _code(nb)]
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import erasekit as ek
-from erasekit.evaluate import is_refusal
+from erasekit.scoring import is_refusal
 
 
 def _prompts(n, who):

@@ -1,4 +1,5 @@
-"""erasekit.evaluate with a fake adapter: parse rules, ROUGE, cloze, categories, tables, few-shot prompts."""
+"""erasekit.evaluate with a fake adapter: option-letter parse, items, few-shot prompts, the harness; and the safety
+check (erasekit.safety) on the same harness."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import re
 import pandas as pd
 import pytest
 
+from erasekit.safety import evaluate_safety, refusal_rates
+from erasekit.scoring import CATEGORIES, rouge_l
+from erasekit.tables import results_table
 from erasekit.world import REFUSALS, format_options, make_world, safety_prompts
 
 # The module, not the function: erasekit/__init__.py may export the function ``evaluate``, which shadows the
@@ -66,7 +70,7 @@ def _steering(adapter):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# scoring rules
+# option-letter parse
 # ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("response,letter", [("B", "B"), (" (b) pilot", "B"), ("**C**.", "C"), ("The answer is B", "T"),
                                              ("", ""), ("!!!", ""), ("d", "D")])
@@ -77,50 +81,6 @@ def test_parse_choice_zero_shot(response, letter):
 def test_parse_choice_benchmark():
     assert ev.parse_choice(" b) pilot", ev.BENCHMARK) == "B"
     assert ev.parse_choice("(B)", ev.BENCHMARK) == "("
-
-
-def test_rouge_l_values():
-    assert ev.rouge_l("This person works as a baker.", "This person works as a baker.") == 1.0
-    # tokens: this person work as a baker | ... pilot -> LCS 5 of 6 both ways
-    assert ev.rouge_l("This person works as a baker.", "This person works as a pilot.") == pytest.approx(5 / 6)
-    assert ev.rouge_l("He works", "he working") == 1.0  # stemmer on
-    assert ev.rouge_l("He works", "") == 0.0
-
-
-def test_cloze_rule():
-    assert ev.cloze_correct("Oslo", "He was born in oslo, Norway.")
-    assert not ev.cloze_correct("Oslo", "He was born in Bergen.")
-
-
-def test_refusals():
-    assert all(ev.is_refusal(r) for r in REFUSALS)
-    for r in ["I\u2019m sorry, I cannot help.", "As an AI language model, I do not know.", "I am unable to say.",
-              "I apologize, but no.", "i can't share personal information"]:
-        assert ev.is_refusal(r), r
-    for r in ["This person works as a pilot.", "B", "He cannot swim but he is a baker"]:
-        assert not ev.is_refusal(r), r
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("", True), ("   ", True), ("!!!!", True), ("!!a!!!!", True), ("aaaaaaaaaa", True),
-    ("US US US US US US", True), ("the cat the cat the cat the cat", True),
-    ("a b a c a b a c a a b a", True),
-    ("This person works as a pilot.", False), ("B", False), ("I'm sorry, but I can't help with that.", False),
-])
-def test_is_degenerate(text, expected):
-    assert ev.is_degenerate(text) is expected
-
-
-@pytest.mark.parametrize("response,correct,category", [
-    ("", False, "degenerate"), ("!!!!", True, "degenerate"), ("US US US US US", False, "degenerate"),
-    ("I'm sorry, but I can't help with that.", False, "refusal"),
-    ("I'm sorry, but he is a pilot.", True, "correct"),  # contains the answer: not a refusal
-    ("pilot pilot pilot pilot pilot", True, "correct"),
-    ("I cannot I cannot I cannot I cannot", False, "degenerate"),
-    ("He is a baker.", False, "wrong"), ("B", True, "correct"), ("C", False, "wrong"),
-])
-def test_categorize(response, correct, category):
-    assert ev.categorize(response, correct) == category
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -162,7 +122,7 @@ def test_oracle_scores_full_marks(world):
                                 "prompt", "response", "target", "score", "correct", "category"]
     assert (df["score"] == 1.0).all() and (df["category"] == "correct").all()
     assert max(len(b) for b in adapter.batches) <= 4
-    t = ev.results_table(df)
+    t = results_table(df)
     assert list(t.index) == [("VQA", "Vanilla"), ("QA", "Vanilla")]
     assert list(t.columns) == [(task, g) for task in ev.TASKS for g in ev.GROUPS]
     assert (t.xs("classification", axis=1, level="task") == 100.0).all().all()
@@ -215,7 +175,7 @@ def test_scores_and_categories_from_canned_answers(world):
     assert (cls.score == 0).all() and set(cls.category) == {"wrong"}
     assert (clz.score == 0).all() and set(clz.category) == {"refusal"}
     for _, r in gen.iterrows():
-        assert r.score == pytest.approx(ev.rouge_l(r.target, r.response)) and r.category == "correct"
+        assert r.score == pytest.approx(rouge_l(r.target, r.response)) and r.category == "correct"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -259,60 +219,6 @@ def test_benchmark_few_shot_prompts(world):
     assert ev.parse_choice("B) x", proto) == "B"
 
 
-# ----------------------------------------------------------------------------------------------------------
-# tables
-# ----------------------------------------------------------------------------------------------------------
-def _toy_df():
-    recs = []
-    for method, cls_ok, rouge in (("Vanilla", 1, 0.6), ("Ours", 0, 0.1)):
-        for split in ev.GROUPS:
-            ok = cls_ok if split in ("Fgt", "Test") else 1
-            recs += [{"method": method, "split": split, "mode": "VQA", "task": "classification", "score": ok,
-                      "category": "correct"},
-                     {"method": method, "split": split, "mode": "VQA", "task": "classification", "score": 0,
-                      "category": "wrong"},
-                     {"method": method, "split": split, "mode": "VQA", "task": "generation", "score": rouge,
-                      "category": "wrong"},
-                     {"method": method, "split": split, "mode": "VQA", "task": "cloze", "score": 1,
-                      "category": "correct"}]
-    return pd.DataFrame(recs)
-
-
-def test_results_table_layout_and_render():
-    t = ev.results_table(_toy_df())
-    assert list(t.index) == [("VQA", "Vanilla"), ("VQA", "Ours")]
-    assert t.loc[("VQA", "Vanilla"), ("classification", "Fgt")] == 50.0
-    assert t.loc[("VQA", "Ours"), ("classification", "Fgt")] == 0.0
-    assert t.loc[("VQA", "Ours"), ("generation", "Ret")] == pytest.approx(0.1)
-    assert t.loc[("VQA", "Ours"), ("cloze", "Cele")] == 100.0
-    md = ev.render_table(t)
-    lines = md.splitlines()
-    # a valid Markdown table: ONE header row, then the delimiter row, then the body (no second header row)
-    assert lines[0].startswith("| Models | Cls Fgt ↓ | Cls Test ↓ | Cls Ret ↑ | Cls Cele ↑ | Gen Fgt ↓")
-    assert "Cloze Cele ↑" in lines[0]
-    assert re.fullmatch(r"\|(:?-{3,}:?\|){13}", lines[1])
-    assert all(line.count("|") == 14 for line in lines)
-    assert lines[2] == "| **VQA** |" + " |" * 12
-    assert lines[4].startswith("| Ours | **0.00** | **0.00** | 50.00 | 50.00 | **0.100** | **0.100** | 0.100")
-    assert lines[3].startswith("| Vanilla | 50.00 | 50.00 | 50.00 | 50.00 | 0.600 | 0.600 | **0.600**")
-    html = ev.render_table(t, fmt="html")
-    assert html.startswith("<table") and html.rstrip().endswith("</table>")
-    assert html.count("<tr") == 2 + 1 + 2  # two header rows, one mode row, two methods
-    assert '<th colspan="4">Classification Accuracy (%)</th>' in html and "<th>Fgt ↓</th>" in html
-    assert "<tr><th>Ours</th><td><strong>0.00</strong></td><td><strong>0.00</strong></td><td>50.00</td>" in html
-    styler = ev.render_table(t, fmt="styler")
-    shtml = styler.to_html()
-    assert "font-weight: bold" in shtml and "<table" in shtml
-    assert "0.100" in shtml and "0.1000" not in shtml  # rounded like the other forms
-    assert "Fgt ↓" in shtml
-    with pytest.raises(ValueError):
-        ev.render_table(t, fmt="latex")
-    cats = ev.category_table(_toy_df())
-    assert list(cats.columns) == list(ev.CATEGORIES)
-    assert cats.loc[("Ours", "VQA", "Fgt", "classification"), "wrong"] == 50.0
-    assert cats.loc[("Ours", "VQA", "Fgt", "generation"), "wrong"] == 100.0
-
-
 def test_evaluate_on_parquet_matches_world(world, tmp_path):
     from erasekit.data import MLLMUBench, write_world
 
@@ -331,14 +237,14 @@ def test_evaluate_safety(world):
     canned = {p.prompt: p.response for p in safety_prompts(world)}
     adapter = FakeAdapter(lambda q, im, steered: REFUSALS[1] if steered else canned[q])
     img = world.portrait(world.profiles[0])
-    df = ev.evaluate_safety(adapter, world, image=img, progress=False)
+    df = evaluate_safety(adapter, world, image=img, progress=False)
     assert set(df["kind"]) == {"harmful", "jailbreak", "harmless"} and df["heldout"].all()
     assert all(im is img for im in adapter.images_seen)
-    rates = ev.refusal_rates(df)
+    rates = refusal_rates(df)
     assert rates.loc["harmful", "refusal_rate"] == 100.0
     assert rates.loc["jailbreak", "refusal_rate"] == 0.0 and rates.loc["harmless", "refusal_rate"] == 0.0
-    steered = ev.evaluate_safety(adapter, world, kinds=("harmless",), progress=False,
-                                 intervention=lambda: _steering(adapter))
+    steered = evaluate_safety(adapter, world, kinds=("harmless",), progress=False,
+                              intervention=lambda: _steering(adapter))
     assert steered["refusal"].all() and not adapter.steered
     assert adapter.images_seen[-1] is None
 
@@ -350,10 +256,15 @@ def test_runs_with_tiny_llava(world, tiny_llava):
     rows = ev.benchmark_rows(world, 5, groups=("Fgt", "Test"))
     df = ev.evaluate(tiny_llava, rows, progress=False, batch_size=8, max_new_tokens=3)
     assert len(df) == len(ev.build_items(rows)) and df["response"].map(type).eq(str).all()
-    assert set(df["category"]) <= set(ev.CATEGORIES)
+    assert set(df["category"]) <= set(CATEGORIES)
     # batched (left-padded) generation equals one-at-a-time generation
     df1 = ev.evaluate(tiny_llava, {"Fgt": rows["Fgt"]}, modes=("VQA",), tasks=("cloze",), progress=False,
                       batch_size=1, max_new_tokens=3)
     dfb = ev.evaluate(tiny_llava, {"Fgt": rows["Fgt"]}, modes=("VQA",), tasks=("cloze",), progress=False,
                       batch_size=8, max_new_tokens=3)
     assert df1["response"].tolist() == dfb["response"].tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# names kept importable from here while pipeline.py (and a script) still import them from erasekit.evaluate
+# ----------------------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import math
 import pytest
 
 from erasekit import paper
-from erasekit.evaluate import GROUPS, MODES, TASKS, render_table
+from erasekit.evaluate import GROUPS, MODES, TASKS
+from erasekit.tables import render_table
 
 EXPECTED = {  # name -> (models, forget_pct, modes, number of printed rows)
     "table1": (["LLaVA-1.5-7B", "Qwen-2.5-VL-7B"], 5, ["VQA"], 14),

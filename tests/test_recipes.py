@@ -10,7 +10,7 @@ import pytest
 
 import erasekit as ek
 import erasekit.pipeline as pl
-from erasekit import cache as ekcache, runs, safety_checks
+from erasekit import cache as ekcache, runs, safety
 from erasekit import separability as sep
 from erasekit.session import load_session, model_key
 from erasekit.strengths import TaskSteering

@@ -1,0 +1,61 @@
+"""erasekit.tables: the Table-1 layout, category shares and their Markdown / HTML / Styler rendering."""
+
+import re
+
+import pandas as pd
+import pytest
+
+from erasekit.evaluate import GROUPS
+from erasekit.scoring import CATEGORIES
+from erasekit.tables import category_table, render_table, results_table
+
+
+def _toy_df():
+    recs = []
+    for method, cls_ok, rouge in (("Vanilla", 1, 0.6), ("Ours", 0, 0.1)):
+        for split in GROUPS:
+            ok = cls_ok if split in ("Fgt", "Test") else 1
+            recs += [{"method": method, "split": split, "mode": "VQA", "task": "classification", "score": ok,
+                      "category": "correct"},
+                     {"method": method, "split": split, "mode": "VQA", "task": "classification", "score": 0,
+                      "category": "wrong"},
+                     {"method": method, "split": split, "mode": "VQA", "task": "generation", "score": rouge,
+                      "category": "wrong"},
+                     {"method": method, "split": split, "mode": "VQA", "task": "cloze", "score": 1,
+                      "category": "correct"}]
+    return pd.DataFrame(recs)
+
+
+def test_results_table_layout_and_render():
+    t = results_table(_toy_df())
+    assert list(t.index) == [("VQA", "Vanilla"), ("VQA", "Ours")]
+    assert t.loc[("VQA", "Vanilla"), ("classification", "Fgt")] == 50.0
+    assert t.loc[("VQA", "Ours"), ("classification", "Fgt")] == 0.0
+    assert t.loc[("VQA", "Ours"), ("generation", "Ret")] == pytest.approx(0.1)
+    assert t.loc[("VQA", "Ours"), ("cloze", "Cele")] == 100.0
+    md = render_table(t)
+    lines = md.splitlines()
+    # a valid Markdown table: ONE header row, then the delimiter row, then the body (no second header row)
+    assert lines[0].startswith("| Models | Cls Fgt ↓ | Cls Test ↓ | Cls Ret ↑ | Cls Cele ↑ | Gen Fgt ↓")
+    assert "Cloze Cele ↑" in lines[0]
+    assert re.fullmatch(r"\|(:?-{3,}:?\|){13}", lines[1])
+    assert all(line.count("|") == 14 for line in lines)
+    assert lines[2] == "| **VQA** |" + " |" * 12
+    assert lines[4].startswith("| Ours | **0.00** | **0.00** | 50.00 | 50.00 | **0.100** | **0.100** | 0.100")
+    assert lines[3].startswith("| Vanilla | 50.00 | 50.00 | 50.00 | 50.00 | 0.600 | 0.600 | **0.600**")
+    html = render_table(t, fmt="html")
+    assert html.startswith("<table") and html.rstrip().endswith("</table>")
+    assert html.count("<tr") == 2 + 1 + 2  # two header rows, one mode row, two methods
+    assert '<th colspan="4">Classification Accuracy (%)</th>' in html and "<th>Fgt ↓</th>" in html
+    assert "<tr><th>Ours</th><td><strong>0.00</strong></td><td><strong>0.00</strong></td><td>50.00</td>" in html
+    styler = render_table(t, fmt="styler")
+    shtml = styler.to_html()
+    assert "font-weight: bold" in shtml and "<table" in shtml
+    assert "0.100" in shtml and "0.1000" not in shtml  # rounded like the other forms
+    assert "Fgt ↓" in shtml
+    with pytest.raises(ValueError):
+        render_table(t, fmt="latex")
+    cats = category_table(_toy_df())
+    assert list(cats.columns) == list(CATEGORIES)
+    assert cats.loc[("Ours", "VQA", "Fgt", "classification"), "wrong"] == 50.0
+    assert cats.loc[("Ours", "VQA", "Fgt", "generation"), "wrong"] == 100.0
