@@ -6,6 +6,7 @@ Input: the frames of :func:`erasekit.evaluate.evaluate` (one row per scored ques
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
 from typing import Any
 
@@ -14,7 +15,7 @@ import pandas as pd
 from .evaluate import GROUPS, MODES, TASKS
 from .scoring import CATEGORIES
 
-__all__ = ["results_table", "category_table", "render_table"]
+__all__ = ["TASK_GROUPS", "results_table", "category_table", "render_table"]
 
 # Direction of "better" per group (paper's arrows): forgetting wants low Fgt/Test, utility high Ret/Cele.
 _LOWER_IS_BETTER = {"Fgt": True, "Test": True, "Ret": False, "Cele": False}
@@ -105,7 +106,10 @@ def _html_table(table: pd.DataFrame, best: pd.DataFrame) -> str:
             + "".join(head2) + "</tr>\n</thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>")
 
 
-def render_table(table: pd.DataFrame, fmt: str = "markdown") -> Any:
+TASK_GROUPS = {"accuracy": ("classification", "cloze"), "generation": ("generation",)}
+
+
+def render_table(table: pd.DataFrame, fmt: str = "markdown", tasks: Sequence[str] | None = None) -> Any:
     """Render :func:`results_table` output as a real table, values rounded (accuracy to 2 decimals, ROUGE-L to 3).
 
     ``fmt``: ``"markdown"`` -> str, a valid Markdown (GFM / MyST) table with ONE header row (``Cls Fgt ↓``,
@@ -115,9 +119,18 @@ def render_table(table: pd.DataFrame, fmt: str = "markdown") -> Any:
 
     Best method per column and mode in bold (lowest for Fgt/Test, highest for Ret/Cele), as in the paper; ties
     share the bold, and a column where all methods tie has none.
+
+    ``tasks``: only these tasks' columns (e.g. :data:`TASK_GROUPS` ``["accuracy"]``: classification and cloze, 8
+    columns; the full table has 12, too wide for a page column).
     """
     if fmt not in _RENDER_FORMATS:
         raise ValueError(f"fmt must be one of {_RENDER_FORMATS}, got {fmt!r}")
+    if tasks is not None:
+        unknown = set(tasks) - set(table.columns.get_level_values(0))
+        if unknown:
+            raise ValueError(f"tasks {sorted(unknown)} are not in the table (it has "
+                             f"{sorted(set(table.columns.get_level_values(0)))})")
+        table = table.loc[:, [c for c in table.columns if c[0] in tasks]]
     best = _best(table)
     if fmt == "styler":
         styler = table.style.format({c: (lambda v, t=c[0]: _fmt(t, v)) for c in table.columns})

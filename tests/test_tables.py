@@ -7,7 +7,7 @@ import pytest
 
 from erasekit.evaluate import GROUPS
 from erasekit.scoring import CATEGORIES
-from erasekit.tables import category_table, render_table, results_table
+from erasekit.tables import TASK_GROUPS, category_table, render_table, results_table
 
 
 def _toy_df():
@@ -55,6 +55,11 @@ def test_results_table_layout_and_render():
     assert "Fgt ↓" in shtml
     with pytest.raises(ValueError):
         render_table(t, fmt="latex")
+    acc = render_table(t, tasks=TASK_GROUPS["accuracy"]).splitlines()
+    assert acc[0].count("|") == 10 and "Gen" not in acc[0] and "Cloze Cele ↑" in acc[0]  # 8 value columns
+    assert render_table(t, "html", tasks=["generation"]).count("<td") == 8  # 2 methods x 4 groups
+    with pytest.raises(ValueError, match="not in the table"):
+        render_table(t, tasks=["vqa"])
     cats = category_table(_toy_df())
     assert list(cats.columns) == list(CATEGORIES)
     assert cats.loc[("Ours", "VQA", "Fgt", "classification"), "wrong"] == 50.0
