@@ -38,8 +38,8 @@ projector except ``lm_head``; ``lora_vision=True`` adds the vision tower (fine f
 trained from scratch with everything else). AdamW, gradient clipping at 1.0.
 
 Each result records wall time and peak memory: ``torch.cuda.max_memory_allocated`` on GPU, else the peak resident
-set size (RSS, sampled every 5 ms with psutil) above the RSS at the start -- tracemalloc does not see torch's
-allocations.
+set size (RSS, sampled every 5 ms) above the RSS at the start -- tracemalloc does not see torch's allocations
+(:func:`erasekit.measure.measure`).
 
 Example::
 
@@ -60,8 +60,6 @@ import math
 import os
 from pathlib import Path
 import random
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -69,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .measure import measure
 from .models import IGNORE_INDEX, ModelAdapter, adapter_for
 from .world import format_options
 
@@ -307,7 +306,7 @@ def organism_config(method: str, **overrides: Any) -> TrainConfig | MANUConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# result + measurement
+# result
 
 
 @dataclasses.dataclass
@@ -359,47 +358,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, (int, float, str, bool)) or x is None:
         return x
     return str(x)
-
-
-@contextlib.contextmanager
-def _measure(device: torch.device) -> Iterator[dict]:
-    """Wall time and peak memory of the block, written into the yielded dict on exit."""
-    out: dict = {}
-    cuda = device.type == "cuda" and torch.cuda.is_available()
-    stop = threading.Event()
-    peak = [0]
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        import psutil
-
-        proc = psutil.Process()
-        base = proc.memory_info().rss
-        peak[0] = base
-
-        def sample():
-            while not stop.is_set():
-                peak[0] = max(peak[0], proc.memory_info().rss)
-                stop.wait(0.005)
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-    t0 = time.perf_counter()
-    try:
-        yield out
-    finally:
-        if cuda:
-            torch.cuda.synchronize(device)
-            out["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            out["memory_kind"] = "cuda_max_allocated"
-        else:
-            stop.set()
-            thread.join()
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            out["peak_memory_mb"] = (peak[0] - base) / 2**20
-            out["memory_kind"] = "rss_peak_increase"
-        out["seconds"] = time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -618,10 +576,10 @@ def retain_finetune(adapter: ModelAdapter, retain: Sequence[Example], config: Re
                     ) -> UnlearnResult:
     """LoRA fine-tune a copy of the model on retain data (NLL): NPO's retain-only reference ("oracle")."""
     cfg = config or RetainFTConfig()
-    with _measure(adapter.device) as m:
+    with measure(adapter.device) as m:
         new, history, info = _lora_run(adapter, "Retain_FT", [], retain, cfg, cfg.epochs * cfg.steps_per_epoch)
-    return UnlearnResult(new, "Retain_FT", dataclasses.asdict(cfg), m["seconds"], m["peak_memory_mb"],
-                         m["memory_kind"], len(history), history, info)
+    return UnlearnResult(new, "Retain_FT", dataclasses.asdict(cfg), m.seconds, m.peak_memory_mb,
+                         m.memory_kind, len(history), history, info)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -853,7 +811,7 @@ def unlearn(adapter: ModelAdapter, forget: Sequence[Example], retain: Sequence[E
     forget, retain = list(forget), list(retain)
     info: dict = {"forget_examples": len(forget), "retain_examples": len(retain)}
     history: list[dict] = []
-    with _measure(adapter.device) as m:
+    with measure(adapter.device) as m:
         if method == "MANU":
             new, extra = _manu(adapter, forget, retain, cfg)
         elif method == "MMUnlearner":
@@ -880,8 +838,8 @@ def unlearn(adapter: ModelAdapter, forget: Sequence[Example], retain: Sequence[E
                                              n_steps, loss_kw, ref_model)
             info["reference"] = getattr(cfg, "reference", None) if reference is None else "given"
         info.update(extra)
-    return UnlearnResult(new, method, _jsonable(dataclasses.asdict(cfg)), m["seconds"], m["peak_memory_mb"],
-                         m["memory_kind"], len(history), history, info)
+    return UnlearnResult(new, method, _jsonable(dataclasses.asdict(cfg)), m.seconds, m.peak_memory_mb,
+                         m.memory_kind, len(history), history, info)
 
 
 # ----------------------------------------------------------------------------------------------------------------
