@@ -19,6 +19,7 @@ import time
 
 import erasekit.pipeline as pl
 from erasekit import baselines as B
+from erasekit.artifacts import atomic_write
 from erasekit.evaluate import _sample
 
 GRIDS = {
@@ -58,11 +59,7 @@ def main(argv=None) -> dict:
                              "seconds": round(time.time() - t0, 1)}
         print(m, chosen, "within budget" if best["within_budget"] else "NOT within budget",
               {k: round(best[k], 3) for k in ("forget_acc", "retain_acc")}, flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1, default=float)
-    os.replace(tmp, args.out)
+    atomic_write(args.out, json.dumps(out, indent=1, default=float))
     return out
 
 
