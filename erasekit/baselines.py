@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hooks import registered
 from .measure import measure
 from .models import IGNORE_INDEX, ModelAdapter, adapter_for
 from .world import format_options
@@ -712,15 +713,11 @@ def _collect(adapter: ModelAdapter, model: nn.Module, mlps: Mapping[str, tuple],
             stats[name].add(a.reshape(-1, a.shape[-1]))
         return fn
 
-    handles = [o.register_forward_pre_hook(hook(n)) for n, (_, o) in mlps.items()]
-    try:
+    with registered(lambda: (o.register_forward_pre_hook(hook(n)) for n, (_, o) in mlps.items())):
         for s in tqdm(range(0, len(examples), cfg.batch_size), desc=desc, disable=not cfg.progress):
             batch = collate(adapter, examples[s : s + cfg.batch_size])
             current["mask"] = batch["attention_mask"]
             _forward_logits(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
     return {n: s for n, s in stats.items() if s.n > 0}
 
 

@@ -32,7 +32,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Operator", "check_layers", "capture", "collect_activations", "steer", "STEER_MODES", "READ_MODES"]
+__all__ = ["Operator", "check_layers", "registered", "capture", "collect_activations", "steer", "STEER_MODES",
+           "READ_MODES"]
 
 Operator = Callable[[Tensor], Tensor]
 STEER_MODES = ("prefill", "all", "constant")
@@ -69,8 +70,14 @@ def _set_hidden(args: tuple, kwargs: dict, hidden: Tensor) -> tuple[tuple, dict]
 
 
 @contextmanager
-def _registered(handles_factory: Callable[[], Iterable]) -> Iterator[None]:
-    """Register hooks via the factory and remove exactly those handles on exit (nesting-safe)."""
+def registered(handles_factory: Callable[[], Iterable]) -> Iterator[None]:
+    """Register hooks via the factory and remove exactly those handles on exit (nesting-safe).
+
+    Example::
+
+        with registered(lambda: (m.register_forward_pre_hook(fn) for m in modules)):
+            model(**batch)
+    """
     handles: list = []
     try:
         # One at a time, so a failure half-way still removes the hooks registered before it.
@@ -118,7 +125,7 @@ def capture(
 
         return hook
 
-    with _registered(lambda: (modules[l].register_forward_hook(make_hook(l), with_kwargs=True) for l in layers)):
+    with registered(lambda: (modules[l].register_forward_hook(make_hook(l), with_kwargs=True) for l in layers)):
         yield records
 
 
@@ -169,7 +176,7 @@ def collect_activations(
         batch = adapter.encode(questions[start : start + batch_size], images=batch_images, chat=chat)
         with torch.no_grad(), capture(adapter, layers, position=position) as rec:
             # Layers after the last requested one cannot change its input: skip them.
-            with _registered(lambda: [last_module.register_forward_hook(stop)]):
+            with registered(lambda: [last_module.register_forward_hook(stop)]):
                 try:
                     adapter.model(**batch, use_cache=False)
                 except _StopForward:
@@ -354,6 +361,6 @@ def steer(
         for l in layer_ids:
             yield modules[l].register_forward_pre_hook(make_hook(l, ops[l]), with_kwargs=True)
 
-    with _registered(handles):
+    with registered(handles):
         yield
     warn_cascade()
