@@ -9,10 +9,12 @@ from PIL import Image
 
 from erasekit.models import (
     ADAPTERS,
+    Adapter,
     CausalLMAdapter,
     LlavaAdapter,
     Qwen3VLAdapter,
     Qwen25VLAdapter,
+    adapter_class,
     adapter_for,
     load_model,
     pick_device_dtype,
@@ -60,6 +62,34 @@ def test_structure(any_adapter):
     batch = a.encode(["hello"])
     out = a.model(**batch, output_hidden_states=True)
     assert len(out.hidden_states) == a.num_layers + 1
+
+
+def test_adapters_satisfy_the_protocol(any_adapter):
+    assert isinstance(any_adapter, Adapter)
+    assert not isinstance(object(), Adapter)
+
+
+# The rule the baselines applied to every family before the adapters held it: one key list for all of them.
+_SHARED_VISION = ("vision_tower", "vision_model", "visual.")
+_SHARED_PROJECTOR = ("multi_modal_projector", "merger", "connector")
+
+
+def _shared_role(name: str) -> str:
+    if name == "lm_head" or name.endswith(".lm_head"):
+        return "lm_head"
+    if any(k in name for k in _SHARED_PROJECTOR):
+        return "projector"
+    return "vision" if any(k in name for k in _SHARED_VISION) else "language"
+
+
+def test_module_roles_are_family_knowledge(any_adapter):
+    names = [n for n, _ in any_adapter.model.named_modules()]
+    family = adapter_class(any_adapter.model.config.model_type)
+    assert family is type(any_adapter)
+    roles = {n: family.module_role(n) for n in names}  # class-level: no model needed
+    assert roles == {n: _shared_role(n) for n in names}  # the same answer as the shared rule on every module
+    expected = {"lm_head", "language"} | ({"vision", "projector"} if any_adapter.is_multimodal else set())
+    assert set(roles.values()) == expected
 
 
 def test_pick_device_dtype():
@@ -171,12 +201,12 @@ def test_pixel_path_matches_processor(vlm_adapter, size, record_property):
     "src, dst", [((45, 61), (56, 56)), ((45, 61), (32, 64)), ((61, 45), (28, 20)), ((300, 200), (112, 84)), ((40, 40), (50, 60))]
 )
 def test_resize_matches_pil(src, dst):
-    from erasekit.models import _resize
+    from erasekit.models.pixels import resize
 
     img = _pil(*src, seed=4)
     ref = _to_tensor(img.resize(dst[::-1], Image.BICUBIC))
     x = _to_tensor(img)[None].requires_grad_(True)
-    ours = _resize(x, *dst, "bicubic")[0]
+    ours = resize(x, *dst, "bicubic")[0]
     # PIL uses 22-bit fixed-point coefficients with half-up rounding: isolated pixels may differ by 1-2 steps
     assert (ours - ref).abs().max() <= 2.0001 / 255
     assert (ours - ref).abs().mean() < 0.05 / 255
