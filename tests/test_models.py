@@ -69,27 +69,28 @@ def test_adapters_satisfy_the_protocol(any_adapter):
     assert not isinstance(object(), Adapter)
 
 
-# The rule the baselines applied to every family before the adapters held it: one key list for all of them.
-_SHARED_VISION = ("vision_tower", "vision_model", "visual.")
-_SHARED_PROJECTOR = ("multi_modal_projector", "merger", "connector")
+@pytest.mark.parametrize("cls, path, role", [
+    (LlavaAdapter, "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1", "vision"),
+    (LlavaAdapter, "model.multi_modal_projector.linear_1", "projector"),
+    (LlavaAdapter, "model.language_model.layers.0.mlp.down_proj", "language"),
+    (LlavaAdapter, "lm_head", "lm_head"),
+    (Qwen25VLAdapter, "model.visual.blocks.0.mlp.down_proj", "vision"),
+    (Qwen25VLAdapter, "model.visual.merger.mlp.0", "projector"),
+    (Qwen3VLAdapter, "model.visual.deepstack_merger_list.0.linear_fc1", "projector"),
+    (Qwen3VLAdapter, "model.language_model.layers.1.self_attn.q_proj", "language"),
+    (CausalLMAdapter, "model.layers.0.mlp.gate_proj", "language"),
+    (CausalLMAdapter, "lm_head", "lm_head"),
+])
+def test_module_role_is_class_level_family_knowledge(cls, path, role):
+    assert cls.module_role(path) == role  # no model needed
 
 
-def _shared_role(name: str) -> str:
-    if name == "lm_head" or name.endswith(".lm_head"):
-        return "lm_head"
-    if any(k in name for k in _SHARED_PROJECTOR):
-        return "projector"
-    return "vision" if any(k in name for k in _SHARED_VISION) else "language"
-
-
-def test_module_roles_are_family_knowledge(any_adapter):
-    names = [n for n, _ in any_adapter.model.named_modules()]
+def test_every_module_has_its_family_role(any_adapter):
     family = adapter_class(any_adapter.model.config.model_type)
     assert family is type(any_adapter)
-    roles = {n: family.module_role(n) for n in names}  # class-level: no model needed
-    assert roles == {n: _shared_role(n) for n in names}  # the same answer as the shared rule on every module
-    expected = {"lm_head", "language"} | ({"vision", "projector"} if any_adapter.is_multimodal else set())
-    assert set(roles.values()) == expected
+    roles = {any_adapter.module_role(n) for n, _ in any_adapter.model.named_modules()}
+    assert roles == {"lm_head", "language"} | ({"vision", "projector"} if any_adapter.is_multimodal else set())
+    assert any_adapter.mlp_out and any_adapter.mlp_in
 
 
 def test_pick_device_dtype():
