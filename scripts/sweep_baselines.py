@@ -12,7 +12,6 @@ measured on retain profiles the baselines do NOT train on. Writes data/results/b
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
