@@ -32,6 +32,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from .models import Adapter
+
 __all__ = ["Operator", "check_layers", "registered", "capture", "collect_activations", "steer", "STEER_MODES",
            "READ_MODES"]
 
@@ -40,7 +42,7 @@ STEER_MODES = ("prefill", "all", "constant")
 READ_MODES = ("steered", "frozen", "anchor")
 
 
-def check_layers(adapter: Any, layers: Iterable[int] | None) -> list[int]:
+def check_layers(adapter: Adapter, layers: Iterable[int] | None) -> list[int]:
     """Validate layer indices against ``adapter.num_layers``; None means all layers. Returns a sorted list."""
     n = len(adapter.layers)
     if layers is None:
@@ -95,7 +97,7 @@ def registered(handles_factory: Callable[[], Iterable]) -> Iterator[None]:
 
 @contextmanager
 def capture(
-    adapter: Any, layers: Iterable[int] | None = None, position: str = "all", detach: bool = True
+    adapter: Adapter, layers: Iterable[int] | None = None, position: str = "all", detach: bool = True
 ) -> Iterator[dict[int, list[Tensor]]]:
     """Record the input of the given decoder layers on every forward pass inside the context.
 
@@ -134,7 +136,7 @@ class _StopForward(Exception):
 
 
 def collect_activations(
-    adapter: Any,
+    adapter: Adapter,
     questions: list[str],
     images: Any = None,
     layers: Iterable[int] | None = None,
@@ -200,7 +202,7 @@ def _raw_gate(op: Any, h: Tensor) -> Tensor:
 
 @contextmanager
 def steer(
-    adapter: Any,
+    adapter: Adapter,
     operators: Mapping[int, Operator | Tensor],
     mode: str = "prefill",
     scale: float = 1.0,
