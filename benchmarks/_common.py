@@ -1,4 +1,6 @@
-"""Shared helpers of the benchmark scripts: CLI, machine info, JSON results, interleaved timing, peak RSS, models.
+"""Shared helpers of the benchmark scripts: CLI, machine info, JSON results, models built from configs.
+
+Timing and memory (interleaved repetitions, ratios, peak memory) are :mod:`erasekit.measure`.
 
 Every benchmark prints ratios measured side by side in one run (A, B, A, B, ... so that load from other processes
 affects both sides alike) and writes ``benchmarks/results/<name>.json`` with the machine it ran on.
@@ -20,16 +22,15 @@ import datetime
 import json
 import os
 import platform
-import statistics
-import threading
-import time
-from collections.abc import Callable, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
+
+from erasekit.artifacts import atomic_write
+from erasekit.models import adapter_for, pick_device_dtype
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -64,8 +65,7 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def resolve_device(device: str | None) -> torch.device:
-    from erasekit.models import pick_device_dtype
-
+    """The device a benchmark runs on (``--device``, else CUDA when there is a GPU)."""
     return pick_device_dtype(device)[0]
 
 
@@ -113,12 +113,8 @@ def write_results(name: str, out_dir: Path, machine: dict, config: Mapping, resu
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     payload = {"benchmark": name, "machine": machine, "config": dict(config), "results": dict(results),
                "notes": list(notes or [])}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    path = Path(out_dir) / f"{name}.json"
+    atomic_write(path, json.dumps(payload, indent=1, default=_json_default) + "\n")
     print(f"wrote {path}")
     return path
 
@@ -132,103 +128,11 @@ def _json_default(x: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# timing
-
-
-def sync(device: torch.device | str | None = None) -> None:
-    """Wait for queued CUDA work (no-op on CPU) so wall-clock timings are honest."""
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(fns: Mapping[str, Callable[[], Any]], reps: int, warmup: int = 1, progress: bool = True,
-                device: torch.device | str | None = None, desc: str = "timing") -> dict[str, list[float]]:
-    """Time each callable ``reps`` times, interleaved (a, b, c, a, b, c, ...), after ``warmup`` untimed rounds.
-
-    Returns ``{name: [seconds per call]}``. Interleaving makes slow drifts (other processes, thermal state) hit
-    every variant alike, which is what a ratio needs.
-    """
-    from tqdm.auto import tqdm
-
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-            sync(device)
-    for _ in tqdm(range(reps), desc=desc, disable=not progress):
-        for name, fn in fns.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def summarize(seconds: list[float], work: float = 1.0) -> dict[str, float]:
-    """Median / min / max seconds per call and the median throughput ``work / seconds`` (units per second)."""
-    med = statistics.median(seconds)
-    return {
-        "median_s": med,
-        "min_s": min(seconds),
-        "max_s": max(seconds),
-        "reps": len(seconds),
-        "median_per_s": work / med,
-    }
-
-
-def paired_ratio(num: list[float], den: list[float]) -> dict[str, float]:
-    """Throughput ratio of variant ``num`` over ``den`` from per-rep seconds: median(den_i / num_i) (the headline
-    number: pairing cancels load changes between repetitions), median(den) / median(num) and min(den) / min(num)."""
-    per_rep = [d / n for n, d in zip(num, den)]
-    return {"ratio_of_medians": statistics.median(den) / statistics.median(num),
-            "ratio_of_mins": min(den) / min(num),  # least disturbed calls: the intrinsic cost under contention
-            "median_paired_ratio": statistics.median(per_rep),
-            "min_paired_ratio": min(per_rep), "max_paired_ratio": max(per_rep)}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# memory
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc; falls back to the peak from getrusage)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # pragma: no cover - not Linux
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-@contextmanager
-def peak_rss(interval: float = 0.002) -> Iterator[dict[str, int]]:
-    """Sample RSS on a background thread; yields a dict filled on exit with ``peak_delta_bytes`` (peak minus the
-    RSS at entry). torch's CPU allocator is invisible to tracemalloc, so RSS is what shows its big buffers
-    (arrays above glibc's mmap threshold are returned to the OS when freed, so the entry baseline is clean)."""
-    out: dict[str, int] = {}
-    base = rss_bytes()
-    peak = [base]
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_bytes())
-            stop.wait(interval)
-
-    t = threading.Thread(target=poll, daemon=True)
-    t.start()
-    try:
-        yield out
-    finally:
-        stop.set()
-        t.join()
-        peak[0] = max(peak[0], rss_bytes())
-        out.update(baseline_bytes=base, peak_bytes=peak[0], peak_delta_bytes=peak[0] - base)
+# memory units
 
 
 def mib(n: float) -> float:
+    """Bytes -> MiB, rounded to 3 decimals."""
     return round(n / 2**20, 3)
 
 
@@ -304,7 +208,6 @@ def build_llava(shape: LlavaShape, device: torch.device | str | None = None, dty
     """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from erasekit.models import adapter_for, pick_device_dtype
     from erasekit.organism import build_processor, build_tokenizer
 
     device, dtype = pick_device_dtype(device, dtype)

@@ -14,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
-import torch  # noqa: E402
+
+from erasekit import measure as M  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -44,11 +45,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     variants = {f"batch_{bs}": collect(bs) for bs in args.batch_size}
     variants["one_by_one"] = collect(1)
-    times = C.interleaved(variants, reps=args.reps, warmup=1, progress=not args.no_progress, device=adapter.device,
+    times = M.interleaved(variants, reps=args.reps, warmup=1, progress=not args.no_progress, device=adapter.device,
                           desc="capture")
-    results: dict = {k: C.summarize(v, work=args.n_prompts) for k, v in times.items()}
+    results: dict = {k: M.summarize(v, work=args.n_prompts) for k, v in times.items()}
     for bs in args.batch_size:
-        r = C.paired_ratio(times[f"batch_{bs}"], times["one_by_one"])
+        r = M.paired_ratio(times[f"batch_{bs}"], times["one_by_one"])
         results[f"speedup_batch_{bs}_over_one_by_one"] = r
         results[f"max_rel_diff_batch_{bs}_vs_one_by_one"] = agree[bs]
         print(f"batch {bs}: {results[f'batch_{bs}']['median_per_s']:.1f} prompts/s vs one by one "

@@ -34,13 +34,14 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 import torch  # noqa: E402
+
+from erasekit.measure import measure, sync  # noqa: E402
 
 ROUTES = ("default", "rank_one", "dense")
 
@@ -49,10 +50,10 @@ def default_route(H_f, H_r, direction, gamma: float, alpha: float, device=None):
     """erasekit's default gate (contrastive, relative gamma), float64: returns (map, {stage: seconds})."""
     from erasekit.steering import fit_contrastive_gate
 
-    C.sync(device)
+    sync(device)
     t0 = time.perf_counter()
     f = fit_contrastive_gate(H_f, H_r, direction, gamma=gamma, alpha=alpha, gamma_scale="relative")
-    C.sync(device)
+    sync(device)
     return f, {"fit_s": time.perf_counter() - t0}
 
 
@@ -61,20 +62,20 @@ def rank_one_route(H_f, H_r, direction, gamma: float, ratio: float, device=None)
     from erasekit.nullspace import null_space_projector
     from erasekit.steering import fit_input_aware
 
-    C.sync(device)
+    sync(device)
     t0 = time.perf_counter()
     P = null_space_projector(H_r, ratio)
-    C.sync(device)
+    sync(device)
     t1 = time.perf_counter()
     f = fit_input_aware(H_f, None, direction, gamma, null_space=P)
-    C.sync(device)
+    sync(device)
     t2 = time.perf_counter()
     return f, {"null_space_s": t1 - t0, "fit_s": t2 - t1}
 
 
 def dense_route(H_f, H_r, direction, gamma: float, ratio: float, device=None):
     """The authors' route in the paper's layout (H as d x N), float64: returns (W P, {stage: seconds})."""
-    C.sync(device)
+    sync(device)
     t0 = time.perf_counter()
     Hr = H_r.to(torch.float64).T  # (d, N_r)
     d = Hr.shape[0]
@@ -83,7 +84,7 @@ def dense_route(H_f, H_r, direction, gamma: float, ratio: float, device=None):
     k = int(ratio * d)
     U2 = U[:, d - k:]  # the k smallest
     P = U2 @ U2.T
-    C.sync(device)
+    sync(device)
     t1 = time.perf_counter()
     Hf = H_f.to(torch.float64).T  # (d, N_f)
     D = direction.to(device=Hf.device, dtype=torch.float64)[:, None].expand(d, Hf.shape[1])
@@ -91,7 +92,7 @@ def dense_route(H_f, H_r, direction, gamma: float, ratio: float, device=None):
     M = PHf @ PHf.T + gamma * P  # P H_f H_f^T P + gamma P
     W = D @ (Hf.T @ P) @ torch.linalg.pinv(M)
     WP = W @ P  # what the steering applies: f(h) = W P h
-    C.sync(device)
+    sync(device)
     t2 = time.perf_counter()
     return WP, {"null_space_s": t1 - t0, "fit_s": t2 - t1}
 
@@ -132,24 +133,6 @@ def layer_data(d: int, n_r: int, n_f: int, seed: int, device=None):
     return tuple(t.to(device) for t in (H_f, H_r, direction, probes))
 
 
-@contextmanager
-def peak_memory(device: torch.device):
-    """Peak memory increase over the block: CUDA allocator peak on a GPU, sampled RSS on the CPU."""
-    if device.type == "cuda":
-        out: dict = {}
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        try:
-            yield out
-        finally:
-            torch.cuda.synchronize(device)
-            out["peak_delta_bytes"] = torch.cuda.max_memory_allocated(device) - base
-    else:
-        with C.peak_rss() as m:
-            yield m
-
-
 def _median(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -175,11 +158,11 @@ def run_config(name: str, d: int, n_layers: int, n_r: int, n_f: int, dense_layer
         out = {}
         for _ in range(reps):  # interleaved: default, rank one, dense, default, ...
             for route, fn in todo.items():
-                with peak_memory(device) as m:
+                with measure(device, interval=0.002) as m:
                     res, st = fn()
                 st["total_s"] = sum(st.values())
                 stages[route].append(st)
-                mem[route] = max(mem.get(route, 0), m["peak_delta_bytes"])
+                mem[route] = max(mem.get(route, 0), m.peak_delta_bytes)
                 out[route] = res
                 del res
         row: dict = {"layer": layer}
@@ -284,7 +267,7 @@ def warmup(device: torch.device, reference: bool) -> None:
     dense_route(H_f, H_r, direction, 0.1, 0.3, device)
     if reference:
         contrastive_reference(H_f, H_r, direction, f.meta["ridge"], 1.0)
-    C.sync(device)
+    sync(device)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import torch  # noqa: E402
 
+from erasekit import measure as M  # noqa: E402
+
 
 def sequential_loss(adapter, prompts: list[str], targets: list[str], k: int, generator: torch.Generator):
     """Same sampling and value as ``harmful_target_loss`` but one forward per target (k=1 losses, token-weighted)."""
@@ -76,10 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
         def attack(kind: str):
             return lambda: pgd_attack(make(kind), image, steps=args.steps, progress=False)
 
-        times = C.interleaved({"batched": attack("batched"), "sequential": attack("sequential")}, reps=args.reps,
+        times = M.interleaved({"batched": attack("batched"), "sequential": attack("sequential")}, reps=args.reps,
                               warmup=1, progress=not args.no_progress, device=adapter.device, desc=f"PGD k={k}")
-        res = {kind: C.summarize(v, work=args.steps) for kind, v in times.items()}
-        res["speedup_batched_over_sequential"] = C.paired_ratio(times["batched"], times["sequential"])
+        res = {kind: M.summarize(v, work=args.steps) for kind, v in times.items()}
+        res["speedup_batched_over_sequential"] = M.paired_ratio(times["batched"], times["sequential"])
         res["loss_batched"], res["loss_sequential"] = lb, ls
         res["loss_rel_diff"] = abs(lb - ls) / abs(ls)
         # CPU matmuls are already efficient at one sequence: batching mostly saves per-forward overhead, and left

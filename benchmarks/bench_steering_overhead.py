@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
+from erasekit import measure as M  # noqa: E402
+
 READS = ("steered", "frozen", "anchor")
 # variant name -> (mode, read); None = vanilla. Names of the earlier version of this script kept for the first two.
 GEN_VARIANTS = {"vanilla": None, "steered_prefill": ("prefill", "steered"),
@@ -148,20 +150,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the cascade warning, recorded above; it would repeat on every call
-        t_pre = C.interleaved({k: prefill(v) for k, v in PREFILL_VARIANTS.items()}, reps=prefill_reps, warmup=1,
+        t_pre = M.interleaved({k: prefill(v) for k, v in PREFILL_VARIANTS.items()}, reps=prefill_reps, warmup=1,
                               progress=not args.no_progress, device=adapter.device, desc=f"prefill ({args.scale})")
-        t_gen = C.interleaved({k: generate(v) for k, v in GEN_VARIANTS.items()}, reps=reps, warmup=1,
+        t_gen = M.interleaved({k: generate(v) for k, v in GEN_VARIANTS.items()}, reps=reps, warmup=1,
                               progress=not args.no_progress, device=adapter.device, desc=f"generate ({args.scale})")
 
     new = args.batch_size * new_tokens
-    results: dict = {k: C.summarize(v, work=new) for k, v in t_gen.items()}  # generate, new tokens/s
+    results: dict = {k: M.summarize(v, work=new) for k, v in t_gen.items()}  # generate, new tokens/s
     for k in GEN_VARIANTS:
         if k != "vanilla":
-            results[f"ratio_{k}_over_vanilla"] = C.paired_ratio(t_gen[k], t_gen["vanilla"])
-    pre = {k: C.summarize(v, work=prompt_tokens) for k, v in t_pre.items()}  # prefill, prompt tokens/s
+            results[f"ratio_{k}_over_vanilla"] = M.paired_ratio(t_gen[k], t_gen["vanilla"])
+    pre = {k: M.summarize(v, work=prompt_tokens) for k, v in t_pre.items()}  # prefill, prompt tokens/s
     for k in PREFILL_VARIANTS:
         if k != "vanilla":
-            pre[f"ratio_{k}_over_vanilla"] = C.paired_ratio(t_pre[k], t_pre["vanilla"])
+            pre[f"ratio_{k}_over_vanilla"] = M.paired_ratio(t_pre[k], t_pre["vanilla"])
     results["prefill"] = pre
     results["checks"] = checks
     results["goal_ratio"] = 0.99

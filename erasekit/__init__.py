@@ -26,7 +26,7 @@ from .directions import ErasureDirection, cosine_per_layer, diff_in_means, layer
 from .evaluate import BENCHMARK, ZERO_SHOT
 from .evaluate import evaluate as evaluate_model  # the module erasekit.evaluate keeps its name
 from .hooks import capture, check_layers, collect_activations, steer
-from .models import (CausalLMAdapter, LlavaAdapter, ModelAdapter, Qwen3VLAdapter, Qwen25VLAdapter, adapter_for,
+from .models import (Adapter, CausalLMAdapter, LlavaAdapter, ModelAdapter, Qwen3VLAdapter, Qwen25VLAdapter, adapter_for,
                      load_model, pick_device_dtype)
 from .nullspace import NullSpaceProjector, null_space_projector
 from .heldout import ProfilePartition, partition_profiles
@@ -53,7 +53,7 @@ __all__ = [
     "is_degenerate", "is_refusal", "refusal_rates", "render_table", "results_table",
     "ErasureDirection", "cosine_per_layer", "diff_in_means", "layer_norms", "project_out",
     "capture", "check_layers", "collect_activations", "steer",
-    "CausalLMAdapter", "LlavaAdapter", "ModelAdapter", "Qwen3VLAdapter", "Qwen25VLAdapter", "adapter_for",
+    "Adapter", "CausalLMAdapter", "LlavaAdapter", "ModelAdapter", "Qwen3VLAdapter", "Qwen25VLAdapter", "adapter_for",
     "load_model", "pick_device_dtype",
     "NullSpaceProjector", "null_space_projector",
     "InputAwareMap", "InputAwareSteerer", "MLPMap", "ablation_operator", "constant_operator", "constant_operators",

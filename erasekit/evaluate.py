@@ -143,7 +143,6 @@ def sample_rows(rows: list, n: int | None, seed: int, tag: str) -> list:
     return [rows[i] for i in idx]
 
 
-_sample = sample_rows  # the old private name, for scripts/sweep_baselines.py until it imports sample_rows
 
 
 def benchmark_rows(source: Any, forget_pct: int = 5, groups: Sequence[str] = GROUPS,

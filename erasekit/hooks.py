@@ -32,14 +32,17 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Operator", "check_layers", "capture", "collect_activations", "steer", "STEER_MODES", "READ_MODES"]
+from .models import Adapter
+
+__all__ = ["Operator", "check_layers", "registered", "capture", "collect_activations", "steer", "STEER_MODES",
+           "READ_MODES"]
 
 Operator = Callable[[Tensor], Tensor]
 STEER_MODES = ("prefill", "all", "constant")
 READ_MODES = ("steered", "frozen", "anchor")
 
 
-def check_layers(adapter: Any, layers: Iterable[int] | None) -> list[int]:
+def check_layers(adapter: Adapter, layers: Iterable[int] | None) -> list[int]:
     """Validate layer indices against ``adapter.num_layers``; None means all layers. Returns a sorted list."""
     n = len(adapter.layers)
     if layers is None:
@@ -69,8 +72,14 @@ def _set_hidden(args: tuple, kwargs: dict, hidden: Tensor) -> tuple[tuple, dict]
 
 
 @contextmanager
-def _registered(handles_factory: Callable[[], Iterable]) -> Iterator[None]:
-    """Register hooks via the factory and remove exactly those handles on exit (nesting-safe)."""
+def registered(handles_factory: Callable[[], Iterable]) -> Iterator[None]:
+    """Register hooks via the factory and remove exactly those handles on exit (nesting-safe).
+
+    Example::
+
+        with registered(lambda: (m.register_forward_pre_hook(fn) for m in modules)):
+            model(**batch)
+    """
     handles: list = []
     try:
         # One at a time, so a failure half-way still removes the hooks registered before it.
@@ -91,7 +100,7 @@ CAPTURE_PASSES = ("all", "prefill", "decode")
 
 @contextmanager
 def capture(
-    adapter: Any, layers: Iterable[int] | None = None, position: str = "all", detach: bool = True,
+    adapter: Adapter, layers: Iterable[int] | None = None, position: str = "all", detach: bool = True,
     passes: str = "all",
 ) -> Iterator[dict[int, list[Tensor]]]:
     """Record the input of the given decoder layers on every forward pass inside the context.
@@ -130,7 +139,7 @@ def capture(
 
         return hook
 
-    with _registered(lambda: (modules[l].register_forward_hook(make_hook(l), with_kwargs=True) for l in layers)):
+    with registered(lambda: (modules[l].register_forward_hook(make_hook(l), with_kwargs=True) for l in layers)):
         yield records
 
 
@@ -139,7 +148,7 @@ class _StopForward(Exception):
 
 
 def collect_activations(
-    adapter: Any,
+    adapter: Adapter,
     questions: list[str],
     images: Any = None,
     layers: Iterable[int] | None = None,
@@ -181,7 +190,7 @@ def collect_activations(
         batch = adapter.encode(questions[start : start + batch_size], images=batch_images, chat=chat)
         with torch.no_grad(), capture(adapter, layers, position=position) as rec:
             # Layers after the last requested one cannot change its input: skip them.
-            with _registered(lambda: [last_module.register_forward_hook(stop)]):
+            with registered(lambda: [last_module.register_forward_hook(stop)]):
                 try:
                     adapter.model(**batch, use_cache=False)
                 except _StopForward:
@@ -205,7 +214,7 @@ def _raw_gate(op: Any, h: Tensor) -> Tensor:
 
 @contextmanager
 def steer(
-    adapter: Any,
+    adapter: Adapter,
     operators: Mapping[int, Operator | Tensor],
     mode: str = "prefill",
     scale: float = 1.0,
@@ -368,6 +377,6 @@ def steer(
         for l in layer_ids:
             yield modules[l].register_forward_pre_hook(make_hook(l, ops[l]), with_kwargs=True)
 
-    with _registered(handles):
+    with registered(handles):
         yield
     warn_cascade()

@@ -12,14 +12,14 @@ measured on retain profiles the baselines do NOT train on. Writes data/results/b
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
 
 import erasekit.pipeline as pl
 from erasekit import baselines as B
-from erasekit.evaluate import _sample
+from erasekit.artifacts import atomic_write
+from erasekit.evaluate import sample_rows
 
 GRIDS = {
     "GA": {"lr": [1e-4, 3e-4, 1e-3], "epochs": [1, 3]},
@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     forget, retain = pl.baseline_data(d, args.forget_pct, args.retain_train)
     # The held-out side of the rule: the partition's "tune" profiles (never trained on, never scored by the tables).
     held = pl.tuning_rows(d, args.forget_pct)["Ret"]
-    eval_retain = _sample(B.build_examples(held), 160, 0, "sweep-examples")
+    eval_retain = sample_rows(B.build_examples(held), 160, 0, "sweep-examples")
     out = {"forget_pct": args.forget_pct, "retain_train": args.retain_train, "max_retain_drop": args.max_retain_drop,
            "rule": "lowest teacher-forced forget accuracy with held-out retain accuracy >= vanilla - max_retain_drop",
            "methods": {}}
@@ -58,11 +58,7 @@ def main(argv=None) -> dict:
                              "seconds": round(time.time() - t0, 1)}
         print(m, chosen, "within budget" if best["within_budget"] else "NOT within budget",
               {k: round(best[k], 3) for k in ("forget_acc", "retain_acc")}, flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1, default=float)
-    os.replace(tmp, args.out)
+    atomic_write(args.out, json.dumps(out, indent=1, default=float))
     return out
 
 

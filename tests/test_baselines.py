@@ -6,8 +6,10 @@ import dataclasses
 
 import pytest
 import torch
+from torch import nn
 
 from erasekit import baselines as B
+from erasekit.baselines import configs, data as bdata, lora, losses, manu, mmunlearner
 from erasekit.world import make_world
 
 # Tiny random model: a large lr moves the forget NLL visibly within a few steps.
@@ -36,7 +38,7 @@ def _same(a, b):
 
 def _peft(adapter, seed=0):
     torch.manual_seed(seed)
-    model = B._lora_model(B._fresh_copy(adapter), B.GAConfig(lora_vision=True))
+    model = lora.lora_model(lora.fresh_copy(adapter), B.GAConfig(lora_vision=True))
     return model.eval()  # no LoRA dropout: gradients are reproducible
 
 
@@ -97,7 +99,7 @@ def test_ga_loss_sign_and_ga_diff_uses_retain(tiny_llava, data):
     g_ga, g1, g2 = grads("GA", None), grads("GA_Diff", r1), grads("GA_Diff", r2)
     assert not torch.allclose(g1, g2)  # the retain batch matters
     model.zero_grad(set_to_none=True)
-    B._nll(model, r1).backward()
+    losses.batch_nll(model, r1).backward()
     g_r = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad and p.grad is not None])
     torch.testing.assert_close(g1, g_ga + g_r, atol=1e-6, rtol=1e-5)  # GA_Diff = GA + retain NLL
 
@@ -176,13 +178,13 @@ def test_mmunlearner_updates_only_masked_entries(tiny_llava, data):
     assert _same(before, _state(tiny_llava.model))
     assert 0 < res.info["mask_density"] < 1
     # recompute the mask as unlearn did and check: outside it, weights are bit-identical; inside, some moved
-    model = B._fresh_copy(tiny_llava)
-    params = B._mm_scope(model, cfg.include_vision)
+    model = lora.fresh_copy(tiny_llava)
+    params = mmunlearner.mmunlearner_scope(model, cfg.include_vision)
     for p in params.values():
         p.requires_grad_(True)
     f_train = [e for e in forget if e.mode == "VQA"]
-    masks = B.mmunlearner_saliency(tiny_llava, model, B._subsample(f_train, 8, "0-sf"),
-                                   B._subsample(retain, 8, "0-sr"), cfg)
+    masks = B.mmunlearner_saliency(tiny_llava, model, bdata.subsample(f_train, 8, "0-sf"),
+                                   bdata.subsample(retain, 8, "0-sr"), cfg)
     new = dict(res.adapter.model.named_parameters())
     moved = 0
     for name, p in tiny_llava.model.named_parameters():
@@ -211,7 +213,7 @@ def test_manu_prunes_exactly_the_chosen_neurons(tiny_llava, data):
     assert len(pruned) == 4
     # weights: only the chosen rows (inputs) / columns (output) differ, and they are zero
     new = res.adapter.model
-    mlps_old, mlps_new = B._mlps(tiny_llava.model, True), B._mlps(new, True)
+    mlps_old, mlps_new = manu.mlp_blocks(tiny_llava.model, True), manu.mlp_blocks(new, True)
     changed = {n for n, v in before.items() if not torch.equal(v, new.state_dict()[n])}
     expected = set()
     for name, (ins, out) in mlps_new.items():
@@ -279,25 +281,67 @@ def test_qwen_families(request, name, data):
     forget, retain = data
     before = _state(adapter.model)
     targets = B.lora_targets(adapter.model)
-    assert any("merger" in t for t in targets) and not any(B._role(t) == "vision" for t in targets)
+    assert any("merger" in t for t in targets) and not any(adapter.module_role(t) == "vision" for t in targets)
     res = B.unlearn(adapter, forget, retain, B.GADiffConfig(**{**FAST, "max_steps": 2}))
     assert B.answer_nll(res.adapter, forget[:4]) != B.answer_nll(adapter, forget[:4])
-    manu = B.unlearn(adapter, forget, retain, B.MANUConfig(max_examples=4, progress=False, positive_only=False))
-    assert any(B._role(n) == "vision" for n in manu.info["pruned"])
-    assert any(B._role(n) == "language" for n in manu.info["pruned"])
+    pruned = B.unlearn(adapter, forget, retain, B.MANUConfig(max_examples=4, progress=False, positive_only=False))
+    assert any(adapter.module_role(n) == "vision" for n in pruned.info["pruned"])
+    assert any(adapter.module_role(n) == "language" for n in pruned.info["pruned"])
     assert _same(before, _state(adapter.model))
+
+
+# Before the adapters held the family knowledge, one list of module-path keys and MLP child names served every family.
+_SHARED_VISION = ("vision_tower", "vision_model", "visual.")
+_SHARED_PROJECTOR = ("multi_modal_projector", "merger", "connector")
+_SHARED_MLP_IN = ("gate_proj", "up_proj", "fc1", "linear_fc1")
+_SHARED_MLP_OUT = ("down_proj", "fc2", "linear_fc2")
+
+
+def _shared_role(name: str) -> str:
+    if name == "lm_head" or name.endswith(".lm_head"):
+        return "lm_head"
+    if any(k in name for k in _SHARED_PROJECTOR):
+        return "projector"
+    return "vision" if any(k in name for k in _SHARED_VISION) else "language"
+
+
+@pytest.mark.parametrize("name", ["tiny_llava", "tiny_qwen25vl", "tiny_qwen3vl", "tiny_causal_lm"])
+def test_family_knowledge_finds_the_modules_the_shared_rule_found(request, name):
+    adapter = request.getfixturevalue(name)
+    model = adapter.model
+    assert all(adapter.module_role(n) == _shared_role(n) for n, _ in model.named_modules())
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for vision in (False, True):
+        roles = {"language", "projector"} | ({"vision"} if vision else set())
+        targets = B.lora_targets(model, vision)
+        assert targets == [n for n in linears if _shared_role(n) in roles]
+        assert list(mmunlearner.mmunlearner_scope(model, vision)) == [f"{n}.weight" for n in targets]
+        expected = {}
+        for n, mod in model.named_modules():
+            if _shared_role(n) == "projector" or (_shared_role(n) == "vision" and not vision):
+                continue
+            kids = dict(mod.named_children())
+            outs = [k for k in _SHARED_MLP_OUT if isinstance(kids.get(k), nn.Linear)]
+            ins = [k for k in _SHARED_MLP_IN if isinstance(kids.get(k), nn.Linear)]
+            if len(outs) == 1 and ins:
+                expected[n] = ([kids[k] for k in ins], kids[outs[0]])
+        found = manu.mlp_blocks(model, vision)
+        assert list(found) == list(expected) and found  # same blocks, same order
+        for n, (ins, out) in found.items():
+            assert out is expected[n][1] and len(ins) == len(expected[n][0])
+            assert all(a is b for a, b in zip(ins, expected[n][0]))
+    if adapter.is_multimodal:  # the vision tower's MLPs are found too
+        assert set(manu.mlp_blocks(model, True)) > set(manu.mlp_blocks(model, False))
 
 
 def test_organism_config_reads_the_sweep_choice(tmp_path, monkeypatch):
     import json
 
-    from erasekit import baselines as B
-
     f = tmp_path / "sweep.json"
     f.write_text(json.dumps({"methods": {"GA": {"chosen": {"lr": 1e-3, "epochs": 1}}}}))
     assert B.organism_choices(f) == {"GA": {"lr": 1e-3, "epochs": 1}}
     assert B.organism_choices(tmp_path / "missing.json") == {}
-    monkeypatch.setattr(B, "SWEEP_FILE", f)
+    monkeypatch.setattr(configs, "SWEEP_FILE", f)  # read where organism_choices lives
     cfg = B.organism_config("GA", epochs=2)
     assert (cfg.lr, cfg.epochs) == (1e-3, 2)  # sweep choice, then the override
     assert B.organism_config("NPO").lr == B.NPOConfig().lr  # no choice recorded: class default

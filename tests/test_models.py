@@ -9,10 +9,12 @@ from PIL import Image
 
 from erasekit.models import (
     ADAPTERS,
+    Adapter,
     CausalLMAdapter,
     LlavaAdapter,
     Qwen3VLAdapter,
     Qwen25VLAdapter,
+    adapter_class,
     adapter_for,
     load_model,
     pick_device_dtype,
@@ -60,6 +62,35 @@ def test_structure(any_adapter):
     batch = a.encode(["hello"])
     out = a.model(**batch, output_hidden_states=True)
     assert len(out.hidden_states) == a.num_layers + 1
+
+
+def test_adapters_satisfy_the_protocol(any_adapter):
+    assert isinstance(any_adapter, Adapter)
+    assert not isinstance(object(), Adapter)
+
+
+@pytest.mark.parametrize("cls, path, role", [
+    (LlavaAdapter, "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1", "vision"),
+    (LlavaAdapter, "model.multi_modal_projector.linear_1", "projector"),
+    (LlavaAdapter, "model.language_model.layers.0.mlp.down_proj", "language"),
+    (LlavaAdapter, "lm_head", "lm_head"),
+    (Qwen25VLAdapter, "model.visual.blocks.0.mlp.down_proj", "vision"),
+    (Qwen25VLAdapter, "model.visual.merger.mlp.0", "projector"),
+    (Qwen3VLAdapter, "model.visual.deepstack_merger_list.0.linear_fc1", "projector"),
+    (Qwen3VLAdapter, "model.language_model.layers.1.self_attn.q_proj", "language"),
+    (CausalLMAdapter, "model.layers.0.mlp.gate_proj", "language"),
+    (CausalLMAdapter, "lm_head", "lm_head"),
+])
+def test_module_role_is_class_level_family_knowledge(cls, path, role):
+    assert cls.module_role(path) == role  # no model needed
+
+
+def test_every_module_has_its_family_role(any_adapter):
+    family = adapter_class(any_adapter.model.config.model_type)
+    assert family is type(any_adapter)
+    roles = {any_adapter.module_role(n) for n, _ in any_adapter.model.named_modules()}
+    assert roles == {"lm_head", "language"} | ({"vision", "projector"} if any_adapter.is_multimodal else set())
+    assert any_adapter.mlp_out and any_adapter.mlp_in
 
 
 def test_pick_device_dtype():
@@ -171,12 +202,12 @@ def test_pixel_path_matches_processor(vlm_adapter, size, record_property):
     "src, dst", [((45, 61), (56, 56)), ((45, 61), (32, 64)), ((61, 45), (28, 20)), ((300, 200), (112, 84)), ((40, 40), (50, 60))]
 )
 def test_resize_matches_pil(src, dst):
-    from erasekit.models import _resize
+    from erasekit.models.pixels import resize
 
     img = _pil(*src, seed=4)
     ref = _to_tensor(img.resize(dst[::-1], Image.BICUBIC))
     x = _to_tensor(img)[None].requires_grad_(True)
-    ours = _resize(x, *dst, "bicubic")[0]
+    ours = resize(x, *dst, "bicubic")[0]
     # PIL uses 22-bit fixed-point coefficients with half-up rounding: isolated pixels may differ by 1-2 steps
     assert (ours - ref).abs().max() <= 2.0001 / 255
     assert (ours - ref).abs().mean() < 0.05 / 255
