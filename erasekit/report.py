@@ -21,6 +21,7 @@ from .recipes import GATE_NAMES, GateSetup
 from .tables import results_table
 
 __all__ = [
+    "describe_costs", "describe_throughput",
     "profile_questions",
     "strengths_frame", "describe_choices", "describe_table1", "heldout_auc_by_split", "paper_beside_ours",
     "tradeoff_points", "describe_tradeoff", "case_studies", "describe_categories", "describe_projector", "gate_values_by_group",
@@ -434,3 +435,28 @@ def profile_questions(row: Mapping[str, Any]) -> pd.DataFrame:
         for q in row.get(field, []):
             recs.append({"task": task, "type": q["Type"], "question": q["Question"], "answer": q["Ground_Truth"]})
     return pd.DataFrame(recs, columns=["task", "type", "question", "answer"])
+
+
+def describe_costs(cost: pd.DataFrame, n_default_layers: int, n_paper_layers: int) -> str:
+    """Chapter 08's sentence on the time to unlearn: ``cost`` has a ``seconds`` column indexed by method (the gate
+    fits of :func:`erasekit.efficiency.gate_fit_seconds` and each baseline's training)."""
+    s = cost["seconds"]
+    ours, paper = s["erasekit gate (rank-one fit)"], s["paper gate (rank-one fit)"]
+    dense = s["paper gate (authors' dense d×d route)"]
+    slow = s.drop(index=[i for i in s.index if "gate" in i])
+    text = (f"erasekit's gate fits in {ours:.3g} s for {n_default_layers} layers, the paper's gate in {paper:.3g} s "
+            f"for {n_paper_layers} (the authors' dense route {dense:.3g} s); ")
+    if len(slow):
+        text += (f"the baselines train for {slow.min():.3g}–{slow.max():.3g} s ({slow.min() / ours:.0f}–"
+                 f"{slow.max() / ours:.0f}× longer). ")
+    return text + ("Not counted on either side: the shared inputs (the organism, and for the gates the direction, "
+                   "PGD images and activations, cached once per model).")
+
+
+def describe_throughput(thr: pd.DataFrame, reps: int, n_prompts: int, max_new_tokens: int) -> str:
+    """Chapter 08's sentence on inference overhead, from :func:`erasekit.efficiency.generation_throughput`."""
+    ratios = "; ".join(f"{m} {thr.loc[m, 'vs vanilla']:.2f}" for m in thr.index if m != "vanilla")
+    return (f"Steered / vanilla throughput: {ratios} ({reps} interleaved repetitions of {n_prompts} prompts of "
+            f"{max_new_tokens} generated tokens each, medians; benchmarks/bench_steering_overhead.py has the longer "
+            "runs and the prefill-only ratios).")
+

@@ -212,7 +212,12 @@ def test_results_tables_are_tables(nb):
     """A chapter that renders a results table (render_table) shows it as an HTML <table> in its outputs."""
     _require_site()
     soup = _soup(f"notebooks/{nb.stem}")
-    assert soup.select("div.cell_output table"), f"{nb.stem}: render_table is called but no <table> in the outputs"
+    tables = soup.select("div.cell_output table")
+    assert tables, f"{nb.stem}: render_table is called but no <table> in the outputs"
+    # readable in the page column: at most 10 value columns (+ the row labels) per table
+    for t in tables:
+        widths = [len(tr.find_all(["td"])) for tr in t.find_all("tr")]
+        assert max(widths, default=0) <= 10, f"{nb.stem}: a table {max(widths)} value columns wide (split it)"
 
 
 def test_math_is_served_from_the_site():
