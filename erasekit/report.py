@@ -21,13 +21,14 @@ from .recipes import GATE_NAMES, GateSetup
 from .tables import results_table
 
 __all__ = [
+    "heldout_auc_per_layer",
     "describe_costs", "describe_throughput",
     "profile_questions",
     "strengths_frame", "describe_choices", "describe_table1", "heldout_auc_by_split", "paper_beside_ours",
     "tradeoff_points", "describe_tradeoff", "case_studies", "describe_categories", "describe_projector", "gate_values_by_group",
     "describe_gates", "cascade_table", "describe_cascade", "describe_examples", "separability_table",
-    "steering_norms_by_group", "describe_separability", "steered_embedding", "ablation_table",
-    "describe_ablation", "describe_nullspace_ablation",
+    "steering_norms_by_group", "describe_separability", "steered_embedding",
+   
 ]
 
 
@@ -210,6 +211,21 @@ def describe_projector(summary: pd.DataFrame, acts) -> str:
               "activations': the paper's gate only sees that sliver of each forget query.")
 
 
+def heldout_auc_per_layer(setup: GateSetup, acts, gamma: float, null_space: float | str) -> pd.DataFrame:
+    """Per layer 1..L-1, the held-out gate AUC (forget questions vs tune retain questions, k-fold) of the paper gate
+    (absolute ``gamma``, ``null_space``) on ``acts`` and of erasekit's gate at its chosen γ (from its selection)."""
+    pct, modes = setup.config.forget_pct, setup.config.fit_modes
+    tune = pl.query_activations(setup.session, pct, ("Ret",), modes=modes, role="tune", progress=False)["Ret"]
+    layers = list(range(1, setup.session.num_layers))
+    sel = setup.steerer("default").meta["selection"]
+    return pd.DataFrame({
+        "paper gate": tuning.heldout_gate_auc(acts.forget, acts.retain, tune, setup.direction, layers,
+                                              gate="nullspace", gamma=gamma, gamma_scale="absolute",
+                                              null_space=null_space),
+        "erasekit gate": {int(l): a for l, a in sel["auc"][str(sel["gamma"])].items()},
+    }).rename_axis("layer")
+
+
 def gate_values_by_group(setup: GateSetup, queries: dict, layer: int) -> dict:
     """``{gate name: {group: gate values at layer}}`` on ``{group: {layer: (N, d)}}`` activations. For erasekit's
     gate the value as applied (after its floor); layers a gate does not steer are skipped."""
@@ -374,53 +390,6 @@ def steered_embedding(setup: GateSetup, gate: str = "default", mode: str = "QA",
                + ("the forget queries move, the retain queries essentially stay." if shift["Fgt"] > 5 * shift["Ret"]
                   else "the retain queries move too, by a comparable amount."))
     return {"points": points, "summary": summary, "layer": layer}
-
-
-def ablation_table(setup: GateSetup, variants: dict, modes: Sequence[str] = ("QA",),
-                   tasks: Sequence[str] = ("classification", "generation", "cloze"), forget_pct: int | None = None,
-                   ) -> pd.DataFrame:
-    """Vanilla and each ``{name: Steering}`` scored on the held-out profiles; rows = variants, columns (task, split)
-    (accuracy %, ROUGE-L), averaged over ``modes``."""
-    pct = setup.config.forget_pct if forget_pct is None else forget_pct
-    kw = dict(modes=modes, tasks=tasks, max_new_tokens=setup.config.max_new_tokens, progress=False)
-    frames = [runs.evaluate_steering(setup.session, pct, None, method="Vanilla", **kw)]
-    frames += [runs.evaluate_steering(setup.session, pct, s, method=name, **kw) for name, s in variants.items()]
-    df = pd.concat(frames, ignore_index=True)
-    return results_table(df.assign(mode="QA")).xs("QA", level="mode")  # one row per variant, modes pooled
-
-
-def describe_ablation(table: pd.DataFrame, reference: str) -> str:
-    """Per variant: cloze drop (points) on Fgt / Test / Ret / Cele and generation ROUGE-L on Fgt / Ret, against
-    ``reference`` (a row) — what changing one thing does."""
-    def drop(m, split):
-        return float(table.loc["Vanilla", ("cloze", split)] - table.loc[m, ("cloze", split)])
-
-    rows = [m for m in table.index if m != "Vanilla"]
-    parts = [f"{m}: {drop(m, 'Fgt'):.0f} / {drop(m, 'Test'):.0f} / {drop(m, 'Ret'):.0f} / {drop(m, 'Cele'):.0f}"
-             f" (ROUGE-L Fgt {table.loc[m, ('generation', 'Fgt')]:.2f}, Ret {table.loc[m, ('generation', 'Ret')]:.2f})"
-             for m in rows]
-    ref = drop(reference, "Fgt") - max(drop(reference, "Ret"), drop(reference, "Cele"))
-    better = [m for m in rows if m != reference
-              and drop(m, "Fgt") - max(drop(m, "Ret"), drop(m, "Cele")) > ref + 2]
-    return ("Cloze accuracy drop from vanilla (points) on forget / test / retain / celebrities — " + "; ".join(parts)
-            + f". Selectivity (forget drop minus the larger retain-side drop): {ref:.0f} points for {reference}; "
-            + (f"more selective: {', '.join(better)}." if better else "no variant is more selective."))
-
-
-def describe_nullspace_ablation(auc: pd.DataFrame, recs: pd.DataFrame, exact_auc: float, small, default) -> str:
-    """Why the paper's gate fails on the organism, in numbers (notebook 07)."""
-    best = default.meta["selection"]
-    best_auc = max(float(a) for a in best["auc"][str(best["gamma"])].values())
-    n_small = small.meta["n_retain"] + small.meta["n_celebrity"]
-    return (f"The paper gate's held-out AUC spans {auc.min().min():.2f}–{auc.max().max():.2f} over null-space ratios "
-            f"{', '.join(f'{r:g}' for r in auc.index)} and γ {', '.join(f'{g:g}' for g in auc.columns)}; P keeps "
-            f"{recs['forget energy kept (%)'].min():.2g}–{recs['forget energy kept (%)'].max():.2g} % of the forget "
-            f"activations' energy. The exact null space of a small H_r ({n_small} rows, fewer than d) gives "
-            f"{exact_auc:.2f}. erasekit's contrastive gate reaches {best_auc:.2f} on the same held-out measure. "
-            "Forget and retain questions share their templates and differ only in the person; the person's identity "
-            "lives in directions where the retain set (other people) also varies, which P removes by construction. "
-            "On LLaVA-1.5-7B (d = 4096) the paper finds enough room left; on a 192-dimensional organism there is "
-            "none.")
 
 
 def profile_questions(row: Mapping[str, Any]) -> pd.DataFrame:

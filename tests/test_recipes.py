@@ -3,6 +3,8 @@ the tables and sentences the result chapters show (they must run, carry the meas
 
 from __future__ import annotations
 
+import dataclasses
+
 import warnings
 
 import pandas as pd
@@ -14,7 +16,7 @@ from erasekit import cache as ekcache, runs, safety
 from erasekit import separability as sep
 from erasekit.session import load_session, model_key
 from erasekit.strengths import TaskSteering
-from erasekit import recipes, report
+from erasekit import ablations, recipes, report
 from erasekit.world import make_world
 
 
@@ -88,9 +90,23 @@ def test_ablation_and_cascade_helpers(setup):
         warnings.simplefilter("ignore")
         variants = {"ours": setup.steering("default"), "no floor": recipes.gate_variant(setup, floor=False),
                     "steered read": recipes.gate_variant(setup, read="steered")}
-        table = report.ablation_table(setup, variants, tasks=("generation", "cloze"))
+        table = ablations.ablation_table(setup, variants, tasks=("generation", "cloze"))
         reads = report.cascade_table(setup)
     assert list(table.index) == ["Vanilla", "ours", "no floor", "steered read"]
-    assert "Selectivity" in report.describe_ablation(table, "ours")
+    assert "Selectivity" in ablations.describe_ablation(table, "ours")
     assert {"steered", "frozen", "fitting data"} <= set(reads.index.get_level_values("reading"))
     assert "extra prefill" in report.describe_cascade(reads)
+
+
+def test_chapter07_grids(setup):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        variants, pgd = ablations.pgd_budget_variants(setup, [setup.config.eps])
+        text_only = dataclasses.replace(setup, config=dataclasses.replace(setup.config, fit_modes=("QA",)))
+        grid = ablations.nullspace_gate_grid(text_only, [0.3, 0.5], [0.1, 1.0], exact_retain=1, exact_celeb=1)
+    assert list(variants) == [f"direction from PGD ε = {round(setup.config.eps * 255)}/255"]
+    assert list(pgd.columns) == ["PGD loss drop"]
+    assert grid["auc"].shape == (2, 2) and ((grid["auc"] >= 0) & (grid["auc"] <= 1)).all().all()
+    assert 0 <= grid["exact_auc"] <= 1 and grid["layer"] == setup.steerer("paper").layers[-1]
+    assert "held-out AUC spans" in ablations.describe_nullspace_ablation(
+        grid["auc"], grid["records"], grid["exact_auc"], grid["small"], setup.steerer("default"))
