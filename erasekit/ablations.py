@@ -15,13 +15,14 @@ import pandas as pd
 from . import pipeline as pl
 from . import runs
 from .nullspace import projector_summary
+from .paper import paper_table
 from .recipes import GateSetup, gate_variant
 from .strengths import TaskSteering
 from .tables import results_table
 from .tuning import heldout_gate_auc
 
 __all__ = ["ablation_table", "describe_ablation", "pgd_budget_variants", "nullspace_gate_grid",
-           "describe_nullspace_ablation"]
+           "describe_nullspace_ablation", "PAPER_ABLATIONS", "paper_ablations", "describe_paper_beside_ours"]
 
 
 def ablation_table(setup: GateSetup, variants: dict, modes: Sequence[str] = ("QA",),
@@ -114,3 +115,45 @@ def nullspace_gate_grid(setup: GateSetup, ns_grid: Sequence[float], gamma_grid: 
                              gamma_scale="absolute", null_space="exact")[layer]
     return {"auc": records.pivot_table(index="null-space ratio", columns="γ", values="held-out AUC"),
             "records": records, "exact_auc": float(exact), "small": small, "layer": layer}
+
+
+PAPER_ABLATIONS = {"table2": "Table 2 (Qwen-2.5-VL-7B, 5 %): direction and input-awareness",
+                   "table3": "Table 3 (LLaVA-1.5-7B, 10 %): PGD budget ε",
+                   "table9": "Table 9 (LLaVA-1.5-7B, 10 %): steered layers",
+                   "table10": "Table 10 (LLaVA-1.5-7B, 10 %): linear vs MLP map"}
+
+
+def paper_ablations(task: str = "cloze") -> pd.DataFrame:
+    """The paper's own ablation tables (image questions, ``task`` scores as printed), one row per (table,
+    variant), with each variant's drop from that table's Vanilla on Fgt and on Ret: what the authors measured,
+    to read beside chapter 07's numbers (organism, text questions)."""
+    frames = []
+    for name, label in PAPER_ABLATIONS.items():
+        t = paper_table(name, task=task).pivot_table(index="method", columns="split", values="value", sort=False)
+        t = t[["Fgt", "Test", "Ret", "Cele"]]
+        t["Fgt drop"] = t.loc["Vanilla", "Fgt"] - t["Fgt"]
+        t["Ret drop"] = t.loc["Vanilla", "Ret"] - t["Ret"]
+        frames.append(t.drop(index="Vanilla").assign(table=label).set_index("table", append=True).swaplevel())
+    return pd.concat(frames).round(2)
+
+
+def describe_paper_beside_ours(paper: pd.DataFrame, ours: pd.DataFrame, pairs: dict[tuple[str, str], str],
+                               reference: str) -> str:
+    """One sentence per paper ablation row in ``pairs`` ``{(paper table key, paper variant): our row}``: the cloze
+    drop from vanilla on Fgt and Ret in the paper (image questions) and ours (``ours``: an :func:`ablation_table`
+    frame with a Vanilla row, text questions, held-out profiles), against each side's full method."""
+    def our_drop(row: str, split: str) -> float:
+        return float(ours.loc["Vanilla", ("cloze", split)] - ours.loc[row, ("cloze", split)])
+
+    parts = []
+    for (table, variant), row in pairs.items():
+        p = paper.xs(PAPER_ABLATIONS[table], level="table")
+        full = "Ours" if "Ours" in p.index else "all" if "all" in p.index else "eps=16/255"
+        parts.append(
+            f"{variant} — paper: Fgt −{p.loc[variant, 'Fgt drop']:.0f} / Ret −{p.loc[variant, 'Ret drop']:.0f} points "
+            f"(full method −{p.loc[full, 'Fgt drop']:.0f} / −{p.loc[full, 'Ret drop']:.0f}); organism ({row}): "
+            f"Fgt −{our_drop(row, 'Fgt'):.0f} / Ret −{our_drop(row, 'Ret'):.0f} (erasekit gate "
+            f"−{our_drop(reference, 'Fgt'):.0f} / −{our_drop(reference, 'Ret'):.0f})")
+    return ("Cloze accuracy drops from vanilla, the paper's ablations beside ours: " + "; ".join(parts) + ". "
+            "The paper's rows are image questions on 7B models, ours text questions on the organism: compare the "
+            "direction of each effect, not its size.")
