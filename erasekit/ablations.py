@@ -142,6 +142,8 @@ def describe_paper_beside_ours(paper: pd.DataFrame, ours: pd.DataFrame, pairs: d
     """One sentence per paper ablation row in ``pairs`` ``{(paper table key, paper variant): our row}``: the cloze
     drop from vanilla on Fgt and Ret in the paper (image questions) and ours (``ours``: an :func:`ablation_table`
     frame with a Vanilla row, text questions, held-out profiles), against each side's full method."""
+    ours = ours[~ours.index.duplicated()]  # the reference row may come from several ablation tables
+
     def our_drop(row: str, split: str) -> float:
         return float(ours.loc["Vanilla", ("cloze", split)] - ours.loc[row, ("cloze", split)])
 

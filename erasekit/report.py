@@ -17,6 +17,7 @@ from . import pipeline as pl
 from . import runs
 from . import separability as sep
 from . import tuning
+from .paper import paper_results_table
 from .recipes import GATE_NAMES, GateSetup
 from .tables import results_table
 
@@ -124,10 +125,10 @@ def describe_table1(tables: dict, aucs: dict | None = None) -> str:
 PAPER_TABLE_5PCT = {"VQA": "table1", "QA": "table6"}
 
 
-def paper_beside_ours(table: pd.DataFrame, mode: str = "QA", paper_table: str | None = None) -> pd.DataFrame:
-    """The paper's 5 % rows (LLaVA-1.5-7B, Table 1 / Table 6) above ours (vanilla, both gates), one mode."""
-    from .paper import paper_results_table
-
+def paper_beside_ours(table: pd.DataFrame, mode: str = "QA", paper_table: str | None = None,
+                      tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """The paper's 5 % rows (LLaVA-1.5-7B, Table 1 / Table 6) above ours (vanilla, both gates), one mode; only
+    ``tasks``' columns if given (e.g. :data:`erasekit.tables.TASK_GROUPS`, to keep the table page-wide)."""
     theirs = paper_results_table(paper_table or PAPER_TABLE_5PCT[mode])
     ours = table.xs(mode, level="mode")
     keep = [m for m in ours.index if m == "Vanilla" or m in GATE_NAMES.values()]
@@ -135,7 +136,7 @@ def paper_beside_ours(table: pd.DataFrame, mode: str = "QA", paper_table: str | 
     if mode in theirs.index.get_level_values(0):
         theirs = theirs.xs(mode, level=0)
     theirs = theirs.rename(index=lambda m: f"paper (LLaVA-1.5-7B) · {m}")
-    cols = [c for c in ours.columns if c in theirs.columns]
+    cols = [c for c in ours.columns if c in theirs.columns and (tasks is None or c[0] in tasks)]
     return pd.concat([theirs[cols], ours[cols]]).round(2)
 
 
