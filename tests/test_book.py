@@ -195,7 +195,7 @@ def test_landing_page_states_the_finding():
         "the landing page (book/intro.md) must state the finding up front"
     # the findings list glued from chapter 09: computed numbers, not prose alone
     found = text[text.index("What we found"):]
-    assert "contrastive gate selects" in found and len(re.findall(r"\d+(?:\.\d+)? ?%", found)) >= 8, \
+    assert "contrastive gate selects" in found and len(re.findall(r"\d+(?:\.\d+)?\s*%", found)) >= 8, \
         "the landing page must show chapter 09's findings with their numbers (glued from chapter 09)"
 
 
