@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from erasekit.artifacts import atomic_write
+from erasekit.files import atomic_write
 from erasekit.models import adapter_for, pick_device_dtype
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -41,11 +41,10 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 from torch import Tensor
 
-from .cache_keys import cache_key  # re-exported: it lived here first and pipeline.py imports it from here
-from .files import atomic_write  # re-exported too: code outside this change imports it from here
+from .files import atomic_write
 
 __all__ = ["save_artifact", "load_artifact", "read_sidecar", "artifact_exists", "artifact_paths", "ArtifactError",
-           "register_artifact", "registered_kinds", "Encoded", "jsonable", "cache_key", "atomic_write"]
+           "register_artifact", "registered_kinds", "Encoded", "jsonable"]
 
 FORMAT = "erasekit-artifact"
 VERSION = 1

@@ -1,7 +1,7 @@
 """The cache of the pipeline's expensive steps: where results live, how they are keyed, and the in-process memo.
 
 A step computes its result once and stores it with :mod:`erasekit.artifacts` under
-:func:`erasekit.paths.cache_dir` (``<step>/<key[:24]>``), keyed by :func:`erasekit.artifacts.cache_key` of
+:func:`erasekit.paths.cache_dir` (``<step>/<key[:24]>``), keyed by :func:`erasekit.cache_keys.cache_key` of
 everything that determines it: the model (:func:`erasekit.session.model_key`), the data actually fed to the model
 (prompts and image pixels), the hyperparameters and the keys of upstream results (:func:`key_of`). Evaluation
 results (DataFrames) are stored next to them as parquet files with the same key scheme. So notebooks run alone and

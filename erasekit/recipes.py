@@ -3,7 +3,7 @@
 One call, :func:`gate_setup`, builds everything the result chapters share from a :class:`GateConfig`: the PGD
 images and the multimodal erasure direction (Eq. 5-7), the paper's steerer (null-space gate, Eq. 10-12, the
 authors' settings) and erasekit's default steerer (contrastive gate, :func:`erasekit.tuning.choose_gate`), and λ
-per task for each by the same rule (:func:`erasekit.pipeline.choose_strengths`, on tuning profiles only). Every
+per task for each by the same rule (:func:`erasekit.runs.choose_strengths`, on tuning profiles only). Every
 step is cached by the pipeline, so a second notebook pays nothing.
 
 :func:`gate_selectivity` scores both against the vanilla model on the held-out profiles and returns the record

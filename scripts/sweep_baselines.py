@@ -16,9 +16,10 @@ import json
 import os
 import time
 
-import erasekit.pipeline as pl
+from erasekit import runs
+from erasekit.session import load_session
 from erasekit import baselines as B
-from erasekit.artifacts import atomic_write
+from erasekit.files import atomic_write
 from erasekit.evaluate import sample_rows
 
 GRIDS = {
@@ -40,10 +41,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "data", "results",
                                                    "baseline_sweep.json"))
     args = ap.parse_args(argv)
-    d = pl.load_default()
-    forget, retain = pl.baseline_data(d, args.forget_pct, args.retain_train)
+    session = load_session()
+    forget, retain = runs.baseline_data(session, args.forget_pct, args.retain_train)
     # The held-out side of the rule: the partition's "tune" profiles (never trained on, never scored by the tables).
-    held = pl.tuning_rows(d, args.forget_pct)["Ret"]
+    held = runs.tuning_rows(session, args.forget_pct)["Ret"]
     eval_retain = sample_rows(B.build_examples(held), 160, 0, "sweep-examples")
     out = {"forget_pct": args.forget_pct, "retain_train": args.retain_train, "max_retain_drop": args.max_retain_drop,
            "rule": "lowest teacher-forced forget accuracy with held-out retain accuracy >= vanilla - max_retain_drop",
@@ -51,7 +52,7 @@ def main(argv=None) -> dict:
     for m in args.methods:
         t0 = time.time()
         base = B.CONFIGS[m](progress=False)
-        rows = B.sweep(d.adapter, forget, retain, base, GRIDS[m], eval_retain=eval_retain)
+        rows = B.sweep(session.adapter, forget, retain, base, GRIDS[m], eval_retain=eval_retain)
         best = B.pick_config(rows, args.max_retain_drop)
         chosen = {k: best[k] for k in GRIDS[m]}
         out["methods"][m] = {"grid": GRIDS[m], "rows": rows, "chosen": chosen, "within_budget": best["within_budget"],

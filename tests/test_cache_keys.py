@@ -27,10 +27,6 @@ def test_cache_key_is_value_based_and_order_free():
         cache_key(x=object())
 
 
-def test_artifacts_re_exports_cache_key():
-    assert erasekit.artifacts.cache_key is cache_key
-
-
 def test_cache_key_digest_is_stable():
     """Cached pipeline steps are found by these digests: the hash of a fixed input must never change."""
     key = cache_key(model="llava", layers=[1, 2], eps=16 / 255, x=torch.arange(4.0), a=np.ones(3),

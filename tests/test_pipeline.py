@@ -37,7 +37,7 @@ def _forget_memo():
     ekcache._MEMO.clear()
 
 
-def test_load_default_errors(tiny_llava, tmp_path):
+def test_load_session_errors(tiny_llava, tmp_path):
     with pytest.raises(ValueError, match="data="):
         load_session(tiny_llava)
     with pytest.raises(FileNotFoundError, match="build-organism|does not exist"):
