@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-import erasekit.artifacts
 from erasekit.cache_keys import cache_key
 from erasekit.directions import ErasureDirection
 
