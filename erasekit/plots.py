@@ -125,14 +125,17 @@ def bars(table: Any, ylabel: str = "", title: str | None = None, ax=None, ylim: 
         vals = np.asarray(table[c], dtype=float)
         b = ax.bar(x + (j - (len(cols) - 1) / 2) * width, vals, width, label=str(c))
         ax.bar_label(b, labels=[fmt.format(v) for v in vals], fontsize=7, padding=1)
-    ax.set_xticks(x, rows, fontsize=8)
+    # long group labels would run into each other: slant them (room per group ~ 60 / groups characters)
+    slant = max(map(len, rows), default=0) > 60 / max(1, len(rows))
+    ax.set_xticks(x, rows, fontsize=8, rotation=30 if slant else 0, ha="right" if slant else "center",
+                  rotation_mode="anchor")
     ax.set_ylabel(ylabel)
     if ylim is not None:
         ax.set_ylim(ylim[0], ylim[1] * 1.1)  # room for the labels
     if title:
         ax.set_title(title)
-    if len(cols) > 1:
-        ax.legend(fontsize=8)
+    if len(cols) > 1:  # beside the axes, never over a bar
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return fig
 
 

@@ -68,3 +68,16 @@ def test_multi_panel_helpers_return_their_figures():
     assert [int(t) for t in figs[1].axes[0].get_xticks()] == [1, 2]  # integer layer ticks only
     for f in figs:
         plt.close(f)
+
+
+def test_bars_slant_long_labels_and_keep_the_legend_off_the_bars():
+    long = pd.DataFrame({"seconds": [0.1, 40.0, 50.0]},
+                        index=["erasekit gate (rank-one fit)", "paper gate (authors' dense route)", "GA"])
+    ax = plots.bars(long, ylim=None).axes[0]
+    assert ax.get_xticklabels()[0].get_rotation() == 30
+    short = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]}, index=["VQA", "QA"])
+    ax = plots.bars(short).axes[0]
+    assert ax.get_xticklabels()[0].get_rotation() == 0
+    legend = ax.get_legend()
+    assert legend is not None and legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1  # right of the axes
+    plt.close("all")
