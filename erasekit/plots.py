@@ -97,13 +97,22 @@ def per_layer(series: Mapping[str, Mapping[int, float]], ylabel: str = "", title
     return fig
 
 
-def loss_curves(history: Any, labels: Sequence[str] | None = None, ax=None, title: str | None = None):
-    """PGD loss per step, one line per image; ``history`` (B, steps)."""
+def loss_curves(history: Any, labels: Sequence[str] | None = None, ax=None, title: str | None = None,
+                smooth: int = 10):
+    """PGD loss per step, one line per image; ``history`` (B, steps). Each step samples its targets, so the raw
+    loss is noisy: it is drawn faint, with its running mean over ``smooth`` steps on top (1: raw only)."""
     fig, ax = _ax(ax)
     h = _np(history)
     for i, row in enumerate(np.atleast_2d(h)):
-        ax.plot(np.arange(len(row)), row, lw=1, label=None if labels is None else labels[i])
-    ax.set_xlabel("PGD step")
+        steps = np.arange(len(row))
+        if smooth > 1 and len(row) >= smooth:
+            raw, = ax.plot(steps, row, lw=0.6, alpha=0.3)
+            mean = np.convolve(row, np.ones(smooth) / smooth, mode="valid")
+            ax.plot(steps[smooth - 1:], mean, lw=1.6, color=raw.get_color(),
+                    label=None if labels is None else labels[i])
+        else:
+            ax.plot(steps, row, lw=1, label=None if labels is None else labels[i])
+    ax.set_xlabel("PGD step" + (f" (bold: running mean of {smooth})" if smooth > 1 else ""))
     ax.set_ylabel("mean CE of harmful targets")
     if title:
         ax.set_title(title)
