@@ -4,7 +4,8 @@ The module list reads like the method: ``models`` (one adapter per family), ``ho
 ``directions`` (Eq. 3/7), ``attack`` (PGD, Eq. 5-6), ``nullspace``, ``gates`` and ``steering`` (Eq. 10-13 through the
 rank-one identity), ``artifacts`` (safetensors + JSON sidecar) over ``files`` (atomic writes) and ``cache_keys``,
 ``world`` / ``organism`` / ``data`` (the embedded default), ``evaluate`` (MLLMU-Bench protocol) with ``scoring``
-(judging a response), ``tables`` (Table-1 layout) and ``safety`` (refusal check).
+(judging a response), ``tables`` (Table-1 layout) and ``safety`` (refusal check); ``response_quality`` (contextual
+refusals, hallucination, diversity, fluency).
 """
 
 import os as _os
@@ -32,6 +33,8 @@ from .nullspace import NullSpaceProjector, null_space_projector
 from .heldout import ProfilePartition, partition_profiles
 from .safety import evaluate_safety, refusal_rates
 from .scoring import CATEGORIES, categorize, is_degenerate, is_refusal
+from .response_quality import (distinct_n, fluency_nll, hallucination, is_contextual_refusal, quality_table,
+                               repetition_rate, rigid_refusal_share)
 from .steering import (GATES, GatedOperator, InputAwareMap, InputAwareSteerer, MLPMap, ablation_operator,
                        constant_operator, constant_operators, dense_gate_reference, fit_contrastive_gate, fit_gate,
                        fit_input_aware, fit_mlp, fit_mlp_steerer, fit_steerer)
@@ -51,6 +54,8 @@ __all__ = [
     "MLLMUBench", "load_split", "split_files", "write_rows", "write_world",
     "BENCHMARK", "CATEGORIES", "ZERO_SHOT", "categorize", "category_table", "evaluate_model", "evaluate_safety",
     "is_degenerate", "is_refusal", "refusal_rates", "render_table", "results_table",
+    "distinct_n", "fluency_nll", "hallucination", "is_contextual_refusal", "quality_table", "repetition_rate",
+    "rigid_refusal_share",
     "ErasureDirection", "cosine_per_layer", "diff_in_means", "layer_norms", "project_out",
     "capture", "check_layers", "collect_activations", "steer",
     "Adapter", "CausalLMAdapter", "LlavaAdapter", "ModelAdapter", "Qwen3VLAdapter", "Qwen25VLAdapter", "adapter_for",
