@@ -5,7 +5,7 @@ The module list reads like the method: ``models`` (one adapter per family), ``ho
 rank-one identity), ``artifacts`` (safetensors + JSON sidecar) over ``files`` (atomic writes) and ``cache_keys``,
 ``world`` / ``organism`` / ``data`` (the embedded default), ``evaluate`` (MLLMU-Bench protocol) with ``scoring``
 (judging a response), ``tables`` (Table-1 layout) and ``safety`` (refusal check); ``response_quality`` (contextual
-refusals, hallucination, diversity, fluency).
+refusals, hallucination, diversity, fluency) and ``rewards`` (the refusal-boundary reward).
 """
 
 import os as _os
@@ -35,6 +35,7 @@ from .safety import evaluate_safety, refusal_rates
 from .scoring import CATEGORIES, categorize, is_degenerate, is_refusal
 from .response_quality import (distinct_n, fluency_nll, hallucination, is_contextual_refusal, quality_table,
                                repetition_rate, rigid_refusal_share)
+from .rewards import RewardWeights, boundary_reward, quality_reward
 from .steering import (GATES, GatedOperator, InputAwareMap, InputAwareSteerer, MLPMap, ablation_operator,
                        constant_operator, constant_operators, dense_gate_reference, fit_contrastive_gate, fit_gate,
                        fit_input_aware, fit_mlp, fit_mlp_steerer, fit_steerer)
@@ -55,7 +56,7 @@ __all__ = [
     "BENCHMARK", "CATEGORIES", "ZERO_SHOT", "categorize", "category_table", "evaluate_model", "evaluate_safety",
     "is_degenerate", "is_refusal", "refusal_rates", "render_table", "results_table",
     "distinct_n", "fluency_nll", "hallucination", "is_contextual_refusal", "quality_table", "repetition_rate",
-    "rigid_refusal_share",
+    "rigid_refusal_share", "RewardWeights", "boundary_reward", "quality_reward",
     "ErasureDirection", "cosine_per_layer", "diff_in_means", "layer_norms", "project_out",
     "capture", "check_layers", "collect_activations", "steer",
     "Adapter", "CausalLMAdapter", "LlavaAdapter", "ModelAdapter", "Qwen3VLAdapter", "Qwen25VLAdapter", "adapter_for",
