@@ -3,9 +3,10 @@
 The module list reads like the method: ``models`` (one adapter per family), ``hooks`` (capture and steer),
 ``directions`` (Eq. 3/7), ``attack`` (PGD, Eq. 5-6), ``nullspace``, ``gates`` and ``steering`` (Eq. 10-13 through the
 rank-one identity), ``artifacts`` (safetensors + JSON sidecar) over ``files`` (atomic writes) and ``cache_keys``,
-``world`` / ``organism`` / ``data`` (the embedded default), ``evaluate`` (MLLMU-Bench protocol) with ``scoring``
-(judging a response), ``tables`` (Table-1 layout) and ``safety`` (refusal check); ``response_quality`` (contextual
-refusals, hallucination, diversity, fluency) and ``rewards`` (the refusal-boundary reward).
+``world`` / ``organism`` / ``data`` (the embedded default; ``clear`` reads CLEAR), ``evaluate`` (MLLMU-Bench
+protocol) with ``scoring`` (judging a response), ``tables`` (Table-1 layout) and ``safety`` (refusal check);
+``response_quality`` (contextual refusals, hallucination, diversity, fluency) and ``rewards`` (the refusal-boundary
+reward).
 """
 
 import os as _os
@@ -23,6 +24,7 @@ from .baselines import (CONFIGS, Example, GAConfig, GADiffConfig, KLMinConfig, M
                         build_examples, pick_config, retain_finetune, sweep, unlearn)
 from .cache_keys import cache_key
 from .data import MLLMUBench, load_split, split_files, write_rows, write_world
+from .clear import ClearBench
 from .directions import ErasureDirection, cosine_per_layer, diff_in_means, layer_norms, project_out
 from .evaluate import BENCHMARK, ZERO_SHOT
 from .evaluate import evaluate as evaluate_model  # the module erasekit.evaluate keeps its name
@@ -52,7 +54,7 @@ __all__ = [
     "CONFIGS", "Example", "GAConfig", "GADiffConfig", "KLMinConfig", "MANUConfig", "MMUnlearnerConfig", "NPOConfig",
     "RetainFTConfig", "TrainConfig", "UnlearnResult", "answer_accuracy", "answer_nll", "build_examples",
     "pick_config", "retain_finetune", "sweep", "unlearn",
-    "MLLMUBench", "load_split", "split_files", "write_rows", "write_world",
+    "MLLMUBench", "load_split", "split_files", "write_rows", "write_world", "ClearBench",
     "BENCHMARK", "CATEGORIES", "ZERO_SHOT", "categorize", "category_table", "evaluate_model", "evaluate_safety",
     "is_degenerate", "is_refusal", "refusal_rates", "render_table", "results_table",
     "distinct_n", "fluency_nll", "hallucination", "is_contextual_refusal", "quality_table", "repetition_rate",
