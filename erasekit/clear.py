@@ -84,7 +84,7 @@ from .data import _decode_image, split_files
 from .scoring import cloze_correct
 
 __all__ = ["FORGET_PCTS", "SPLIT_CONFIGS", "NAME_QUESTION", "CAPTION_QUESTION", "NAME_CLOZE", "ClearBench",
-           "clear_files", "clear_row", "load_config"]
+           "clear_files", "clear_row", "load_config", "is_clear_folder"]
 
 FORGET_PCTS = (1, 5, 10)
 SPLIT_CONFIGS = {"Full_Set": "full", "forget_1": "forget01", "forget_5": "forget05", "forget_10": "forget10",
@@ -118,6 +118,16 @@ def clear_files(root: str | os.PathLike, config: str) -> list[Path]:
     raise FileNotFoundError(f"CLEAR config {config!r} not found under {str(root)!r}: expected "
                             f"{root / config}/train-00000-of-0000N.parquet (or {root / config}/train/*.parquet); "
                             f"the folder holds {present}")
+
+
+def is_clear_folder(root: str | os.PathLike) -> bool:
+    """Whether ``root`` looks like a local CLEAR copy (it holds the ``forget05`` config in a layout
+    :func:`clear_files` reads), as opposed to an MLLMU-Bench folder."""
+    try:
+        clear_files(root, "forget05")
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _digest(*parts: Any) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from . import paths
 from .cache_keys import cache_key
+from .clear import ClearBench, is_clear_folder
 from .data import MLLMUBench
 from .heldout import ProfilePartition, partition_profiles
 from .models import load_model
@@ -133,7 +134,9 @@ def load_session(model: Any = None, data: Any = None, *, device: Any = None, dty
         model: a local folder or hub id (LLaVA-1.5, Qwen2.5-VL, Qwen3-VL in HF format), an already built adapter,
             or None for :func:`erasekit.paths.organism_dir`.
         data: None (the organism's own world: ``model`` must be an erasekit organism folder), a folder with the
-            MLLMU-Bench parquet files (:class:`erasekit.data.MLLMUBench`), or a World / anything with ``split``.
+            MLLMU-Bench parquet files (:class:`erasekit.data.MLLMUBench`) or a local CLEAR copy
+            (:class:`erasekit.clear.ClearBench`, recognised by its ``forget05`` config), or a World / anything with
+            ``split``.
         device, dtype: passed to :func:`erasekit.models.load_model` (default: GPU + bf16 when there is one).
         safety_world: world used for the safety prompts' names (default: the source world, or a small synthetic
             one when the source is a real benchmark).
@@ -162,7 +165,7 @@ def load_session(model: Any = None, data: Any = None, *, device: Any = None, dty
                              f"world: pass data=<folder with the MLLMU-Bench parquet files>")
         source = world = load_world_for(os.fspath(model))
     elif isinstance(data, (str, os.PathLike)):
-        source = MLLMUBench(data)
+        source = ClearBench(data) if is_clear_folder(data) else MLLMUBench(data)
     elif hasattr(data, "split"):
         source = data
         world = data if hasattr(data, "portrait") else None

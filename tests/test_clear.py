@@ -186,8 +186,10 @@ def test_other_configs(bench):
 def test_a_session_takes_it_as_data(bench, tiny_llava):
     from erasekit.session import load_session
 
-    session = load_session(tiny_llava, bench)  # notebooks: load_session(model, data=ClearBench(folder))
+    session = load_session(tiny_llava, bench)
     assert session.source is bench and session.world is None and session.partition is not None
+    by_path = load_session(tiny_llava, bench.root)  # a folder in CLEAR's layout is recognised as CLEAR
+    assert type(by_path.source).__name__ == "ClearBench" and by_path.source.root == bench.root
 
 
 def test_partition_profiles_accepts_clear(bench):
