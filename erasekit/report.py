@@ -22,6 +22,7 @@ from .recipes import GATE_NAMES, GateSetup
 from .tables import results_table
 
 __all__ = [
+    "describe_refusal_quality",
     "heldout_auc_per_layer",
     "describe_costs", "describe_throughput",
     "profile_questions",
@@ -429,4 +430,29 @@ def describe_throughput(thr: pd.DataFrame, reps: int, n_prompts: int, max_new_to
     return (f"Steered / vanilla throughput: {ratios} ({reps} interleaved repetitions of {n_prompts} prompts of "
             f"{max_new_tokens} generated tokens each, medians; benchmarks/bench_steering_overhead.py has the longer "
             "runs and the prefill-only ratios).")
+
+
+def describe_refusal_quality(q: pd.DataFrame) -> str:
+    """Chapter 05's sentence on how each method refuses (:func:`erasekit.response_quality.quality_table` rows,
+    ``method, split`` columns): refusal and contextual-refusal rates on Fgt, hallucination on Fgt, over-refusal on
+    Ret / Cele, and the share of refusals that are one repeated string."""
+    t = q.set_index(["method", "split"])
+    parts = []
+    for m in dict.fromkeys(q["method"]):
+        f, r, c = t.loc[(m, "Fgt")], t.loc[(m, "Ret")], t.loc[(m, "Cele")]
+        if f["refusal"] == 0 and r["over_refusal"] == 0:
+            continue
+        rigid = f["rigid_refusal_share"]
+        parts.append(f"{m}: refuses {f['refusal']:.0f} % of forget questions, {f['contextual_refusal']:.0f} % "
+                     f"contextually, answers {f['hallucination']:.0f} % confidently wrong, over-refuses "
+                     f"{r['over_refusal']:.1f} % (retain) / {c['over_refusal']:.1f} % (celebrities)"
+                     + ("" if rigid != rigid else f"; {100 * rigid:.0f} % of its refusals are one same string"))
+    if not parts:
+        return "No method refuses anything on these questions."
+    return ("How the methods refuse (ASRU's measures; generation and cloze questions, text): " + "; ".join(parts)
+            + ". A contextual refusal declines and refers to what was asked without leaking the answer "
+              "(erasekit.response_quality). " + ("No method's refusals here are contextual: pushing along one "
+              "refusal direction yields stock refusals, and the answers it does not stop are confident wrong ones — "
+              "the gap ASRU's reinforcement stage targets." if (q["contextual_refusal"].fillna(0) == 0).all() else
+              "Steering alone yields mostly stock refusals; ASRU's reinforcement stage targets that gap."))
 

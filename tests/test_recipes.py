@@ -110,3 +110,17 @@ def test_chapter07_grids(setup):
     assert 0 <= grid["exact_auc"] <= 1 and grid["layer"] == setup.steerer("paper").layers[-1]
     assert "held-out AUC spans" in ablations.describe_nullspace_ablation(
         grid["auc"], grid["records"], grid["exact_auc"], grid["small"], setup.steerer("default"))
+
+
+def test_describe_refusal_quality():
+    import pandas as pd
+
+    rows = []
+    for m, ref, ctx, hal, over in (("Vanilla", 0, 0, 0, 0), ("gate", 65, 10, 26, 2.5)):
+        for split, side in (("Fgt", "forget"), ("Test", "forget"), ("Ret", "retain"), ("Cele", "retain")):
+            rows.append({"method": m, "split": split, "side": side, "refusal": ref, "contextual_refusal": ctx,
+                         "hallucination": hal, "over_refusal": over, "rigid_refusal_share": 0.5})
+    text = report.describe_refusal_quality(pd.DataFrame(rows))
+    assert "gate: refuses 65 % of forget questions, 10 % contextually, answers 26 % confidently wrong" in text
+    assert "Vanilla" not in text and "50 % of its refusals are one same string" in text
+    assert "over-refuses 2.5 % (retain)" in text and "mostly stock refusals" in text
