@@ -3,7 +3,7 @@
 #   1. unit tests of erasekit (tests/, without the built-book tests);
 #   2. every notebook, executed ONCE by pytest --nbmake on a staged copy (.cache/book-stage; the committed
 #      notebooks stay output-free), with the outputs written into the copy (--overwrite), under the documented
-#      ci profile (ERASEKIT_PROFILE=ci: fewer forget splits / PGD budgets, same code paths);
+#      ci profile (ERASEKIT_PROFILE=ci: fewer forget splits / PGD budgets / baselines, same code paths);
 #   3. the book built from those executed copies with execution off, into book/_build/html;
 #   4. the built site checked in headless Chromium (tests/test_book.py: figures present and fitting the column, no
 #      error output, tables as <table>, no local paths / NaN / raw LaTeX, math served locally); screenshots of the
@@ -38,8 +38,9 @@ cp notebooks/*.ipynb "$STAGE/notebooks/"
 sed -i 's/^\(\s*execute_notebooks:\s*\)\(force\|cache\|auto\)/\1"off"/' "$STAGE/_config.yml"
 grep -q 'execute_notebooks: "off"' "$STAGE/_config.yml" || failed+=("stage config (execute_notebooks not switched off)")
 
-# The documented ci profile (ERASEKIT_PROFILE=ci, read by the parameters cells of 05 and 07): fewer forget splits
-# and PGD budgets, the same code paths. scripts/main.sh builds the published book with the full profile.
+# The documented ci profile (ERASEKIT_PROFILE=ci, read by the parameters cells of 05, 07 and 08): fewer forget splits,
+# PGD budgets and baselines (one per training code path), the same code paths. scripts/main.sh builds the published
+# book with the full profile.
 ERASEKIT_PROFILE=ci step "notebooks (nbmake, ci profile)" "${PYTEST[@]}" -q --nbmake --overwrite \
   --nbmake-timeout=3600 --durations=0 "$STAGE"/notebooks/*.ipynb
 
