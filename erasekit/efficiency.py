@@ -7,6 +7,7 @@ variant alike); notebook 08 only chooses what to compare.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -56,7 +57,7 @@ def generation_throughput(adapter: Any, prompts: Sequence[str], settings: Mappin
 
     def run(ctx: Callable[[], Any] | None) -> Callable[[], None]:
         def call() -> None:
-            with (ctx() if ctx is not None else _nothing()), torch.no_grad():
+            with (ctx() if ctx is not None else contextlib.nullcontext()), torch.no_grad():
                 adapter.generate(batch, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
         return call
 
@@ -65,14 +66,6 @@ def generation_throughput(adapter: Any, prompts: Sequence[str], settings: Mappin
     thr = pd.DataFrame({k: {"tokens/s (median)": tokens / float(pd.Series(v).median())} for k, v in times.items()}).T
     thr["vs vanilla"] = thr["tokens/s (median)"] / thr.loc["vanilla", "tokens/s (median)"]
     return thr
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def steering_state_bytes(steerer: InputAwareSteerer, at_scale: Mapping[str, tuple[int, int]] | None = None

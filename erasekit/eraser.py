@@ -37,12 +37,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .artifacts import load_artifact, read_sidecar, save_artifact
 from .directions import ErasureDirection, diff_in_means
-from .generation import generate
+from .generation import generate, prefill_gate_values
 from .hooks import check_layers, collect_activations, steer
 from .scoring import is_refusal
 from .steering import InputAwareSteerer
@@ -118,13 +117,7 @@ class Eraser:
         """The raw gate value per steered layer for each prompt (one prefill each): ``{layer: (N,)}``.
         Above the layer's floor the push is on; a forget prompt should read high, a retain prompt low."""
         texts, images = _split(prompts, "prompts")
-        rec: dict = {}
-        for s in range(0, len(texts), batch_size):
-            ims = None if images is None else images[s:s + batch_size]
-            batch = adapter.encode(texts[s:s + batch_size], images=ims)
-            with torch.no_grad(), self.context(adapter, record=rec):
-                adapter.model(**batch)
-        return {l: torch.cat(v) for l, v in sorted(rec.items())}
+        return prefill_gate_values(adapter, texts, images, lambda rec: self.context(adapter, record=rec), batch_size)
 
     def save(self, path: str | os.PathLike, model_id: str = "") -> None:
         """Write the eraser as an artifact (``path.safetensors`` + ``path.json``), atomically."""

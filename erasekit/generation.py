@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["generate"]
+__all__ = ["generate", "prefill_gate_values"]
 
 
 def generate(adapter: Any, prompts: Sequence[str], images: Sequence[Any] | None = None, *,
@@ -50,3 +50,20 @@ def generate(adapter: Any, prompts: Sequence[str], images: Sequence[Any] | None 
         with (context() if context is not None else contextlib.nullcontext()), torch.no_grad():
             out += adapter.generate(batch, max_new_tokens=max_new_tokens)
     return out
+
+
+def prefill_gate_values(adapter: Any, prompts: Sequence[str], images: Sequence[Any] | None,
+                        context: Callable[[dict], Any], batch_size: int = 16) -> dict[int, Any]:
+    """The raw gate value each gated layer reads on one steered prefill of every prompt: ``{layer: (N,)}``.
+
+    ``context(record)`` must return the steering context that appends the gate values it reads to ``record``
+    (:func:`erasekit.hooks.steer`'s ``record=``); prompts are encoded in batches of ``batch_size``.
+    """
+    record: dict = {}
+    for s in range(0, len(prompts), batch_size):
+        ims = None if images is None else list(images[s:s + batch_size])
+        batch = adapter.encode(list(prompts[s:s + batch_size]), images=ims)
+        with torch.no_grad(), context(record):
+            adapter.model(**batch)
+    return {l: torch.cat(v) for l, v in sorted(record.items())}
+

@@ -12,9 +12,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
-import torch
 from torch import Tensor
 
+from .generation import prefill_gate_values
 from .hooks import check_layers, collect_activations
 from .pipeline import group_items
 from .session import Session
@@ -79,15 +79,8 @@ def gate_reads(session: Session, forget_pct: int, steering: TaskSteering, groups
     items = group_items(session, forget_pct, groups, n, n, (mode,), (task,))
     ops = steering.operators(task, session.num_layers)
     how = dataclasses.replace(steering, read=read) if read is not None else steering
-    out = {}
-    for g, its in items.items():
-        rec: dict = {}
-        for s in range(0, len(its), batch_size):
-            chunk = its[s:s + batch_size]
-            ims = None if mode == "QA" else [it.image for it in chunk]
-            batch = session.adapter.encode([it.prompt for it in chunk], images=ims)
-            with torch.no_grad(), how.context(session.adapter, ops, record=rec):
-                session.adapter.model(**batch)
-        out[g] = {l: torch.cat(v) for l, v in sorted(rec.items())}
-    return out
+    return {g: prefill_gate_values(session.adapter, [it.prompt for it in its],
+                                   None if mode == "QA" else [it.image for it in its],
+                                   lambda rec: how.context(session.adapter, ops, record=rec), batch_size)
+            for g, its in items.items()}
 
