@@ -80,7 +80,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from .data import _decode_image, split_files
+from .data import ForgetIds, decode_image, split_files
 from .scoring import cloze_correct
 
 __all__ = ["FORGET_PCTS", "SPLIT_CONFIGS", "NAME_QUESTION", "CAPTION_QUESTION", "NAME_CLOZE", "ClearBench",
@@ -163,7 +163,7 @@ def clear_row(rec: Mapping[str, Any], folder: str | os.PathLike = ".", config: s
     """
     row = dict(rec)
     image = rec.get("image")
-    row["image"] = None if image is None else _decode_image(image, Path(folder))
+    row["image"] = None if image is None else decode_image(image, Path(folder))
     name, caption = rec.get("name"), rec.get("caption")
     question, answer = rec.get("question"), rec.get("answer")
     cls: list[dict] = []
@@ -260,23 +260,7 @@ class ClearBench:
     @property
     def forget_ids(self) -> Mapping[int, list]:
         """``{1|5|10: [names]}`` (each person once, in file order), read lazily."""
-        return _ForgetPeople(self)
+        return ForgetIds(self, FORGET_PCTS)
 
     def __repr__(self) -> str:
         return f"ClearBench({str(self.root)!r})"
-
-
-class _ForgetPeople(Mapping):
-    def __init__(self, bench: ClearBench):
-        self._bench = bench
-
-    def __getitem__(self, pct: int) -> list:
-        if pct not in FORGET_PCTS:
-            raise KeyError(pct)
-        return list(dict.fromkeys(r["ID"] for r in self._bench.split(f"forget_{pct}")))
-
-    def __iter__(self):
-        return iter(FORGET_PCTS)
-
-    def __len__(self) -> int:
-        return len(FORGET_PCTS)

@@ -52,7 +52,8 @@ from PIL import Image
 from .files import atomic_write
 from .world import SPLITS
 
-__all__ = ["SPLITS", "MLLMUBench", "write_world", "write_rows", "load_split", "split_files"]
+__all__ = ["SPLITS", "MLLMUBench", "ForgetIds", "write_world", "write_rows", "load_split", "split_files",
+           "decode_image"]
 
 _NESTED = ("Classification_Task", "Generation_Task", "Mask_Task")
 
@@ -136,7 +137,7 @@ def split_files(root: str | os.PathLike, split: str) -> list[Path]:
     return files
 
 
-def _decode_image(value: Any, folder: Path) -> Image.Image:
+def decode_image(value: Any, folder: Path) -> Image.Image:
     if isinstance(value, Image.Image):
         return value.convert("RGB")
     if isinstance(value, dict):
@@ -172,11 +173,11 @@ def _from_record(rec: dict[str, Any], folder: Path) -> dict[str, Any]:
     if isinstance(rid, str) and re.fullmatch(r"\d+", rid):
         row["ID"] = int(rid)
     if rec.get("image") is not None:
-        row["image"] = _decode_image(rec["image"], folder)
+        row["image"] = decode_image(rec["image"], folder)
     if rec.get("images") is not None:
         imgs = rec["images"]
         imgs = json.loads(imgs) if isinstance(imgs, str) else imgs
-        row["images"] = [_decode_image(v, folder) for v in imgs]
+        row["images"] = [decode_image(v, folder) for v in imgs]
     for key in _NESTED:
         if rec.get(key) is not None:
             row[key] = _nested(rec[key])
@@ -214,23 +215,26 @@ class MLLMUBench:
     @property
     def forget_ids(self) -> Mapping[int, list]:
         """``{5|10|15: [IDs]}``, read lazily (a folder may hold only some forget splits)."""
-        return _ForgetIds(self)
+        return ForgetIds(self, (5, 10, 15))
 
     def __repr__(self) -> str:
         return f"MLLMUBench({str(self.root)!r})"
 
 
-class _ForgetIds(Mapping):
-    def __init__(self, bench: MLLMUBench):
-        self._bench = bench
+class ForgetIds(Mapping):
+    """``{pct: [IDs of the forget_pct split]}`` of a benchmark with ``split(name)``, each ID once in file order,
+    read lazily on access (a folder may hold only some forget splits; CLEAR has one row per image)."""
+
+    def __init__(self, bench: Any, pcts: tuple[int, ...]):
+        self._bench, self._pcts = bench, tuple(pcts)
 
     def __getitem__(self, pct: int) -> list:
-        if pct not in (5, 10, 15):
+        if pct not in self._pcts:
             raise KeyError(pct)
-        return [r["ID"] for r in self._bench.split(f"forget_{pct}")]
+        return list(dict.fromkeys(r["ID"] for r in self._bench.split(f"forget_{pct}")))
 
     def __iter__(self):
-        return iter((5, 10, 15))
+        return iter(self._pcts)
 
     def __len__(self) -> int:
-        return 3
+        return len(self._pcts)
