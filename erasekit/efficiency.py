@@ -2,7 +2,7 @@
 steering on, the memory of the steering state, and the ratios the ``benchmarks/`` scripts recorded.
 
 Timings go through :mod:`erasekit.measure` (wall time; interleaved repetitions so background load hits every
-variant alike); notebook 08 only chooses what to compare.
+variant alike); notebook 10 only chooses what to compare.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ cp notebooks/*.ipynb "$STAGE/notebooks/"
 sed -i 's/^\(\s*execute_notebooks:\s*\)\(force\|cache\|auto\)/\1"off"/' "$STAGE/_config.yml"
 grep -q 'execute_notebooks: "off"' "$STAGE/_config.yml" || failed+=("stage config (execute_notebooks not switched off)")
 
-# The documented ci profile (ERASEKIT_PROFILE=ci, read by the parameters cells of 05, 07 and 08): fewer forget splits,
+# The documented ci profile (ERASEKIT_PROFILE=ci, read by the parameters cells of 05, 07 and 10): fewer forget splits,
 # PGD budgets and baselines (one per training code path), the same code paths. scripts/main.sh builds the published
 # book with the full profile.
 ERASEKIT_PROFILE=ci step "notebooks (nbmake, ci profile)" "${PYTEST[@]}" -q --nbmake --overwrite \

@@ -193,10 +193,10 @@ def test_landing_page_states_the_finding():
     text, _ = _source_text("intro")
     assert "What we found" in text and "erasekit" in text and "paper" in text, \
         "the landing page (book/intro.md) must state the finding up front"
-    # the findings list glued from chapter 09: computed numbers, not prose alone
+    # the findings list glued from chapter 11: computed numbers, not prose alone
     found = text[text.index("What we found"):]
     assert "contrastive gate selects" in found and len(re.findall(r"\d+(?:\.\d+)?\s*%", found)) >= 8, \
-        "the landing page must show chapter 09's findings with their numbers (glued from chapter 09)"
+        "the landing page must show chapter 11's findings with their numbers (glued from chapter 11)"
 
 
 def _code(nb: Path) -> str:

@@ -1,4 +1,4 @@
-"""erasekit.efficiency (chapter 08's measurements) and its sentences in erasekit.report, on tiny inputs."""
+"""erasekit.efficiency (chapter 10's measurements) and its sentences in erasekit.report, on tiny inputs."""
 
 from __future__ import annotations
 
