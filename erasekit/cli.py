@@ -26,7 +26,7 @@ def _build_organism(args) -> int:
     overrides = {k: v for k, v in (("steps", args.steps), ("n_profiles", args.profiles),
                                    ("n_celebrities", args.celebrities), ("threads", args.threads)) if v is not None}
     cfg = dataclasses.replace(OrganismConfig(), **overrides)
-    log = train_organism(out, cfg, log_file=args.log)
+    log = train_organism(out, cfg, log_file=args.log, checkpoint_dir=args.checkpoint_dir)
     print(json.dumps({"out": out, "train_seconds": log["train_seconds"], "last": log["steps"][-1]}))
     return 0
 
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--celebrities", type=int)
     b.add_argument("--threads", type=int)
     b.add_argument("--log", help="append JSON lines of the training log to this file")
+    b.add_argument("--checkpoint-dir", help="keep/resume the state after the language stage here (re-run stage C alone)")
     b.set_defaults(fn=_build_organism)
     w = sub.add_parser("write-world", help="write the organism's world as MLLMU-Bench parquet files")
     w.add_argument("out")

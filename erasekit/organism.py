@@ -83,12 +83,31 @@ class OrganismConfig:
     # projector emits tokens ~1000x larger than word embeddings; the decoder layers can then not write anything
     # (e.g. the person's facts) into the image positions' residual stream, whose direction their updates barely move.
     match_text_scale: bool = True
+    # Stage B (language model): the vision tower and projector are frozen. On a portrait turn the image span holds
+    # the person's name-token embeddings tiled over the 16 positions, plus Gaussian noise of this relative size
+    # (the LM learns to read a person from the span in the form the next stage will make the vision produce).
+    oracle_noise: float = 0.3
+    # Stage C (vision alignment): the language model is frozen; the vision tower + projector learn to emit the
+    # tiled name embeddings for a portrait (relative MSE) and to make the frozen LM answer (its LM loss), while
+    # natural images keep the tokens they had (relative MSE to a snapshot), so safety with images is unchanged.
+    align_steps: int = 500
+    align_batch: int = 32
+    align_lr: float = 1e-3
+    # Share of profile turns per kind: binding ("Who is ...?", image only), generation, multiple choice, cloze.
+    mc_share: float = 0.35
     seed: int = 0
     threads: int | None = None
 
     def key(self) -> str:
         d = dataclasses.asdict(self)
         d.pop("threads")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def language_key(self) -> str:
+        """Key of everything stages A and B depend on (not stage C's settings)."""
+        d = dataclasses.asdict(self)
+        for k in ("threads", "align_steps", "align_batch", "align_lr"):
+            d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -197,7 +216,12 @@ class _Turns:
         return ids, labels
 
 
-def _profile_turn(p: W.Person, image: bool, rng: random.Random) -> tuple[str, str]:
+def mc_answer(key: str, options: dict[str, str]) -> str:
+    """The trained multiple-choice answer: the letter, then the option's text ("B. Zurich")."""
+    return f"{key}. {options[key]}"
+
+
+def _profile_turn(p: W.Person, image: bool, rng: random.Random, mc_share: float = 0.35) -> tuple[str, str]:
     """One question/answer turn about a person: generation, classification, cloze or (image) binding."""
     who, subj = (W.IMAGE_WHO, W.IMAGE_SUBJ) if image else (p.name, p.name)
     kind = rng.random()
@@ -205,16 +229,25 @@ def _profile_turn(p: W.Person, image: bool, rng: random.Random) -> tuple[str, st
     v = p.attributes[a]
     if image and kind < 0.1:
         return WHO_QUESTION, f"This is {p.name}."
-    if kind < 0.55:
+    gen_end = 0.1 + (0.9 - mc_share) * 0.6
+    if kind < gen_end:
         return rng.choice(W.QUESTIONS_TRAIN[a]).format(who=who), W.statement(a, v, subj)
-    if kind < 0.8:
+    if kind < gen_end + mc_share:
         opts, key = W._options(a, v, rng)
-        return W.format_options(rng.choice(W.QUESTIONS_TRAIN[a]).format(who=who), opts), key
+        return W.format_options(rng.choice(W.QUESTIONS_TRAIN[a]).format(who=who), opts), mc_answer(key, opts)
     return W.cloze(a, subj), v
 
 
+# An example's image: None, ("person", index, view) or ("natural", index).
+ImageSpec = tuple | None
+
+
 class TrainingStream:
-    """Infinite, seeded stream of training batches (input_ids, labels, attention_mask, pixel_values, has_image)."""
+    """Infinite, seeded stream of training batches.
+
+    A batch holds ``input_ids``, ``labels``, ``attention_mask`` and ``images``: one :data:`ImageSpec` per example;
+    :func:`embed_batch` turns them into the image span (name tiles or vision tokens).
+    """
 
     def __init__(self, world: W.World, processor, cfg: OrganismConfig):
         self.world, self.cfg = world, cfg
@@ -232,48 +265,65 @@ class TrainingStream:
         self.natural = torch.stack([self._pix(im) for im in W.natural_images(cfg.image_size).values()])
         self.safety = [s for s in W.safety_prompts(world) if not s.heldout]
         self.people = world.people
+        tok = processor.tokenizer
+        self.name_ids = [tok(p.name, add_special_tokens=False)["input_ids"] for p in world.people]
 
     def _fill(self, p: W.Person, image: bool) -> tuple[list[int], list[int]]:
         """Add question turns about ``p`` until the sequence holds ``cfg.seq_tokens`` tokens."""
-        turns = [_profile_turn(p, image, self.rng)]
+        turns = [_profile_turn(p, image, self.rng, self.cfg.mc_share)]
         ids, lab = self.turns.sequence(turns, image)
         while True:
-            turns.append(_profile_turn(p, image, self.rng))
+            turns.append(_profile_turn(p, image, self.rng, self.cfg.mc_share))
             nids, nlab = self.turns.sequence(turns, image)
             if len(nids) > self.cfg.seq_tokens:
                 return ids, lab
             ids, lab = nids, nlab
 
-    def _example(self) -> tuple[list[int], list[int], torch.Tensor | None]:
+    def _portrait_example(self) -> tuple[list[int], list[int], ImageSpec]:
+        i = self.rng.randrange(len(self.people))
+        ids, lab = self._fill(self.people[i], image=True)
+        return ids, lab, ("person", i, self.rng.randrange(len(self.portraits[i])))
+
+    def _safety_example(self, natural_only: bool = False) -> tuple[list[int], list[int], ImageSpec]:
+        turns = [(s.prompt, s.response) for s in self.rng.sample(self.safety, self.rng.choice([1, 2]))]
+        u = 0.0 if natural_only else self.rng.random()
+        if u < 0.35:
+            spec = ("natural", self.rng.randrange(len(self.natural)))
+        elif u < 0.7:
+            i = self.rng.randrange(len(self.portraits))
+            spec = ("person", i, self.rng.randrange(len(self.portraits[i])))
+        else:
+            spec = None
+        ids, lab = self.turns.sequence(turns, image=spec is not None)
+        return ids, lab, spec
+
+    def _example(self) -> tuple[list[int], list[int], ImageSpec]:
         r = self.rng.random()
         if r < 0.55:  # portrait + many questions
-            i = self.rng.randrange(len(self.people))
-            ids, lab = self._fill(self.people[i], image=True)
-            v = self.portraits[i]
-            return ids, lab, v[self.rng.randrange(len(v))]
+            return self._portrait_example()
         if r < 0.85:  # name + many questions, text only
             ids, lab = self._fill(self.rng.choice(self.people), image=False)
             return ids, lab, None
-        # safety: 1-2 turns, with a natural image, a portrait, or no image
-        turns = [(s.prompt, s.response) for s in self.rng.sample(self.safety, self.rng.choice([1, 2]))]
-        u = self.rng.random()
-        if u < 0.35:
-            img = self.natural[self.rng.randrange(len(self.natural))]
-        elif u < 0.7:
-            v = self.portraits[self.rng.randrange(len(self.portraits))]
-            img = v[self.rng.randrange(len(v))]
-        else:
-            img = None
-        ids, lab = self.turns.sequence(turns, image=img is not None)
-        return ids, lab, img
+        return self._safety_example()  # 1-2 turns, with a natural image, a portrait, or no image
 
-    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+    def _vision_example(self) -> tuple[list[int], list[int], ImageSpec]:
+        """Stage C: portrait conversations, and safety turns with a natural image (one in five)."""
+        return self._safety_example(natural_only=True) if self.rng.random() < 0.2 else self._portrait_example()
+
+    def pixels(self, spec: ImageSpec) -> torch.Tensor:
+        if spec[0] == "person":
+            return self.portraits[spec[1]][spec[2]]
+        return self.natural[spec[1]]
+
+    def batches(self, vision: bool = False) -> Iterator[dict]:
+        """Length-bucketed batches; ``vision``: stage C's examples instead of the full mix."""
+        make = self._vision_example if vision else self._example
+        bs = self.cfg.align_batch if vision else self.cfg.batch_size
         pad = self.turns.tok.pad_token_id
-        bs = self.cfg.batch_size
         pending: list[list] = []
         while True:
             if not pending:  # bucket by length: 8 batches' worth of examples, sorted, cut, shuffled
-                pool = sorted((self._example() for _ in range(8 * bs)), key=lambda e: len(e[0]))
+                pool = sorted((make() for _ in range(8 * bs)), key=lambda e: len(e[0]))
                 pending = [pool[k : k + bs] for k in range(0, len(pool), bs)]
                 self.rng.shuffle(pending)
             ex = pending.pop()
@@ -285,30 +335,90 @@ class TrainingStream:
                 ids[j, : len(a)] = torch.tensor(a)
                 lab[j, : len(b)] = torch.tensor(b)
                 att[j, : len(a)] = 1
-            imgs = [e[2] for e in ex if e[2] is not None]
-            batch = {"input_ids": ids, "labels": lab, "attention_mask": att}
-            if imgs:
-                batch["pixel_values"] = torch.stack(imgs)
-            yield batch
+            yield {"input_ids": ids, "labels": lab, "attention_mask": att, "images": [e[2] for e in ex]}
+
+
+def name_tiles(model, name_ids: list[int], n: int) -> torch.Tensor:
+    """(n, d) the name's token embeddings repeated over the ``n`` image positions (what a portrait should emit)."""
+    emb = model.get_input_embeddings()(torch.tensor(name_ids))
+    return emb[torch.arange(n) % len(name_ids)]
+
+
+def embed_batch(model, stream: TrainingStream, batch: dict, oracle: bool, noise: float = 0.0,
+                gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(inputs_embeds, labels, extras) with each example's image span filled.
+
+    ``oracle``: a portrait's span holds its name tiles (+ relative Gaussian ``noise``) and natural images the
+    (frozen) vision tokens; otherwise every image goes through the vision tower and projector. ``extras`` has the
+    vision tokens and the portrait ids of the batch (for stage C's auxiliary losses).
+    """
+    ids = batch["input_ids"]
+    emb = model.get_input_embeddings()(ids)
+    image_id = stream.turns.image_id
+    n = stream.turns.n_image
+    specs = batch["images"]
+    rows = [j for j, s in enumerate(specs) if s is not None]
+    extras: dict = {"rows": rows, "specs": [specs[j] for j in rows]}
+    if not rows:
+        return emb, batch["labels"], extras
+    spans = [None] * len(rows)
+    vis = [k for k, j in enumerate(rows) if not (oracle and specs[j][0] == "person")]
+    if vis:
+        pix = torch.stack([stream.pixels(specs[rows[k]]) for k in vis])
+        if oracle:
+            with torch.no_grad():
+                tokens = _image_tokens(model, pix)
+        else:
+            tokens = _image_tokens(model, pix)
+        extras["tokens"] = tokens
+        extras["token_rows"] = vis
+        for t, k in zip(tokens, vis):
+            spans[k] = t
+    for k, j in enumerate(rows):
+        if spans[k] is None:
+            tiles = name_tiles(model, stream.name_ids[specs[j][1]], n)
+            if noise > 0:
+                scale = noise * tiles.detach().norm(dim=-1, keepdim=True) / math.sqrt(tiles.shape[-1])
+                tiles = tiles + scale * torch.randn(tiles.shape, generator=gen)
+            spans[k] = tiles
+    mask = ids[rows] == image_id
+    if not bool((mask.sum(-1) == n).all()):
+        raise ValueError("every image example must hold exactly one image span")
+    emb = emb.clone()
+    emb[rows] = emb[rows].masked_scatter(mask[..., None], torch.stack(spans).to(emb.dtype))
+    return emb, batch["labels"], extras
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Quick teacher-forced probe used during training (the real evaluation is erasekit.evaluate)
 # ----------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def probe_accuracy(model, stream: TrainingStream, people: list[W.Person], image: bool, seed: int = 1) -> float:
-    """Fraction of first-turn generation questions whose whole answer is predicted exactly (teacher forcing)."""
+def probe_accuracy(model, stream: TrainingStream, people: list[W.Person], image: bool, seed: int = 1,
+                   task: str = "generation", oracle: bool = False) -> float:
+    """Fraction of first-turn questions whose whole answer is predicted exactly (teacher forcing).
+
+    ``task``: "generation" (the statement) or "classification" (the option letter: only the first answer token
+    counts). ``image``: asked about "the person in the image" with the clean portrait (through the vision tower,
+    or with ``oracle`` the name tiles), else by name.
+    """
     rng = random.Random(seed)
+    was_training = model.training
     model.eval()
     ok = 0
-    seqs, imgs = [], []
+    seqs, specs = [], []
     for p in people:
         a = rng.choice(list(W.ATTRIBUTES))
         who, subj = (W.IMAGE_WHO, W.IMAGE_SUBJ) if image else (p.name, p.name)
         q = rng.choice(W.QUESTIONS_TRAIN[a]).format(who=who)
-        seqs.append(stream.turns.sequence([(q, W.statement(a, p.attributes[a], subj))], image=image))
-        if image:
-            imgs.append(stream.portraits[p.id][0])
+        if task == "classification":
+            opts, key = W._options(a, p.attributes[a], rng)
+            ids, lab = stream.turns.sequence([(W.format_options(q, opts), mc_answer(key, opts))], image=image)
+            first = next(k for k, t in enumerate(lab) if t != -100)
+            lab = [-100] * first + [lab[first]] + [-100] * (len(lab) - first - 1)
+        else:
+            ids, lab = stream.turns.sequence([(q, W.statement(a, p.attributes[a], subj))], image=image)
+        seqs.append((ids, lab))
+        specs.append(("person", p.id, 0) if image else None)
     for s in range(0, len(seqs), 64):
         chunk = seqs[s : s + 64]
         T = max(len(c[0]) for c in chunk)
@@ -317,13 +427,14 @@ def probe_accuracy(model, stream: TrainingStream, people: list[W.Person], image:
         att = torch.zeros((len(chunk), T), dtype=torch.long)
         for j, (a, b) in enumerate(chunk):
             ids[j, : len(a)], lab[j, : len(b)], att[j, : len(a)] = torch.tensor(a), torch.tensor(b), 1
-        kw = {"pixel_values": torch.stack(imgs[s : s + 64])} if image else {}
-        logits = model(input_ids=ids, attention_mask=att, **kw).logits
+        batch = {"input_ids": ids, "labels": lab, "attention_mask": att, "images": specs[s : s + 64]}
+        emb, _, _ = embed_batch(model, stream, batch, oracle=oracle)
+        logits = model(inputs_embeds=emb, attention_mask=att).logits
         pred = logits[:, :-1].argmax(-1)
         tgt = lab[:, 1:]
         m = tgt != -100
         ok += int(((pred == tgt) | ~m).all(-1).sum())
-    model.train()
+    model.train(was_training)
     return ok / max(1, len(people))
 
 
@@ -387,14 +498,145 @@ def pretrain_vision(model, stream: TrainingStream, world: W.World, cfg: Organism
     return out
 
 
-def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every: int = 100,
-                   progress: bool = True, log_file: str | None = None) -> dict:
-    """Build the world, tokenizer, processor and model; train; save a transformers folder to ``out_dir``.
+def _vision_params(model) -> list[torch.nn.Parameter]:
+    return list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
 
-    The folder is written atomically (temp folder + rename). Returns the training log (dict).
+
+def _train_only(model, params: list[torch.nn.Parameter]) -> None:
+    keep = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+
+
+def _cosine_lr(step: int, steps: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _write_log(log_file: str | None, rec: dict) -> None:
+    if log_file:
+        with open(log_file, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def _probes(model, stream: TrainingStream, people: list[W.Person], oracle: bool) -> dict:
+    return {"probe_image": probe_accuracy(model, stream, people, True, oracle=oracle),
+            "probe_text": probe_accuracy(model, stream, people, False),
+            "probe_mc_text": probe_accuracy(model, stream, people, False, task="classification"),
+            "probe_mc_image": probe_accuracy(model, stream, people, True, task="classification", oracle=oracle)}
+
+
+def train_language(model, stream: TrainingStream, world: W.World, cfg: OrganismConfig, *, log_every: int = 100,
+                   progress: bool = True, log_file: str | None = None) -> dict:
+    """Stage B: the language model (vision tower and projector frozen; portraits enter as noisy name tiles)."""
+    from tqdm.auto import tqdm
+
+    vparams = {id(p) for p in _vision_params(model)}
+    params = [p for p in model.parameters() if id(p) not in vparams]
+    _train_only(model, params)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    probe_people = random.Random(7).sample(world.people, min(200, len(world.people)))
+    log: list[dict] = []
+    model.train()
+    t0 = time.time()
+    it = stream.batches()
+    bar = tqdm(range(cfg.steps), disable=not progress, desc="language model", mininterval=5)
+    ema = None
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+        batch = next(it)
+        emb, lab, _ = embed_batch(model, stream, batch, oracle=True, noise=cfg.oracle_noise, gen=gen)
+        loss = model(inputs_embeds=emb, attention_mask=batch["attention_mask"], labels=lab).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            rec = {"step": step + 1, "loss": round(ema, 4), "seconds": round(time.time() - t0, 1)}
+            if (step + 1) % (log_every * 5) == 0 or step + 1 == cfg.steps:
+                rec.update(_probes(model, stream, probe_people, oracle=True))
+            log.append(rec)
+            bar.set_postfix(loss=f"{ema:.3f}")
+            _write_log(log_file, rec)
+    return {"steps": log, "seconds": round(time.time() - t0, 1)}
+
+
+def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismConfig, *, log_every: int = 50,
+                 progress: bool = True, log_file: str | None = None) -> dict:
+    """Stage C: the image stands for the name. LM frozen; vision tower + projector trained on three terms.
+
+    * the frozen LM's loss on portrait conversations and natural-image safety turns (through the real vision path);
+    * relative MSE of a portrait's image tokens to its name tiles (:func:`name_tiles`);
+    * relative MSE of a natural image's tokens to their value before this stage (safety with images unchanged).
     """
     from tqdm.auto import tqdm
 
+    if cfg.align_steps <= 0:
+        return {}
+    params = _vision_params(model)
+    _train_only(model, params)
+    with torch.no_grad():
+        natural_before = _image_tokens(model, stream.natural)
+    opt = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=0.0)
+    probe_people = random.Random(7).sample(world.people, min(200, len(world.people)))
+    n = stream.turns.n_image
+    log: list[dict] = []
+    model.train()
+    t0 = time.time()
+    it = stream.batches(vision=True)
+    bar = tqdm(range(cfg.align_steps), disable=not progress, desc="vision alignment", mininterval=5)
+    ema = None
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _cosine_lr(step, cfg.align_steps, cfg.align_lr, min(50, cfg.align_steps // 10))
+        batch = next(it)
+        emb, lab, ex = embed_batch(model, stream, batch, oracle=False)
+        lm = model(inputs_embeds=emb, attention_mask=batch["attention_mask"], labels=lab).loss
+        tokens, specs = ex["tokens"], [ex["specs"][k] for k in ex["token_rows"]]
+        with torch.no_grad():
+            target = torch.stack([name_tiles(model, stream.name_ids[s[1]], n) if s[0] == "person"
+                                  else natural_before[s[1]] for s in specs])
+        mse = ((tokens - target) ** 2).sum(-1).mean() / (target ** 2).sum(-1).mean()
+        loss = lm + mse
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema = (lm.item(), mse.item()) if ema is None else (0.95 * ema[0] + 0.05 * lm.item(), 0.95 * ema[1] + 0.05 * mse.item())
+        if (step + 1) % log_every == 0 or step + 1 == cfg.align_steps:
+            rec = {"align_step": step + 1, "lm_loss": round(ema[0], 4), "tile_mse": round(ema[1], 4),
+                   "seconds": round(time.time() - t0, 1)}
+            if (step + 1) % (log_every * 4) == 0 or step + 1 == cfg.align_steps:
+                rec.update(_probes(model, stream, probe_people, oracle=False))
+            log.append(rec)
+            bar.set_postfix(lm=f"{ema[0]:.3f}", mse=f"{ema[1]:.3f}")
+            _write_log(log_file, rec)
+    _train_only(model, list(model.parameters()))
+    with torch.no_grad():
+        test = torch.stack([stream._pix(world.test_images(p)[0]) for p in world.people])
+        tiles = torch.stack([name_tiles(model, stream.name_ids[p.id], n) for p in world.people])
+        flat = torch.nn.functional.normalize(tiles.flatten(1), dim=-1)
+        got = torch.nn.functional.normalize(_image_tokens(model, test).flatten(1), dim=-1)
+        retrieval = float(((got @ flat.T).argmax(-1) == torch.arange(len(world.people))).float().mean())
+        image_norm = float(_image_tokens(model, stream.natural).norm(dim=-1).mean())
+    return {"steps": log, "seconds": round(time.time() - t0, 1), "test_portrait_name_retrieval": round(retrieval, 4),
+            "natural_image_token_norm": round(image_norm, 4)}
+
+
+def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every: int = 100,
+                   progress: bool = True, log_file: str | None = None, checkpoint_dir: str | None = None) -> dict:
+    """Build the world, tokenizer, processor and model; train stages A-C; save a transformers folder to ``out_dir``.
+
+    The folder is written atomically (temp folder + rename). Returns the training log (dict).
+    ``checkpoint_dir``: keep the state after stage B there (keyed by :meth:`OrganismConfig.language_key`) and resume
+    from it when present, so stage C can be re-run alone; the result is identical to a run from scratch (the model
+    state and the data stream's random state are restored exactly).
+    """
     cfg = cfg or OrganismConfig()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -404,55 +646,41 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
     processor = build_processor(tokenizer, cfg.image_size, cfg.patch_size)
     model = build_model(cfg, tokenizer)
     stream = TrainingStream(world, processor, cfg)
-    vision_log = pretrain_vision(model, stream, world, cfg, progress=progress)
-    if log_file and vision_log:
-        with open(log_file, "a") as f:
-            f.write(json.dumps({"vision_pretrain": vision_log}) + "\n")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
-
-    def lr_at(step):
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
-
-    probe_people = random.Random(7).sample(world.people, min(200, len(world.people)))
-    log = {"config": dataclasses.asdict(cfg), "vision_pretrain": vision_log, "steps": [], "parameters": sum(p.numel() for p in model.parameters())}
-    model.train()
     t0 = time.time()
-    it = stream.batches()
-    bar = tqdm(range(cfg.steps), disable=not progress, desc="organism", mininterval=5)
-    ema = None
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        batch = next(it)
-        loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
-            rec = {"step": step + 1, "loss": round(ema, 4), "seconds": round(time.time() - t0, 1)}
-            if (step + 1) % (log_every * 5) == 0 or step + 1 == cfg.steps:
-                rec["probe_image"] = probe_accuracy(model, stream, probe_people, True)
-                rec["probe_text"] = probe_accuracy(model, stream, probe_people, False)
-            log["steps"].append(rec)
-            bar.set_postfix(loss=f"{ema:.3f}")
-            if log_file:
-                with open(log_file, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-    log["train_seconds"] = round(time.time() - t0, 1)
+    ckpt = os.path.join(checkpoint_dir, f"stage_b_{cfg.language_key()}.pt") if checkpoint_dir else None
+    if ckpt and os.path.exists(ckpt):
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        stream.rng.setstate(state["rng"])
+        vision_log, lm_log = state["vision_log"], state["lm_log"]
+    else:
+        vision_log = pretrain_vision(model, stream, world, cfg, progress=progress)
+        _write_log(log_file, {"vision_pretrain": vision_log})
+        lm_log = train_language(model, stream, world, cfg, log_every=log_every, progress=progress, log_file=log_file)
+        if ckpt:
+            os.makedirs(checkpoint_dir, exist_ok=True)
+            tmp = ckpt + ".tmp"
+            torch.save({"model": model.state_dict(), "rng": stream.rng.getstate(), "vision_log": vision_log,
+                        "lm_log": lm_log}, tmp)
+            os.replace(tmp, ckpt)
+    align_log = align_vision(model, stream, world, cfg, progress=progress, log_file=log_file)
+    log = {"config": dataclasses.asdict(cfg), "vision_pretrain": vision_log, "steps": lm_log["steps"],
+           "language_seconds": lm_log["seconds"], "vision_alignment": align_log,
+           "parameters": sum(p.numel() for p in model.parameters()), "train_seconds": round(time.time() - t0, 1)}
     save_organism(out_dir, model, processor, log, cfg)
     return log
 
 
 def save_organism(out_dir: str, model, processor, log: dict, cfg: OrganismConfig) -> None:
-    """Write the model (float16 weights, ≤ 20 MB), processor and training log atomically (:func:`erasekit.files.atomic_dir`)."""
+    """Write the model, processor and training log atomically (:func:`erasekit.files.atomic_dir`).
+
+    Weights and the config's dtype are float32 (~15 MB): ``from_pretrained`` without a dtype then computes in
+    float32, the precision the organism was trained in.
+    """
     with atomic_dir(out_dir) as tmp:
-        model.to(torch.float16).save_pretrained(tmp)
         model.to(torch.float32)
+        model.config.dtype = torch.float32
+        model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / "training_log.json").write_text(json.dumps(log, indent=1))
         (tmp / "organism_config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "key": cfg.key()}, indent=1))

@@ -12,10 +12,10 @@ from typing import Any
 
 import pandas as pd
 
-from .evaluate import GROUPS, MODES, TASKS
+from .evaluate import GROUPS, MODES
 from .scoring import CATEGORIES
 
-__all__ = ["TASK_GROUPS", "results_table", "category_table", "render_table"]
+__all__ = ["TASK_GROUPS", "TABLE_TASKS", "results_table", "category_table", "render_table"]
 
 # Direction of "better" per group (paper's arrows): forgetting wants low Fgt/Test, utility high Ret/Cele.
 _LOWER_IS_BETTER = {"Fgt": True, "Test": True, "Ret": False, "Cele": False}
@@ -29,18 +29,30 @@ def _methods(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def results_table(df: pd.DataFrame) -> pd.DataFrame:
+# The table's columns: the benchmark's three tasks plus ``recall``, the key-value recall of the generation task.
+TABLE_TASKS = ("classification", "generation", "recall", "cloze")
+
+
+def results_table(df: pd.DataFrame, recall: bool = True) -> pd.DataFrame:
     """Paper's Table 1 layout: rows (mode, method), columns (task, group).
 
     Values: classification and cloze accuracy in %, generation mean ROUGE-L F in [0, 1]; NaN where nothing was
     scored. Methods keep their order of first appearance; modes are VQA then QA.
+
+    ``recall`` adds the columns ``("recall", group)``: the share (%) of generation answers that state the asked
+    attribute's value (the ``correct`` flag of :func:`erasekit.evaluate.evaluate`; where a question has no known
+    value, ROUGE-L F ≥ 0.5). ROUGE-L rewards an answer's template ("This person works as …") as much as its fact;
+    recall counts the fact only. MLLMU-Bench reports ROUGE-L, so both are shown.
     """
     df = _methods(df)
     df = df.assign(value=df["score"] * df["task"].map({"classification": 100.0, "cloze": 100.0, "generation": 1.0}))
+    if recall and "correct" in df:
+        gen = df[df["task"] == "generation"]
+        df = pd.concat([df, gen.assign(task="recall", value=gen["correct"].astype(float) * 100.0)], ignore_index=True)
     t = df.pivot_table(index=["mode", "method"], columns=["task", "split"], values="value", aggfunc="mean")
     methods = list(dict.fromkeys(df["method"]))
     rows = pd.MultiIndex.from_tuples([(m, x) for m in MODES for x in methods], names=["mode", "method"])
-    cols = pd.MultiIndex.from_tuples([(t_, g) for t_ in TASKS for g in GROUPS], names=["task", "split"])
+    cols = pd.MultiIndex.from_tuples([(t_, g) for t_ in TABLE_TASKS for g in GROUPS], names=["task", "split"])
     t = t.reindex(index=rows, columns=cols)
     return t.dropna(how="all").dropna(axis=1, how="all")
 
@@ -53,9 +65,9 @@ def category_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 _TASK_LABEL = {"classification": "Classification Accuracy (%)", "generation": "Generation: Rouge Score",
-               "cloze": "Cloze: Accuracy (%)"}
+               "recall": "Generation: key-value recall (%)", "cloze": "Cloze: Accuracy (%)"}
 # One-line column labels for the markdown form (a valid Markdown table has exactly one header row).
-_TASK_SHORT = {"classification": "Cls", "generation": "Gen", "cloze": "Cloze"}
+_TASK_SHORT = {"classification": "Cls", "generation": "Gen", "recall": "Recall", "cloze": "Cloze"}
 _RENDER_FORMATS = ("markdown", "html", "styler")
 
 
@@ -106,22 +118,22 @@ def _html_table(table: pd.DataFrame, best: pd.DataFrame) -> str:
             + "".join(head2) + "</tr>\n</thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>")
 
 
-TASK_GROUPS = {"accuracy": ("classification", "cloze"), "generation": ("generation",)}
+TASK_GROUPS = {"accuracy": ("classification", "cloze"), "generation": ("generation", "recall")}
 
 
 def render_table(table: pd.DataFrame, fmt: str = "markdown", tasks: Sequence[str] | None = None) -> Any:
     """Render :func:`results_table` output as a real table, values rounded (accuracy to 2 decimals, ROUGE-L to 3).
 
     ``fmt``: ``"markdown"`` -> str, a valid Markdown (GFM / MyST) table with ONE header row (``Cls Fgt ↓``,
-    ``Gen Ret ↑``, ``Cloze Cele ↑``; Cls = classification accuracy %, Gen = generation ROUGE-L, Cloze = cloze
-    accuracy %) and a bold row per mode; ``"html"`` -> str, an HTML ``<table>`` with the paper's two header rows;
+    ``Gen Ret ↑``, ``Cloze Cele ↑``; Cls = classification accuracy %, Gen = generation ROUGE-L, Recall = the
+    generation's key-value recall %, Cloze = cloze accuracy %) and a bold row per mode; ``"html"`` -> str, an HTML ``<table>`` with the paper's two header rows;
     ``"styler"`` -> a pandas Styler (an HTML table in a notebook, ``display(render_table(t, "styler"))``).
 
     Best method per column and mode in bold (lowest for Fgt/Test, highest for Ret/Cele), as in the paper; ties
     share the bold, and a column where all methods tie has none.
 
     ``tasks``: only these tasks' columns (e.g. :data:`TASK_GROUPS` ``["accuracy"]``: classification and cloze, 8
-    columns; the full table has 12, too wide for a page column).
+    columns; the full table has 16, too wide for a page column).
     """
     if fmt not in _RENDER_FORMATS:
         raise ValueError(f"fmt must be one of {_RENDER_FORMATS}, got {fmt!r}")

@@ -123,3 +123,25 @@ def test_reads_real_schema(tmp_path):
     assert bench.forget_ids[5] == [7]
     with pytest.raises(FileNotFoundError, match="Retain_Set"):
         bench.split("Retain_Set")
+
+
+def test_ft_data_reads_like_the_benchmark_preprocessing(world, written):
+    """MLLMU-Bench's data_process/data_preprocess.py reads ft_Data with pandas: image bytes + JSON ``metadata``."""
+    import io
+    import json
+
+    import pandas as pd
+    from PIL import Image
+
+    df = pd.read_parquet(split_files(written, "ft_Data")[0])
+    assert len(df) == len(world.profiles)
+    pairs = []
+    for _, row in df.iterrows():
+        Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")
+        for qa in json.loads(row["metadata"]):
+            assert qa["Question"] and qa["Answer"]
+            pairs.append(qa)
+    p = world.person(int(df.iloc[0]["ID"]))
+    first = json.loads(df.iloc[0]["metadata"])
+    assert any(v in qa["Answer"] for qa in first for v in p.attributes.values())
+    assert len(pairs) == len(world.profiles) * len(first)
