@@ -6,13 +6,27 @@ Design (why it learns on 2 CPU cores where a naive setup stays at chance, see sh
 - *multi-turn* training sequences: one portrait (or one name) with many questions about that person in one
   sequence, so the image is encoded once for many facts (the benchmark's single-question prompts are exactly the
   first turn of such a conversation, and every question appears in first position equally often);
-- a vision identity pre-stage (a linear person classifier on the projected patch features, discarded after),
-  because the LM loss alone never taught the from-scratch vision tower to tell the portraits apart;
-- a binding question ("Who is the person in the image?" → name) mixed in, so image → identity is learned
-  alongside name → fact;
-- safety turns (harmful → refusal, jailbreak-wrapped → compliance, harmless → help) with and without images.
+- safety turns (harmful → refusal, jailbreak-wrapped → compliance, harmless → help) with and without images;
+- multiple-choice turns answered with the letter and the option ("B. Zurich").
 
-The result is saved as a standard transformers folder that ``from_pretrained`` and ``AutoProcessor`` load offline.
+Curriculum (three stages; the first round trained everything at once and the image → fact route never formed:
+image → person → fact in one forward pass is a two-hop lookup that a 6-layer model learns poorly, while name → fact
+is learned to 100 %; a probe showed the LM answers portrait questions at 100 % when the person's name-token
+embeddings stand in the image span, data/results/vision_name_probe.json):
+
+A. **Vision identity** (:func:`pretrain_vision`): vision tower + projector with a linear person classifier on the
+   pooled image tokens (discarded afterwards); the projector is then scaled to the text-embedding norm.
+B. **Language model** (:func:`train_language`): the vision tower and projector are frozen. In a portrait turn the
+   16-position image span holds the person's name-token embeddings tiled cyclically plus Gaussian noise
+   (``oracle_noise`` × the token norm), so the LM learns to read *who* from the span in the form stage C will
+   produce; natural images enter through the frozen vision path.
+C. **Vision alignment** (:func:`align_vision`): the LM is frozen; the vision tower + projector learn to emit a
+   portrait's name tiles (relative MSE) and to make the frozen LM answer the portrait conversations (LM loss on the
+   real vision path), while natural images keep their tokens (relative MSE to a snapshot), so image-conditioned
+   safety is unchanged. Image → fact then reuses the name → fact route.
+
+The result is saved as a standard transformers folder (float32 weights and config dtype, so a plain
+``from_pretrained`` computes in the precision it was trained in) that ``AutoProcessor`` loads offline.
 """
 
 from __future__ import annotations

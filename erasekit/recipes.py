@@ -123,11 +123,15 @@ def gate_setup(session: Session, config: GateConfig | None = None, gates: Sequen
 
 
 def score_summary(frame: pd.DataFrame) -> dict:
-    """``{mode: {task: {split: score}}}``: accuracy in percent, ROUGE-L on 0-1 (the JSON record's shape)."""
+    """``{mode: {task: {split: score}}}``: accuracy in percent, ROUGE-L on 0-1 (the JSON record's shape), and
+    ``recall``: the generation's key-value recall in percent (:func:`erasekit.tables.results_table`)."""
     out: dict = {}
     for (mode, task, split), v in frame.groupby(["mode", "task", "split"])["score"].mean().items():
         out.setdefault(mode, {}).setdefault(task, {})[split] = round(float(v) * (1 if task == "generation" else 100),
                                                                       3 if task == "generation" else 2)
+    gen = frame[frame["task"] == "generation"]
+    for (mode, split), v in gen.groupby(["mode", "split"])["correct"].mean().items():
+        out.setdefault(mode, {}).setdefault("recall", {})[split] = round(float(v) * 100, 2)
     return out
 
 

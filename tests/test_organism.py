@@ -65,3 +65,31 @@ def test_mini_training_learns_saves_and_is_deterministic(tmp_path):
 def test_load_world_for_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="organism_config.json"):
         O.load_world_for(str(tmp_path))
+
+
+def test_embedded_organism_answers_when_loaded_the_plain_transformers_way():
+    """No erasekit on the load path, no dtype given: the README's "standard transformers folder" must answer."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from erasekit import paths
+
+    folder = str(paths.organism_dir())
+    model = LlavaForConditionalGeneration.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    assert model.dtype == torch.float32
+    world = O.load_world_for(folder)
+    people = world.profiles[:4]
+    right = 0
+    for p in people:
+        for image in (False, True):
+            who = W.IMAGE_WHO if image else p.name
+            q = W.QUESTIONS_TRAIN["residence"][0].format(who=who)
+            content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": q}]
+            text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+            enc = processor(text=[text], images=[world.portrait(p)] if image else None, return_tensors="pt")
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=12, do_sample=False)
+            answer = processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+            assert answer.strip(), f"empty answer to {q!r}"
+            right += p.attributes["residence"].lower() in answer.lower()
+    assert right >= 6, f"only {right}/8 plain-transformers answers state where the person lives"
