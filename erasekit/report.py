@@ -117,9 +117,24 @@ def describe_table1(tables: dict, aucs: dict | None = None) -> str:
         verdict += ("erasekit's gate is less selective on larger forget sets: its best held-out gate AUC on the tuning "
                     "data is " + ", ".join(f"{a:.2f} at {p} %" for p, a in aucs.items()) + " — one linear gate has to "
                     "read 1 on more people and 0 on the rest, and λ stays as chosen at 5 %. ")
-    verdict += ("With the portrait (VQA) the vanilla organism answers at chance (notebook 01), so those cells carry "
-                "no signal for any method.")
-    return "\n\n".join(lines + [verdict])
+    return "\n\n".join(lines + [verdict + _describe_vqa(first, next(iter(tables)))])
+
+
+def _describe_vqa(table: pd.DataFrame, pct: int) -> str:
+    """The image-question (VQA) cloze cells of both gates, or why they carry no signal (vanilla near chance)."""
+    van = _cell(table, "Vanilla", "Fgt", mode="VQA")
+    if not van == van:  # NaN: no image questions scored
+        return ""
+    if van < 40:
+        return (f"With the portrait (VQA) the vanilla organism's cloze accuracy on forget profiles is {van:.0f} % "
+                "(notebook 01): too close to nothing for a drop to mean forgetting.")
+    bits = []
+    for gate in ("paper", "default"):
+        m = GATE_NAMES[gate]
+        bits.append(f"{m}: Fgt {van:.0f} → {_cell(table, m, 'Fgt', mode='VQA'):.0f}, Ret "
+                    f"{_cell(table, 'Vanilla', 'Ret', mode='VQA'):.0f} → {_cell(table, m, 'Ret', mode='VQA'):.0f}, "
+                    f"Cele {_cell(table, 'Vanilla', 'Cele', mode='VQA'):.0f} → {_cell(table, m, 'Cele', mode='VQA'):.0f}")
+    return f"With the portrait (VQA), cloze at {pct} %: " + "; ".join(bits) + "."
 
 
 # The paper's LLaVA-1.5-7B 5 % tables: Table 1 has the image questions only, Table 6 (appendix) adds text questions.
@@ -350,11 +365,23 @@ def describe_separability(sep: pd.DataFrame) -> str:
         bits.append(f"{gate}, {mode} questions: AUC {s['AUC'].min():.2f}–{s['AUC'].max():.2f} (best layer {best}, "
                     f"test queries {s.loc[best, 'AUC test vs retain']:.2f})")
     return ("Steering-norm AUC, forget vs retain + celebrity queries (1 = every forget query gets a larger push): "
-            + "; ".join(bits) + ". The paper's Fig. 8 shows clearly separated distributions on LLaVA-1.5-7B. On the "
-            "organism, questions that name the person separate and questions about a portrait do not: it does not "
-            "recognise faces (notebook 01), so its activations for an image question barely depend on who is "
-            "pictured, and no gate can tell forget from retain people there. These AUCs are measured on the scored "
-            "(held-out) profiles; notebook 04's held-out AUC on the tuning profiles is what selects the layers.")
+            + "; ".join(bits) + ". The paper's Fig. 8 shows clearly separated distributions on LLaVA-1.5-7B. "
+            + _compare_modes(sep) + "These AUCs are measured on the scored (held-out) profiles; notebook 04's "
+            "held-out AUC on the tuning profiles is what selects the layers.")
+
+
+def _compare_modes(sep: pd.DataFrame) -> str:
+    """One sentence: do portrait questions separate as well as questions that name the person?"""
+    best = sep["AUC"].groupby(level="mode").max()
+    if not {"QA", "VQA"} <= set(best.index):
+        return ""
+    qa, vqa = float(best["QA"]), float(best["VQA"])
+    if vqa < 0.65 <= qa:
+        return (f"On the organism, questions that name the person separate (best AUC {qa:.2f}) and questions about a "
+                f"portrait do not ({vqa:.2f}): its activations for an image question barely depend on who is "
+                "pictured, and no gate can tell forget from retain people there. ")
+    return (f"On the organism, the best AUC is {qa:.2f} for questions that name the person and {vqa:.2f} for "
+            "questions about a portrait. ")
 
 
 def steered_embedding(setup: GateSetup, gate: str = "default", mode: str = "QA", task: str = "cloze",

@@ -124,3 +124,20 @@ def test_describe_refusal_quality():
     assert "gate: refuses 65 % of forget questions, 10 % contextually, answers 26 % confidently wrong" in text
     assert "Vanilla" not in text and "50 % of its refusals are one same string" in text
     assert "over-refuses 2.5 % (retain)" in text and "mostly stock refusals" in text
+
+
+def test_vqa_sentences_follow_the_numbers():
+    """The image-question verdicts are read from the table, not typed: chance vs a measured drop."""
+    methods = ["Vanilla", recipes.GATE_NAMES["paper"], recipes.GATE_NAMES["default"]]
+    idx = pd.MultiIndex.from_tuples([("VQA", m) for m in methods], names=["mode", "method"])
+    cols = pd.MultiIndex.from_tuples([("cloze", g) for g in ("Fgt", "Ret", "Cele")], names=["task", "split"])
+    low = pd.DataFrame([[12, 13, 11], [12, 12, 11], [11, 13, 10]], index=idx, columns=cols, dtype=float)
+    assert "too close to nothing" in report._describe_vqa(low, 5)
+    high = pd.DataFrame([[90, 88, 86], [85, 80, 80], [20, 84, 83]], index=idx, columns=cols, dtype=float)
+    text = report._describe_vqa(high, 5)
+    assert "Fgt 90 → 20" in text and "too close" not in text
+    sep = pd.DataFrame({"AUC": [0.9, 0.55]}, index=pd.MultiIndex.from_tuples(
+        [("g", "QA", 3), ("g", "VQA", 3)], names=["gate", "mode", "layer"]))
+    assert "do not (0.55)" in report._compare_modes(sep)
+    sep["AUC"] = [0.9, 0.85]
+    assert "0.85 for" in report._compare_modes(sep)
