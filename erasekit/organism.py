@@ -109,6 +109,13 @@ class OrganismConfig:
     align_lr: float = 1e-3
     # Share of profile turns per kind: binding ("Who is ...?", image only), generation, multiple choice, cloze.
     mc_share: float = 0.35
+    # Stage B2 (multiple choice): after stage B the letter was still at chance (probe 23 % at step 1500 with a
+    # 35 % share of MC turns), so the LM (vision frozen) trains on a mix of all-MC conversations and the usual
+    # examples. In a share of the MC turns the value is already in the conversation (a generation turn about the
+    # same attribute comes first): matching an option against a value in context is the easy half of the circuit.
+    mc_steps: int = 400
+    mc_lr: float = 1e-3
+    mc_easy_share: float = 0.3
     seed: int = 0
     threads: int | None = None
 
@@ -120,7 +127,7 @@ class OrganismConfig:
     def language_key(self) -> str:
         """Key of everything stages A and B depend on (not stage C's settings)."""
         d = dataclasses.asdict(self)
-        for k in ("threads", "align_steps", "align_batch", "align_lr"):
+        for k in ("threads", "align_steps", "align_batch", "align_lr", "mc_steps", "mc_lr", "mc_easy_share"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -320,6 +327,28 @@ class TrainingStream:
             return ids, lab, None
         return self._safety_example()  # 1-2 turns, with a natural image, a portrait, or no image
 
+    def _choice_example(self) -> tuple[list[int], list[int], ImageSpec]:
+        """Stage B2: half all-MC conversations about one person (by name or portrait), half the usual mix."""
+        if self.rng.random() < 0.5:
+            return self._example()
+        i = self.rng.randrange(len(self.people))
+        p, image = self.people[i], self.rng.random() < 0.5
+        who, subj = (W.IMAGE_WHO, W.IMAGE_SUBJ) if image else (p.name, p.name)
+        turns: list[tuple[str, str]] = []
+        while True:
+            a = self.rng.choice(list(W.ATTRIBUTES))
+            new: list[tuple[str, str]] = []
+            if self.rng.random() < self.cfg.mc_easy_share:
+                new.append((self.rng.choice(W.QUESTIONS_TRAIN[a]).format(who=who), W.statement(a, p.attributes[a], subj)))
+            opts, key = W._options(a, p.attributes[a], self.rng)
+            new.append((W.format_options(self.rng.choice(W.QUESTIONS_TRAIN[a]).format(who=who), opts), mc_answer(key, opts)))
+            nids, nlab = self.turns.sequence(turns + new, image)
+            if turns and len(nids) > self.cfg.seq_tokens:
+                break
+            turns += new
+            ids, lab = nids, nlab
+        return ids, lab, (("person", i, self.rng.randrange(len(self.portraits[i]))) if image else None)
+
     def _vision_example(self) -> tuple[list[int], list[int], ImageSpec]:
         """Stage C: portrait conversations, and safety turns with a natural image (one in five)."""
         return self._safety_example(natural_only=True) if self.rng.random() < 0.2 else self._portrait_example()
@@ -329,10 +358,10 @@ class TrainingStream:
             return self.portraits[spec[1]][spec[2]]
         return self.natural[spec[1]]
 
-    def batches(self, vision: bool = False) -> Iterator[dict]:
-        """Length-bucketed batches; ``vision``: stage C's examples instead of the full mix."""
-        make = self._vision_example if vision else self._example
-        bs = self.cfg.align_batch if vision else self.cfg.batch_size
+    def batches(self, stage: str = "language") -> Iterator[dict]:
+        """Length-bucketed batches of one stage's examples: "language" (B), "choice" (B2) or "vision" (C)."""
+        make = {"language": self._example, "choice": self._choice_example, "vision": self._vision_example}[stage]
+        bs = self.cfg.align_batch if stage == "vision" else self.cfg.batch_size
         pad = self.turns.tok.pad_token_id
         pending: list[list] = []
         while True:
@@ -543,25 +572,30 @@ def _probes(model, stream: TrainingStream, people: list[W.Person], oracle: bool)
 
 
 def train_language(model, stream: TrainingStream, world: W.World, cfg: OrganismConfig, *, log_every: int = 100,
-                   progress: bool = True, log_file: str | None = None) -> dict:
-    """Stage B: the language model (vision tower and projector frozen; portraits enter as noisy name tiles)."""
+                   progress: bool = True, log_file: str | None = None, stage: str = "language") -> dict:
+    """Stage B (``stage="language"``) or B2 (``"choice"``): the language model, with the vision tower and
+    projector frozen; portraits enter as noisy name tiles."""
     from tqdm.auto import tqdm
 
+    steps, lr, warmup = (cfg.steps, cfg.lr, cfg.warmup) if stage == "language" else (cfg.mc_steps, cfg.mc_lr, 20)
+    if steps <= 0:
+        return {"steps": [], "seconds": 0.0}
     vparams = {id(p) for p in _vision_params(model)}
     params = [p for p in model.parameters() if id(p) not in vparams]
     _train_only(model, params)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + (1 if stage == "language" else 2))
     probe_people = random.Random(7).sample(world.people, min(200, len(world.people)))
     log: list[dict] = []
     model.train()
     t0 = time.time()
-    it = stream.batches()
-    bar = tqdm(range(cfg.steps), disable=not progress, desc="language model", mininterval=5)
+    it = stream.batches(stage)
+    bar = tqdm(range(steps), disable=not progress, desc=f"{stage} model" if stage == "language" else "multiple choice",
+               mininterval=5)
     ema = None
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = _cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+            g["lr"] = _cosine_lr(step, steps, lr, warmup)
         batch = next(it)
         emb, lab, _ = embed_batch(model, stream, batch, oracle=True, noise=cfg.oracle_noise, gen=gen)
         loss = model(inputs_embeds=emb, attention_mask=batch["attention_mask"], labels=lab).loss
@@ -570,9 +604,10 @@ def train_language(model, stream: TrainingStream, world: W.World, cfg: OrganismC
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
-            rec = {"step": step + 1, "loss": round(ema, 4), "seconds": round(time.time() - t0, 1)}
-            if (step + 1) % (log_every * 5) == 0 or step + 1 == cfg.steps:
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            rec = {"step" if stage == "language" else f"{stage}_step": step + 1, "loss": round(ema, 4),
+                   "seconds": round(time.time() - t0, 1)}
+            if (step + 1) % (log_every * 5) == 0 or step + 1 == steps:
                 rec.update(_probes(model, stream, probe_people, oracle=True))
             log.append(rec)
             bar.set_postfix(loss=f"{ema:.3f}")
@@ -602,7 +637,7 @@ def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismCon
     log: list[dict] = []
     model.train()
     t0 = time.time()
-    it = stream.batches(vision=True)
+    it = stream.batches("vision")
     bar = tqdm(range(cfg.align_steps), disable=not progress, desc="vision alignment", mininterval=5)
     ema = None
     for step in bar:
@@ -677,9 +712,11 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
             torch.save({"model": model.state_dict(), "rng": stream.rng.getstate(), "vision_log": vision_log,
                         "lm_log": lm_log}, tmp)
             os.replace(tmp, ckpt)
+    mc_log = train_language(model, stream, world, cfg, log_every=log_every, progress=progress, log_file=log_file,
+                            stage="choice")
     align_log = align_vision(model, stream, world, cfg, progress=progress, log_file=log_file)
     log = {"config": dataclasses.asdict(cfg), "vision_pretrain": vision_log, "steps": lm_log["steps"],
-           "language_seconds": lm_log["seconds"], "vision_alignment": align_log,
+           "language_seconds": lm_log["seconds"], "multiple_choice": mc_log, "vision_alignment": align_log,
            "parameters": sum(p.numel() for p in model.parameters()), "train_seconds": round(time.time() - t0, 1)}
     save_organism(out_dir, model, processor, log, cfg)
     return log
