@@ -697,7 +697,8 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
     stream = TrainingStream(world, processor, cfg)
     t0 = time.time()
     ckpt = os.path.join(checkpoint_dir, f"stage_b_{cfg.language_key()}.pt") if checkpoint_dir else None
-    if ckpt and os.path.exists(ckpt):
+    resumed = bool(ckpt and os.path.exists(ckpt))
+    if resumed:
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"])
         stream.rng.setstate(state["rng"])
@@ -717,7 +718,10 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
     align_log = align_vision(model, stream, world, cfg, progress=progress, log_file=log_file)
     log = {"config": dataclasses.asdict(cfg), "vision_pretrain": vision_log, "steps": lm_log["steps"],
            "language_seconds": lm_log["seconds"], "multiple_choice": mc_log, "vision_alignment": align_log,
-           "parameters": sum(p.numel() for p in model.parameters()), "train_seconds": round(time.time() - t0, 1)}
+           "parameters": sum(p.numel() for p in model.parameters()),
+           # the stages' own clocks (a run resumed from the checkpoint reports the time its stages A and B took)
+           "train_seconds": round(sum(x.get("seconds", 0.0) for x in (vision_log, lm_log, mc_log, align_log)), 1),
+           "resumed_from_checkpoint": resumed, "wall_seconds_this_run": round(time.time() - t0, 1)}
     save_organism(out_dir, model, processor, log, cfg)
     return log
 
