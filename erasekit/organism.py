@@ -21,9 +21,13 @@ B. **Language model** (:func:`train_language`): the vision tower and projector a
    (``oracle_noise`` × the token norm), so the LM learns to read *who* from the span in the form stage C will
    produce; natural images enter through the frozen vision path.
 C. **Vision alignment** (:func:`align_vision`): the LM is frozen; the vision tower + projector learn to emit a
-   portrait's name tiles (relative MSE) and to make the frozen LM answer the portrait conversations (LM loss on the
-   real vision path), while natural images keep their tokens (relative MSE to a snapshot), so image-conditioned
-   safety is unchanged. Image → fact then reuses the name → fact route.
+   portrait's name tiles (relative MSE, augmented views), while natural images keep their tokens (relative MSE to a
+   snapshot), so image-conditioned safety is unchanged. Image → fact then reuses the name → fact route.
+
+Multiple choice is not learned: the letter stays at chance (teacher-forced probe 22–28 % throughout stage B with a
+35 % share of MC turns, and after a tried 400-step stage of all-MC conversations, 30 % of them with the value
+already in context). Matching the retrieved value against four options and copying its letter is a circuit this
+model did not form in the budget; see the README.
 
 The result is saved as a standard transformers folder (float32 weights and config dtype, so a plain
 ``from_pretrained`` computes in the precision it was trained in) that ``AutoProcessor`` loads offline.
@@ -101,21 +105,13 @@ class OrganismConfig:
     # the person's name-token embeddings tiled over the 16 positions, plus Gaussian noise of this relative size
     # (the LM learns to read a person from the span in the form the next stage will make the vision produce).
     oracle_noise: float = 0.3
-    # Stage C (vision alignment): the language model is frozen; the vision tower + projector learn to emit the
-    # tiled name embeddings for a portrait (relative MSE) and to make the frozen LM answer (its LM loss), while
-    # natural images keep the tokens they had (relative MSE to a snapshot), so safety with images is unchanged.
-    align_steps: int = 500
-    align_batch: int = 32
-    align_lr: float = 1e-3
+    # Stage C (vision alignment): the LM is frozen; the vision tower + projector regress a portrait's image tokens
+    # onto its name tiles, and natural images' tokens onto their values before the stage (:func:`align_vision`).
+    align_steps: int = 4000
+    align_batch: int = 64
+    align_lr: float = 3e-3
     # Share of profile turns per kind: binding ("Who is ...?", image only), generation, multiple choice, cloze.
     mc_share: float = 0.35
-    # Stage B2 (multiple choice): after stage B the letter was still at chance (probe 23 % at step 1500 with a
-    # 35 % share of MC turns), so the LM (vision frozen) trains on a mix of all-MC conversations and the usual
-    # examples. In a share of the MC turns the value is already in the conversation (a generation turn about the
-    # same attribute comes first): matching an option against a value in context is the easy half of the circuit.
-    mc_steps: int = 400
-    mc_lr: float = 1e-3
-    mc_easy_share: float = 0.3
     seed: int = 0
     threads: int | None = None
 
@@ -127,7 +123,7 @@ class OrganismConfig:
     def language_key(self) -> str:
         """Key of everything stages A and B depend on (not stage C's settings)."""
         d = dataclasses.asdict(self)
-        for k in ("threads", "align_steps", "align_batch", "align_lr", "mc_steps", "mc_lr", "mc_easy_share"):
+        for k in ("threads", "align_steps", "align_batch", "align_lr"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -305,9 +301,9 @@ class TrainingStream:
         ids, lab = self._fill(self.people[i], image=True)
         return ids, lab, ("person", i, self.rng.randrange(len(self.portraits[i])))
 
-    def _safety_example(self, natural_only: bool = False) -> tuple[list[int], list[int], ImageSpec]:
+    def _safety_example(self) -> tuple[list[int], list[int], ImageSpec]:
         turns = [(s.prompt, s.response) for s in self.rng.sample(self.safety, self.rng.choice([1, 2]))]
-        u = 0.0 if natural_only else self.rng.random()
+        u = self.rng.random()
         if u < 0.35:
             spec = ("natural", self.rng.randrange(len(self.natural)))
         elif u < 0.7:
@@ -327,41 +323,15 @@ class TrainingStream:
             return ids, lab, None
         return self._safety_example()  # 1-2 turns, with a natural image, a portrait, or no image
 
-    def _choice_example(self) -> tuple[list[int], list[int], ImageSpec]:
-        """Stage B2: half all-MC conversations about one person (by name or portrait), half the usual mix."""
-        if self.rng.random() < 0.5:
-            return self._example()
-        i = self.rng.randrange(len(self.people))
-        p, image = self.people[i], self.rng.random() < 0.5
-        who, subj = (W.IMAGE_WHO, W.IMAGE_SUBJ) if image else (p.name, p.name)
-        turns: list[tuple[str, str]] = []
-        while True:
-            a = self.rng.choice(list(W.ATTRIBUTES))
-            new: list[tuple[str, str]] = []
-            if self.rng.random() < self.cfg.mc_easy_share:
-                new.append((self.rng.choice(W.QUESTIONS_TRAIN[a]).format(who=who), W.statement(a, p.attributes[a], subj)))
-            opts, key = W._options(a, p.attributes[a], self.rng)
-            new.append((W.format_options(self.rng.choice(W.QUESTIONS_TRAIN[a]).format(who=who), opts), mc_answer(key, opts)))
-            nids, nlab = self.turns.sequence(turns + new, image)
-            if turns and len(nids) > self.cfg.seq_tokens:
-                break
-            turns += new
-            ids, lab = nids, nlab
-        return ids, lab, (("person", i, self.rng.randrange(len(self.portraits[i]))) if image else None)
-
-    def _vision_example(self) -> tuple[list[int], list[int], ImageSpec]:
-        """Stage C: portrait conversations, and safety turns with a natural image (one in five)."""
-        return self._safety_example(natural_only=True) if self.rng.random() < 0.2 else self._portrait_example()
-
     def pixels(self, spec: ImageSpec) -> torch.Tensor:
         if spec[0] == "person":
             return self.portraits[spec[1]][spec[2]]
         return self.natural[spec[1]]
 
-    def batches(self, stage: str = "language") -> Iterator[dict]:
-        """Length-bucketed batches of one stage's examples: "language" (B), "choice" (B2) or "vision" (C)."""
-        make = {"language": self._example, "choice": self._choice_example, "vision": self._vision_example}[stage]
-        bs = self.cfg.align_batch if stage == "vision" else self.cfg.batch_size
+    def batches(self) -> Iterator[dict]:
+        """Length-bucketed batches of stage B's examples."""
+        make = self._example
+        bs = self.cfg.batch_size
         pad = self.turns.tok.pad_token_id
         pending: list[list] = []
         while True:
@@ -572,26 +542,22 @@ def _probes(model, stream: TrainingStream, people: list[W.Person], oracle: bool)
 
 
 def train_language(model, stream: TrainingStream, world: W.World, cfg: OrganismConfig, *, log_every: int = 100,
-                   progress: bool = True, log_file: str | None = None, stage: str = "language") -> dict:
-    """Stage B (``stage="language"``) or B2 (``"choice"``): the language model, with the vision tower and
-    projector frozen; portraits enter as noisy name tiles."""
+                   progress: bool = True, log_file: str | None = None) -> dict:
+    """Stage B: the language model (vision tower and projector frozen; portraits enter as noisy name tiles)."""
     from tqdm.auto import tqdm
 
-    steps, lr, warmup = (cfg.steps, cfg.lr, cfg.warmup) if stage == "language" else (cfg.mc_steps, cfg.mc_lr, 20)
-    if steps <= 0:
-        return {"steps": [], "seconds": 0.0}
+    steps, lr, warmup = cfg.steps, cfg.lr, cfg.warmup
     vparams = {id(p) for p in _vision_params(model)}
     params = [p for p in model.parameters() if id(p) not in vparams]
     _train_only(model, params)
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed + (1 if stage == "language" else 2))
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
     probe_people = random.Random(7).sample(world.people, min(200, len(world.people)))
     log: list[dict] = []
     model.train()
     t0 = time.time()
-    it = stream.batches(stage)
-    bar = tqdm(range(steps), disable=not progress, desc=f"{stage} model" if stage == "language" else "multiple choice",
-               mininterval=5)
+    it = stream.batches()
+    bar = tqdm(range(steps), disable=not progress, desc="language model", mininterval=5)
     ema = None
     for step in bar:
         for g in opt.param_groups:
@@ -605,8 +571,7 @@ def train_language(model, stream: TrainingStream, world: W.World, cfg: OrganismC
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            rec = {"step" if stage == "language" else f"{stage}_step": step + 1, "loss": round(ema, 4),
-                   "seconds": round(time.time() - t0, 1)}
+            rec = {"step": step + 1, "loss": round(ema, 4), "seconds": round(time.time() - t0, 1)}
             if (step + 1) % (log_every * 5) == 0 or step + 1 == steps:
                 rec.update(_probes(model, stream, probe_people, oracle=True))
             log.append(rec)
@@ -615,66 +580,69 @@ def train_language(model, stream: TrainingStream, world: W.World, cfg: OrganismC
     return {"steps": log, "seconds": round(time.time() - t0, 1)}
 
 
-def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismConfig, *, log_every: int = 50,
+def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismConfig, *, log_every: int = 250,
                  progress: bool = True, log_file: str | None = None) -> dict:
-    """Stage C: the image stands for the name. LM frozen; vision tower + projector trained on three terms.
+    """Stage C: the image stands for the name. The LM is frozen (it is not run); the vision tower + projector learn
 
-    * the frozen LM's loss on portrait conversations and natural-image safety turns (through the real vision path);
-    * relative MSE of a portrait's image tokens to its name tiles (:func:`name_tiles`);
-    * relative MSE of a natural image's tokens to their value before this stage (safety with images unchanged).
+    * a portrait's (augmented view's) 16 image tokens -> its name tiles (:func:`name_tiles`), relative MSE;
+    * a natural image's tokens -> their value before this stage, relative MSE (image-conditioned safety unchanged).
+
+    A first version trained through the frozen LM's loss as well (0.8 s a step): in 350 steps its tile error stayed
+    at 0.98 and the image probe at 6.5 %. The direct regression costs 0.07 s a step and reaches 0.34 in 1,500.
+    Returns the log with the name retrieval (nearest name tiles, cosine) of clean and Test_Set portraits.
     """
     from tqdm.auto import tqdm
 
     if cfg.align_steps <= 0:
         return {}
+    n = stream.turns.n_image
     params = _vision_params(model)
     _train_only(model, params)
     with torch.no_grad():
+        tiles = torch.stack([name_tiles(model, stream.name_ids[p.id], n) for p in world.people])
         natural_before = _image_tokens(model, stream.natural)
+    pix = torch.stack(stream.portraits)  # (N, 1 + n_augment, 3, H, W)
     opt = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=0.0)
-    probe_people = random.Random(7).sample(world.people, min(200, len(world.people)))
-    n = stream.turns.n_image
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
     log: list[dict] = []
     model.train()
     t0 = time.time()
-    it = stream.batches("vision")
     bar = tqdm(range(cfg.align_steps), disable=not progress, desc="vision alignment", mininterval=5)
-    ema = None
+
+    def rel_mse(x, y):
+        return ((x - y) ** 2).sum(-1).mean() / (y ** 2).sum(-1).mean()
+
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _cosine_lr(step, cfg.align_steps, cfg.align_lr, min(50, cfg.align_steps // 10))
-        batch = next(it)
-        emb, lab, ex = embed_batch(model, stream, batch, oracle=False)
-        lm = model(inputs_embeds=emb, attention_mask=batch["attention_mask"], labels=lab).loss
-        tokens, specs = ex["tokens"], [ex["specs"][k] for k in ex["token_rows"]]
-        with torch.no_grad():
-            target = torch.stack([name_tiles(model, stream.name_ids[s[1]], n) if s[0] == "person"
-                                  else natural_before[s[1]] for s in specs])
-        mse = ((tokens - target) ** 2).sum(-1).mean() / (target ** 2).sum(-1).mean()
-        loss = lm + mse
+        who = torch.randint(0, len(world.people), (cfg.align_batch,), generator=gen)
+        view = torch.randint(0, pix.shape[1], (cfg.align_batch,), generator=gen)
+        tile = rel_mse(_image_tokens(model, pix[who, view]), tiles[who])
+        keep = rel_mse(_image_tokens(model, stream.natural), natural_before)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        (tile + keep).backward()
         opt.step()
-        ema = (lm.item(), mse.item()) if ema is None else (0.95 * ema[0] + 0.05 * lm.item(), 0.95 * ema[1] + 0.05 * mse.item())
         if (step + 1) % log_every == 0 or step + 1 == cfg.align_steps:
-            rec = {"align_step": step + 1, "lm_loss": round(ema[0], 4), "tile_mse": round(ema[1], 4),
+            rec = {"align_step": step + 1, "tile_mse": round(tile.item(), 4), "natural_mse": round(keep.item(), 5),
                    "seconds": round(time.time() - t0, 1)}
-            if (step + 1) % (log_every * 4) == 0 or step + 1 == cfg.align_steps:
-                rec.update(_probes(model, stream, probe_people, oracle=False))
             log.append(rec)
-            bar.set_postfix(lm=f"{ema[0]:.3f}", mse=f"{ema[1]:.3f}")
+            bar.set_postfix(tile=f"{tile.item():.3f}")
             _write_log(log_file, rec)
+    seconds = round(time.time() - t0, 1)
     _train_only(model, list(model.parameters()))
+    model.eval()
     with torch.no_grad():
         test = torch.stack([stream._pix(world.test_images(p)[0]) for p in world.people])
-        tiles = torch.stack([name_tiles(model, stream.name_ids[p.id], n) for p in world.people])
         flat = torch.nn.functional.normalize(tiles.flatten(1), dim=-1)
-        got = torch.nn.functional.normalize(_image_tokens(model, test).flatten(1), dim=-1)
-        retrieval = float(((got @ flat.T).argmax(-1) == torch.arange(len(world.people))).float().mean())
-        image_norm = float(_image_tokens(model, stream.natural).norm(dim=-1).mean())
-    return {"steps": log, "seconds": round(time.time() - t0, 1), "test_portrait_name_retrieval": round(retrieval, 4),
-            "natural_image_token_norm": round(image_norm, 4)}
+        retrieval = {}
+        for name, px in (("clean_portrait", pix[:, 0]), ("test_portrait", test)):
+            got = torch.nn.functional.normalize(_image_tokens(model, px).flatten(1), dim=-1)
+            retrieval[name] = round(float(((got @ flat.T).argmax(-1) == torch.arange(len(world.people))).float().mean()), 4)
+    probe_people = random.Random(7).sample(world.people, min(200, len(world.people)))
+    out = {"steps": log, "seconds": seconds, "name_retrieval": retrieval,
+           **_probes(model, stream, probe_people, oracle=False)}
+    _write_log(log_file, {k: v for k, v in out.items() if k != "steps"})
+    return out
 
 
 def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every: int = 100,
@@ -713,14 +681,12 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
             torch.save({"model": model.state_dict(), "rng": stream.rng.getstate(), "vision_log": vision_log,
                         "lm_log": lm_log}, tmp)
             os.replace(tmp, ckpt)
-    mc_log = train_language(model, stream, world, cfg, log_every=log_every, progress=progress, log_file=log_file,
-                            stage="choice")
     align_log = align_vision(model, stream, world, cfg, progress=progress, log_file=log_file)
     log = {"config": dataclasses.asdict(cfg), "vision_pretrain": vision_log, "steps": lm_log["steps"],
-           "language_seconds": lm_log["seconds"], "multiple_choice": mc_log, "vision_alignment": align_log,
+           "language_seconds": lm_log["seconds"], "vision_alignment": align_log,
            "parameters": sum(p.numel() for p in model.parameters()),
            # the stages' own clocks (a run resumed from the checkpoint reports the time its stages A and B took)
-           "train_seconds": round(sum(x.get("seconds", 0.0) for x in (vision_log, lm_log, mc_log, align_log)), 1),
+           "train_seconds": round(sum(x.get("seconds", 0.0) for x in (vision_log, lm_log, align_log)), 1),
            "resumed_from_checkpoint": resumed, "wall_seconds_this_run": round(time.time() - t0, 1)}
     save_organism(out_dir, model, processor, log, cfg)
     return log

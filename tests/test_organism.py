@@ -12,7 +12,7 @@ from erasekit.models import adapter_for, load_model
 
 MINI = dict(n_profiles=20, n_celebrities=4, vocab_size=500, hidden_size=32, intermediate_size=64, num_layers=2,
             num_heads=2, vision_hidden=32, vision_layers=1, steps=40, batch_size=8, lr=3e-3, warmup=5,
-            seq_tokens=96, n_augment=1, threads=1, vision_steps=20, vision_batch=32, mc_steps=10, align_steps=10,
+            seq_tokens=96, n_augment=1, threads=1, vision_steps=20, vision_batch=32, align_steps=10,
             align_batch=8)
 
 
