@@ -73,16 +73,18 @@ def test_load_world_for_missing(tmp_path):
         O.load_world_for(str(tmp_path))
 
 
-def test_embedded_organism_answers_when_loaded_the_plain_transformers_way():
-    """No erasekit on the load path, no dtype given: the README's "standard transformers folder" must answer."""
+@pytest.mark.parametrize("dtype", [None, torch.float16, torch.bfloat16])
+def test_embedded_organism_answers_when_loaded_the_plain_transformers_way(dtype):
+    """No erasekit on the load path: the README's "standard transformers folder" must answer, with the default dtype
+    (the config's: float32) and in half precision."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from erasekit import paths
 
     folder = str(paths.organism_dir())
-    model = LlavaForConditionalGeneration.from_pretrained(folder).eval()
+    model = LlavaForConditionalGeneration.from_pretrained(folder, **({"dtype": dtype} if dtype else {})).eval()
     processor = AutoProcessor.from_pretrained(folder)
-    assert model.dtype == torch.float32
+    assert model.dtype == (dtype or torch.float32)
     world = O.load_world_for(folder)
     people = world.profiles[:4]
     right = 0
@@ -93,6 +95,8 @@ def test_embedded_organism_answers_when_loaded_the_plain_transformers_way():
             content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": q}]
             text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
             enc = processor(text=[text], images=[world.portrait(p)] if image else None, return_tensors="pt")
+            if image:
+                enc["pixel_values"] = enc["pixel_values"].to(model.dtype)
             with torch.no_grad():
                 out = model.generate(**enc, max_new_tokens=12, do_sample=False)
             answer = processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)[0]
