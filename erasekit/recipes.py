@@ -53,7 +53,9 @@ class GateConfig:
     forget_pct: int = 5                       # the split λ and the gates' hyperparameters are tuned on
     fit_modes: tuple = ("VQA", "QA")          # questions whose activations form H_f / H_r / the tune negatives
     tune_modes: tuple = ("QA",)               # modes the λ rule scores (text only: half the tuning cost)
-    lambda_grid: tuple = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+    # λ grid of the rule. It reaches 32: the retrained organism (which knows its facts with and without the portrait)
+    # needs λ = 16 before the erasekit gate moves forget cloze on tuning data (100 % up to λ = 4, 35 % at 16).
+    lambda_grid: tuple = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0, 16.0, 32.0)
     max_retain_drop: float = 0.05             # the λ rule's retain budget (0-1 scale)
     max_new_tokens: int = 32
     # the paper's gate, as the authors' LLaVA script sets it
