@@ -50,7 +50,7 @@ from .world import make_world, safety_prompts
 
 __all__ = ["Eraser", "fit_eraser", "default_refusal_prompts", "STRENGTH_GRID"]
 
-STRENGTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
+STRENGTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 READS = ("frozen", "steered", "anchor")
 
 
