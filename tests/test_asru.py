@@ -143,7 +143,8 @@ def test_train_asru_runs_on_tiny_vlms(name, request, world):
     before = _snapshot(adapter.model)
     forget, retain = _queries(world, modes=("VQA", "QA"))
     cfg = A.ASRUConfig(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=4, warm_epochs=1, warm_batch=4)
-    res = A.train_asru(adapter, forget[:3] + forget[-3:], retain[:3], cfg, stage1=lambda q: contextlib.nullcontext())
+    res = A.train_asru(adapter, forget[:3] + forget[-3:], retain[:3], cfg,
+                       stage1=lambda q: contextlib.nullcontext())
     assert len(res.curve) == 2 and all(math.isfinite(c["loss"]) for c in res.curve)
     assert {"reward_forget", "reward_retain", "kl", "forget_contextual"} <= set(res.curve[0])
     assert res.seconds["grpo"] > 0 and res.warm_losses  # the retain ground truth is always a warm target
