@@ -65,19 +65,26 @@ __all__ = ["ASRUConfig", "Query", "queries_from_items", "group_advantages", "tok
 
 @dataclasses.dataclass(frozen=True)
 class ASRUConfig:
-    """Hyperparameters of both stages (defaults: the organism run; see the module docstring for the choices)."""
+    """Hyperparameters of both stages (defaults: the organism run; see the module docstring for the choices).
+
+    How the defaults were picked (organism, 5 %, 1 thread): two settings were trained and compared on the
+    *training* reward only (the scored profiles were not looked at): 40 steps, lr 3e-4, half the prompts from the
+    supervision set -> mean forget reward of the sampled answers -0.68 -> -0.62 (first / last 5 steps), contextual
+    refusals sampled 2.5 % -> 5.8 %; 60 steps, lr 5e-4, 3 of 8 prompts from the supervision set -> -0.67 -> -0.50,
+    3.3 % -> 10.7 %, retain reward 0.96 -> 0.94. The second is the default.
+    """
 
     # stage 2: GRPO
-    steps: int = 40
+    steps: int = 60
     prompts_per_step: int = 8
     group_size: int = 6
     temperature: float = 1.0
     max_new_tokens: int = 24
-    lr: float = 3e-4
+    lr: float = 5e-4
     beta: float = 0.04              # weight of the KL to the reference (TRL's default)
     clip_eps: float = 0.2
     updates_per_batch: int = 2
-    retain_share: float = 0.5       # share of each step's prompts drawn from the retain supervision set
+    retain_share: float = 0.375     # share of each step's prompts drawn from the retain supervision set
     quality_weight: float = 0.2
     quality_scale: float = 2.0      # nats per token below vanilla's own answer that cost the full quality reward
     # stage 1 -> 2: warm start (distillation of the steered model's refusals + retain ground truth)
