@@ -42,7 +42,8 @@ from .session import Session
 from .strengths import PAPER_STRENGTHS, TaskSteering
 
 __all__ = ["asru_queries", "run_asru", "with_fluency", "method_scores", "asru_record", "ASRU_NAME", "PAPER_AUTHORS",
-           "boundary_frame", "cost_frame", "response_examples", "plot_reward_curve", "describe_asru"]
+           "boundary_frame", "cost_frame", "response_examples", "plot_reward_curve", "describe_asru",
+           "contextual_examples"]
 
 ASRU_NAME = "ASRU (steering + GRPO)"
 PAPER_AUTHORS = "MLLMEraser (paper gate, authors' λ)"
@@ -316,3 +317,15 @@ def describe_asru(record: dict, pct: int = 5, vanilla: str = "Vanilla") -> str:
         f"{f(deg[p], ' %')}; share of refusals that are one identical string {f(rig[a])} vs {f(rig[d])}.",
     ]
     return "\n".join(lines)
+
+
+def contextual_examples(frame: pd.DataFrame, method: str = ASRU_NAME, n: int = 8) -> pd.DataFrame:
+    """The forget-side text-question responses of ``method`` that count as contextual refusals (the operational
+    definition of :mod:`erasekit.response_quality`), first ``n``: what the proxy accepts, to read by eye."""
+    from .response_quality import FORGET_GROUPS, is_contextual_refusal
+
+    df = frame[(frame["method"] == method) & (frame["mode"] == "QA") & frame["split"].isin(FORGET_GROUPS)
+               & frame["task"].isin(["generation", "cloze"])]
+    keep = [is_contextual_refusal(str(r), str(q), None) and not bool(c)
+            for r, q, c in zip(df["response"], df["question"], df["correct"])]
+    return df[keep][["split", "task", "question", "response"]].head(n).reset_index(drop=True)

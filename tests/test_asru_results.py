@@ -69,3 +69,10 @@ def test_plot_reward_curve():
     curve = [{"step": i, "reward_forget": -1 + i / 10, "reward_retain": 1.0} for i in range(5)]
     fig = R.plot_reward_curve({"5 %": curve})
     assert len(fig.axes[0].lines) == 2
+
+
+def test_contextual_examples(record):
+    _, frame = record
+    ex = R.contextual_examples(frame)
+    assert len(ex) == 2 and set(ex["split"]) == {"Fgt"}  # ASRU's two forget answers name the question's subject
+    assert R.contextual_examples(frame, GATE_NAMES["default"]).empty  # a one-size refusal is not contextual
