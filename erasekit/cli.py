@@ -1,5 +1,5 @@
 """Command-line entry points: ``erasekit build-organism``, ``write-world``, ``vanilla-quality``,
-``gate-selectivity``."""
+``gate-selectivity``, ``asru``."""
 
 from __future__ import annotations
 
@@ -63,6 +63,30 @@ def _gate_selectivity(args) -> int:
     return 0
 
 
+def _asru(args) -> int:
+    import torch
+
+    from .asru import ASRUConfig
+    from .asru_results import asru_record
+    from .recipes import GateConfig, gate_setup, write_json
+    from .session import load_session
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    session = load_session(args.organism, None)
+    cfg = ASRUConfig(**({"steps": args.steps} if args.steps else {}))
+    record, _, summaries = asru_record(session, gate_setup(session, GateConfig()), args.forget_pcts, cfg,
+                                       baselines=args.baselines)
+    record["threads"] = torch.get_num_threads()
+    out = args.out or str(paths.data_dir() / "results" / "asru.json")
+    write_json(record, out)
+    print(json.dumps({pct: {"seconds": s["seconds"], "reward first/last": [s["curve"][0]["reward"],
+                                                                            s["curve"][-1]["reward"]]}
+                      for pct, s in summaries.items()}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="erasekit", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -90,6 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--forget-pct", type=int, default=5)
     g.add_argument("--out", help="JSON file to write (default: data/results/gate_selectivity.json)")
     g.set_defaults(fn=_gate_selectivity)
+    a = sub.add_parser("asru", help="train ASRU (steering + GRPO) at each forget %%, score it with vanilla, both "
+                                    "gates and the baselines, and record data/results/asru.json")
+    a.add_argument("--organism")
+    a.add_argument("--forget-pcts", type=int, nargs="+", default=[5, 10, 15])
+    a.add_argument("--steps", type=int, help="GRPO steps (default: erasekit.asru.ASRUConfig)")
+    a.add_argument("--baselines", nargs="*", default=["GA", "GA_Diff", "KL_Min", "NPO", "MMUnlearner", "MANU"])
+    a.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the shared 2-core machine)")
+    a.add_argument("--out", help="JSON file to write (default: data/results/asru.json)")
+    a.set_defaults(fn=_asru)
     args = p.parse_args(argv)
     return args.fn(args)
 

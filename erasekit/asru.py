@@ -1,0 +1,455 @@
+"""ASRU (issue #14): steering-initialised reinforcement unlearning -- activation redirection induces refusals,
+then GRPO refines the refusal boundary of LoRA weights with the boundary + generation-quality reward.
+
+Only ASRU's summary card is public (``shared/seeds/000_*.txt``); this is a reconstruction. The choices that are
+ours, and why:
+
+* **Stage 1 -> stage 2: distillation, then RL.** Stage 1 is any intervention context (erasekit's default gate,
+  :class:`erasekit.strengths.TaskSteering`). Its greedy answers to the *forget* training queries that are refusals
+  (not degenerate) become warm-start targets; the ground-truth answers of the small retained supervision set are
+  the retain targets. A short LoRA fine-tune on both (:func:`warm_start`) distils stage 1 into the weights and is
+  merged: this is the **reference model** of stage 2 and the initial policy. Why not keep steering on during the
+  rollouts: erasekit steers the prefill only (the authors' rule), so the teacher-forced pass that scores a sampled
+  response would need a steered prompt pass and an unsteered response pass through the KV cache -- two code paths
+  per model family for no gain in what the policy can learn; and the distilled model needs no hooks at inference.
+* **Stage 2: GRPO** (Shao et al., 2024) on fresh LoRA adapters over the stage-1 model: per prompt, ``group_size``
+  responses sampled at ``temperature``; reward = :func:`erasekit.rewards.boundary_reward` (forget: contextual
+  refusal without leak; retain: the correct answer) + ``quality_weight`` x :func:`erasekit.rewards.quality_reward`
+  (fluency under the *vanilla* model relative to vanilla's own greedy answer); group-relative advantages
+  ``(r - mean) / (std + eps)`` (:func:`group_advantages`); the clipped surrogate on the response tokens with the
+  k3 KL estimator to the reference (the stage-1 model = the policy with its LoRA adapters disabled; zero when the
+  policy equals the reference), token-mean per sequence, then mean over sequences (:func:`grpo_loss`);
+  ``updates_per_batch`` optimiser steps per batch of rollouts (the ratio and its clip matter from the second one).
+* ``quality_weight`` is kept below the smallest gap between two boundary outcomes
+  (:class:`erasekit.rewards.RewardWeights`), so fluency breaks ties *within* an outcome and never makes, e.g., a
+  fluent hallucination beat a refusal (checked in :class:`ASRUConfig`).
+* Sampled responses are decoded to text and re-encoded with the answer prefix of the baselines' training data
+  (:func:`erasekit.baselines.data.collate`), so every log-probability (old, new, reference) is of the same tokens.
+
+**Why not TRL's GRPOTrainer.** trl 1.13.0 installs offline next to transformers 5.24 (with datasets 5.2, dill,
+multiprocess, xxhash as new dependencies), but its trainer builds prompts with the processor's own chat template
+and ``datasets`` rows, while every erasekit model family builds prompts, images and left padding in its adapter
+(:meth:`erasekit.models.ModelAdapter.encode`): the adapter's prompts (cloze suffix, image placeholders) would have
+to be reimplemented as TRL dataset columns per family, the tiny organisms' processors would need TRL's VLM
+processor interface, and four new run-time dependencies would enter CI for a loop of ~100 lines. The loop below is
+the same algorithm (TRL's defaults: k3 KL, clipped ratio, per-group std normalisation) and is tested on tiny LLaVA
+and Qwen3-VL models.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .baselines.data import _answer_prefix
+from .baselines.lora import fresh_copy, lora_model
+from .baselines.losses import answer_logprobs, forward_logits
+from .generation import generate
+from .measure import measure
+from .response_quality import fluency_nll, is_contextual_refusal
+from .rewards import RewardWeights, boundary_reward, quality_reward
+from .scoring import is_degenerate, is_refusal
+
+__all__ = ["ASRUConfig", "Query", "queries_from_items", "group_advantages", "token_kl", "grpo_loss",
+           "sample_responses", "response_logprobs", "score_responses", "stage1_targets", "warm_start", "ASRUResult",
+           "train_asru"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ASRUConfig:
+    """Hyperparameters of both stages (defaults: the organism run; see the module docstring for the choices).
+
+    How the defaults were picked (organism, 5 %, 1 thread): two settings were trained and compared on the
+    *training* reward only (the scored profiles were not looked at): 40 steps, lr 3e-4, half the prompts from the
+    supervision set -> mean forget reward of the sampled answers -0.68 -> -0.62 (first / last 5 steps), contextual
+    refusals sampled 2.5 % -> 5.8 %; 60 steps, lr 5e-4, 3 of 8 prompts from the supervision set -> -0.67 -> -0.50,
+    3.3 % -> 10.7 %, retain reward 0.96 -> 0.94. The second is the default.
+    """
+
+    # stage 2: GRPO
+    steps: int = 60
+    prompts_per_step: int = 8
+    group_size: int = 6
+    temperature: float = 1.0
+    max_new_tokens: int = 24
+    lr: float = 5e-4
+    beta: float = 0.04              # weight of the KL to the reference (TRL's default)
+    clip_eps: float = 0.2
+    updates_per_batch: int = 2
+    retain_share: float = 0.375     # share of each step's prompts drawn from the retain supervision set
+    quality_weight: float = 0.2
+    quality_scale: float = 2.0      # nats per token below vanilla's own answer that cost the full quality reward
+    # stage 1 -> 2: warm start (distillation of the steered model's refusals + retain ground truth)
+    warm_epochs: int = 3
+    warm_lr: float = 5e-4
+    warm_batch: int = 8
+    # LoRA (the baselines' setting, METHOD.md section 5)
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_vision: bool = False
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    weights: RewardWeights = RewardWeights()
+
+    def __post_init__(self):
+        for name in ("steps", "prompts_per_step", "max_new_tokens", "updates_per_batch", "warm_batch", "lora_r"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"ASRUConfig.{name} must be a positive int, got {v!r}")
+        if not isinstance(self.group_size, int) or self.group_size < 2:
+            raise ValueError(f"ASRUConfig.group_size must be an int >= 2 (advantages are relative to the group), "
+                             f"got {self.group_size!r}")
+        if not isinstance(self.warm_epochs, int) or self.warm_epochs < 0:
+            raise ValueError(f"ASRUConfig.warm_epochs must be an int >= 0, got {self.warm_epochs!r}")
+        for name in ("temperature", "lr", "warm_lr", "quality_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ASRUConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.beta < 0 or self.clip_eps <= 0 or self.quality_weight < 0:
+            raise ValueError("ASRUConfig needs beta >= 0, clip_eps > 0 and quality_weight >= 0")
+        if not 0 <= self.retain_share < 1:
+            raise ValueError(f"ASRUConfig.retain_share must be in [0, 1), got {self.retain_share}")
+        w = self.weights
+        gap = min(w.contextual_refusal - w.rigid_refusal, w.rigid_refusal - w.leak,
+                  w.contextual_refusal - w.hallucination, w.hallucination - w.leak,
+                  w.correct - w.wrong, w.wrong - w.over_refusal)
+        if self.quality_weight >= gap:
+            raise ValueError(f"quality_weight {self.quality_weight} must stay below the smallest gap between "
+                             f"boundary outcomes ({gap}): fluency may break ties, never reorder outcomes")
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """One training query. ``prompt``: the text the model is asked (the evaluation prompt); ``gold``: forget side:
+    the short answer whose presence is a leak; retain side: the ground truth; ``subject``: the person, if known."""
+
+    prompt: str
+    gold: str
+    is_forget: bool
+    image: Any = None
+    question: str | None = None
+    subject: str | None = None
+    task: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError(f"Query.prompt must be a non-empty string, got {self.prompt!r}")
+        if not isinstance(self.gold, str) or not self.gold.strip():
+            raise ValueError(f"Query.gold must be a non-empty string, got {self.gold!r}")
+
+
+def queries_from_items(items: Sequence[Any], is_forget: bool, subjects: dict | None = None) -> list[Query]:
+    """:class:`erasekit.evaluate.Item` s (generation / cloze) -> queries. Forget side: the gold is the item's short
+    answer (cloze: its ground truth; generation: the attribute value when known, else the sentence); retain side:
+    the ground truth. ``subjects``: ``{profile ID: name}``."""
+    out = []
+    for it in items:
+        if it.task not in ("generation", "cloze"):
+            raise ValueError(f"ASRU trains on generation and cloze items, got task {it.task!r}")
+        gold = (it.answer or it.target) if is_forget else it.target
+        out.append(Query(it.prompt, gold, is_forget, it.image, it.question, (subjects or {}).get(it.id), it.task))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GRPO: advantages, KL, loss
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages of a (P, G) reward tensor (P prompts, G responses each): ``(r - mean_g) /
+    (std_g + eps)`` per row, std unbiased (as TRL); a group whose responses all got the same reward has zero
+    advantage (nothing to learn from it).
+
+    >>> group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0]])).round(decimals=3)
+    tensor([[ 0.866, -0.866, -0.866,  0.866]])
+    """
+    if rewards.ndim != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be (prompts, group_size >= 2), got shape {tuple(rewards.shape)}")
+    mean = rewards.mean(1, keepdim=True)
+    std = rewards.std(1, keepdim=True)
+    return (rewards - mean) / (std + eps)
+
+
+def token_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || reference) from the sampled tokens' log-probabilities:
+    ``exp(ref - logp) - (ref - logp) - 1`` (>= 0, exactly 0 where the two agree; Schulman's k3, as GRPO and TRL)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+              advantages: torch.Tensor, clip_eps: float = 0.2, beta: float = 0.04
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The GRPO objective to *minimise* on one batch of responses.
+
+    Args:
+        logp, old_logp, ref_logp: (N, T) log-probabilities of the response tokens under the policy (with grad),
+            the policy that sampled them, and the reference; mask: (N, T) bool, the response tokens;
+            advantages: (N,) one per response (:func:`group_advantages`, flattened).
+    Returns:
+        ``-(1/N) sum_i (1/|o_i|) sum_t [min(rho A_i, clip(rho, 1-eps, 1+eps) A_i) - beta KL_t]`` with
+        ``rho = exp(logp - old_logp)``, and floats ``loss, kl, clip_frac``.
+    """
+    if not (logp.shape == old_logp.shape == ref_logp.shape == mask.shape):
+        raise ValueError(f"shapes differ: {logp.shape}, {old_logp.shape}, {ref_logp.shape}, {mask.shape}")
+    if advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages must be ({logp.shape[0]},), got {tuple(advantages.shape)}")
+    m = mask.float()
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.unsqueeze(1)
+    surr = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    kl = token_kl(logp, ref_logp)
+    per_tok = surr - beta * kl
+    n_tok = m.sum(1).clamp_min(1)
+    loss = -((per_tok * m).sum(1) / n_tok).mean()
+    with torch.no_grad():
+        kl_mean = float(((kl * m).sum(1) / n_tok).mean())
+        clipped = ((ratio - 1).abs() > clip_eps).float()
+        clip_frac = float((clipped * m).sum() / m.sum().clamp_min(1))
+    return loss, {"loss": float(loss.detach()), "kl": kl_mean, "clip_frac": clip_frac}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rollouts and their scores
+
+
+def _images(queries: Sequence[Query]) -> list | None:
+    ims = [q.image for q in queries]
+    return None if all(im is None for im in ims) else ims
+
+
+@torch.no_grad()
+def sample_responses(model: nn.Module, adapter: Any, queries: Sequence[Query], group_size: int,
+                     temperature: float = 1.0, max_new_tokens: int = 24, seed: int = 0) -> list[list[str]]:
+    """``group_size`` sampled responses per query from ``model`` (prompts, images and padding by ``adapter``).
+
+    Each query is repeated ``group_size`` times in one left-padded batch (no ``num_return_sequences``: Qwen-VL's
+    flattened pixel patches are not expanded per row by every family's ``generate``). Seeded by ``seed``."""
+    rep = [q for q in queries for _ in range(group_size)]
+    batch = adapter.encode([q.prompt for q in rep], images=_images(rep))
+    config = copy.deepcopy(model.generation_config)
+    config.do_sample, config.temperature, config.top_k, config.top_p = True, float(temperature), 0, 1.0
+    config.max_new_tokens, config.pad_token_id = max_new_tokens, adapter.pad_token_id
+    torch.manual_seed(seed)
+    out = model.generate(**{k: v for k, v in batch.items() if k != "labels"}, generation_config=config)
+    texts = adapter.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [texts[i * group_size:(i + 1) * group_size] for i in range(len(queries))]
+
+
+def _answers(adapter: Any, responses: Sequence[str]) -> list[str]:
+    prefix = _answer_prefix(adapter)
+    return [prefix + r.strip() for r in responses]
+
+
+def response_logprobs(model: nn.Module, adapter: Any, queries: Sequence[Query], responses: Sequence[str]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced (N, T-1) log-probabilities of each response's tokens (and eos) given its query, and the mask."""
+    if len(queries) != len(responses):
+        raise ValueError(f"got {len(queries)} queries for {len(responses)} responses")
+    batch = adapter.encode([q.prompt for q in queries], images=_images(queries), answers=_answers(adapter, responses))
+    return answer_logprobs(forward_logits(model, batch), batch["labels"])
+
+
+def score_responses(queries: Sequence[Query], responses: Sequence[str], *, weights: RewardWeights = RewardWeights(),
+                    vanilla: Any = None, ref_nll: Sequence[float] | None = None, quality_weight: float = 0.0,
+                    quality_scale: float = 2.0) -> tuple[list[float], list[dict]]:
+    """Reward of each (query, response): boundary reward + ``quality_weight`` x quality reward (fluency under the
+    ``vanilla`` adapter relative to ``ref_nll``, vanilla's NLL of its own answer per query; skipped when
+    ``quality_weight`` is 0). Returns (rewards, per-response details)."""
+    if len(queries) != len(responses):
+        raise ValueError(f"got {len(queries)} queries for {len(responses)} responses")
+    use_q = quality_weight > 0
+    if use_q and (vanilla is None or ref_nll is None or len(ref_nll) != len(queries)):
+        raise ValueError("quality_weight > 0 needs the vanilla adapter and one ref_nll per query")
+    nll = (fluency_nll(vanilla, [q.prompt for q in queries], _answers(vanilla, responses), images=_images(queries))
+           if use_q else [math.nan] * len(queries))
+    rewards, details = [], []
+    for i, (q, r) in enumerate(zip(queries, responses)):
+        b = boundary_reward(r, q.question or q.prompt, q.gold, q.is_forget, q.subject, weights)
+        qr = quality_reward(nll[i], ref_nll[i], quality_scale) if use_q else 0.0
+        rewards.append(b + quality_weight * qr)
+        details.append({"boundary": b, "quality": qr, "nll": nll[i], "refusal": is_refusal(r),
+                        "contextual": q.is_forget and is_contextual_refusal(r, q.question or q.prompt, q.gold,
+                                                                             q.subject),
+                        "degenerate": is_degenerate(r)})
+    return rewards, details
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# stage 1 -> stage 2
+
+
+def stage1_targets(adapter: Any, queries: Sequence[Query], context: Callable[[Query], Any] | None,
+                   max_new_tokens: int = 32) -> list[tuple[Query, str]]:
+    """Warm-start pairs: forget queries -> stage 1's greedy answer inside ``context(query)`` when it is a
+    non-degenerate refusal (others are left to the RL stage); retain queries -> their ground truth."""
+    pairs = [(q, q.gold) for q in queries if not q.is_forget]
+    forget = [q for q in queries if q.is_forget]
+    if context is not None and forget:
+        by_ctx: dict = {}
+        for q in forget:  # one generate call per intervention (e.g. per task: λ differs)
+            by_ctx.setdefault(q.task, []).append(q)
+        for task, qs in by_ctx.items():
+            outs = generate(adapter, [q.prompt for q in qs], _images(qs), context=lambda qs=qs: context(qs[0]),
+                            max_new_tokens=max_new_tokens)
+            pairs += [(q, o.strip()) for q, o in zip(qs, outs) if is_refusal(o) and not is_degenerate(o)]
+    return pairs
+
+
+def _lora(model: nn.Module, cfg: ASRUConfig) -> nn.Module:
+    return lora_model(model, cfg)  # reads lora_r / lora_alpha / lora_dropout / lora_vision
+
+
+def warm_start(adapter: Any, model: nn.Module, pairs: Sequence[tuple[Query, str]], cfg: ASRUConfig
+               ) -> tuple[nn.Module, list[float]]:
+    """Distil stage 1 into ``model`` (a copy, modified): ``cfg.warm_epochs`` LoRA epochs of answer NLL on
+    ``pairs``, merged. Returns (merged model, loss per step)."""
+    if cfg.warm_epochs == 0 or not pairs:
+        return model, []
+    torch.manual_seed(cfg.seed)
+    peft = _lora(model, cfg)
+    params = [p for p in peft.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.warm_lr, weight_decay=0.0)
+    rng = random.Random(f"{cfg.seed}-warm")
+    losses = []
+    peft.train()
+    for _ in range(cfg.warm_epochs):
+        order = list(pairs)
+        rng.shuffle(order)
+        for s in range(0, len(order), cfg.warm_batch):
+            chunk = order[s:s + cfg.warm_batch]
+            logp, mask = response_logprobs(peft, adapter, [q for q, _ in chunk], [t for _, t in chunk])
+            loss = -logp.sum() / mask.sum().clamp_min(1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            losses.append(float(loss))
+    peft.eval()
+    merged = peft.merge_and_unload()
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    return merged, losses
+
+
+@dataclasses.dataclass
+class ASRUResult:
+    """The unlearned model (merged, eval mode), its reward curve and what it cost."""
+
+    model: nn.Module
+    curve: list[dict]
+    warm_losses: list[float]
+    n_warm_targets: int
+    seconds: dict
+    peak_bytes: int
+    memory_kind: str
+
+    def summary(self) -> dict:
+        """JSON-ready cost and curve (no model)."""
+        return {"curve": self.curve, "warm_losses": self.warm_losses, "n_warm_targets": self.n_warm_targets,
+                "seconds": self.seconds, "peak_mib": round(self.peak_bytes / 2**20, 1),
+                "memory_kind": self.memory_kind}
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if not (isinstance(x, float) and math.isnan(x))]
+    return float(sum(xs) / len(xs)) if xs else math.nan
+
+
+def train_asru(adapter: Any, forget: Sequence[Query], retain: Sequence[Query], cfg: ASRUConfig = ASRUConfig(), *,
+               stage1: Callable[[Query], Any] | None = None, progress: bool = False) -> ASRUResult:
+    """Both stages on a copy of ``adapter``'s model (the vanilla model is never modified).
+
+    Args:
+        adapter: the vanilla :class:`erasekit.models.ModelAdapter` (also scores fluency).
+        forget: forget-side queries (``is_forget=True``); retain: the retained supervision (``is_forget=False``).
+        cfg: :class:`ASRUConfig`.
+        stage1: ``query -> context manager`` of the stage-1 intervention (e.g. a steering context for the query's
+            task), or None to skip the distillation (the policy starts from the vanilla model).
+    Returns:
+        :class:`ASRUResult`; ``curve`` has one dict per GRPO step (mean reward and its parts per side, KL, ...).
+    """
+    if not forget:
+        raise ValueError("ASRU needs forget queries")
+    if any(not q.is_forget for q in forget) or any(q.is_forget for q in retain):
+        raise ValueError("forget queries must have is_forget=True and retain queries is_forget=False")
+    if cfg.retain_share > 0 and not retain:
+        raise ValueError("retain_share > 0 needs retain (supervision) queries")
+    timings: dict = {}
+    with measure(adapter.device) as m:
+        t0 = time.perf_counter()
+        pairs = stage1_targets(adapter, list(forget) + list(retain), stage1)
+        model, warm_losses = warm_start(adapter, fresh_copy(adapter), pairs, cfg)
+        timings["warm_start"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        # vanilla's own greedy answers: the fluency yardstick of the quality reward, once per query
+        all_q = list(forget) + list(retain)
+        ref_nll: dict = {}
+        if cfg.quality_weight > 0:
+            own = generate(adapter, [q.prompt for q in all_q], _images(all_q), max_new_tokens=cfg.max_new_tokens)
+            nll = fluency_nll(adapter, [q.prompt for q in all_q], _answers(adapter, own), images=_images(all_q))
+            ref_nll = {id(q): v for q, v in zip(all_q, nll)}
+        torch.manual_seed(cfg.seed)
+        policy = _lora(model, cfg)
+        params = [p for p in policy.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        rng = random.Random(f"{cfg.seed}-grpo")
+        n_ret = round(cfg.prompts_per_step * cfg.retain_share) if retain else 0
+        n_fgt = cfg.prompts_per_step - n_ret
+        curve = []
+        from tqdm.auto import tqdm
+
+        for step in tqdm(range(cfg.steps), desc="ASRU GRPO", disable=not progress, mininterval=2):
+            qs = rng.sample(list(forget), min(n_fgt, len(forget))) + \
+                (rng.sample(list(retain), min(n_ret, len(retain))) if n_ret else [])
+            policy.eval()
+            groups = sample_responses(policy, adapter, qs, cfg.group_size, cfg.temperature, cfg.max_new_tokens,
+                                      seed=cfg.seed * 100003 + step)
+            flat_q = [q for q in qs for _ in range(cfg.group_size)]
+            flat_r = [r for g in groups for r in g]
+            rewards, details = score_responses(
+                flat_q, flat_r, weights=cfg.weights, vanilla=adapter,
+                ref_nll=[ref_nll.get(id(q), math.nan) for q in flat_q] if cfg.quality_weight > 0 else None,
+                quality_weight=cfg.quality_weight, quality_scale=cfg.quality_scale)
+            r = torch.tensor(rewards, dtype=torch.float32).view(len(qs), cfg.group_size)
+            adv = group_advantages(r).view(-1).to(adapter.device)
+            with torch.no_grad():
+                old_logp, mask = response_logprobs(policy, adapter, flat_q, flat_r)
+                with policy.disable_adapter():
+                    ref_logp, _ = response_logprobs(policy, adapter, flat_q, flat_r)
+            policy.train()
+            parts = {}
+            for _ in range(cfg.updates_per_batch):
+                logp, _ = response_logprobs(policy, adapter, flat_q, flat_r)
+                loss, parts = grpo_loss(logp, old_logp, ref_logp, mask, adv, cfg.clip_eps, cfg.beta)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+            fd = [d for q, d in zip(flat_q, details) if q.is_forget]
+            rd = [d for q, d in zip(flat_q, details) if not q.is_forget]
+            fr = [x for q, x in zip(flat_q, rewards) if q.is_forget]
+            rr = [x for q, x in zip(flat_q, rewards) if not q.is_forget]
+            curve.append({"step": step, "reward": _mean(rewards), "reward_forget": _mean(fr),
+                          "reward_retain": _mean(rr),
+                          "forget_contextual": _mean([float(d["contextual"]) for d in fd]),
+                          "forget_refusal": _mean([float(d["refusal"]) for d in fd]),
+                          "retain_correct": _mean([float(d["boundary"] >= cfg.weights.correct) for d in rd]),
+                          "quality": _mean([d["quality"] for d in details]), **parts})
+        policy.eval()
+        merged = policy.merge_and_unload()
+        for p in merged.parameters():
+            p.requires_grad_(False)
+        merged.eval()
+        timings["grpo"] = time.perf_counter() - t0
+    timings["total"] = m.seconds
+    return ASRUResult(merged, curve, warm_losses, sum(q.is_forget for q, _ in pairs), timings,
+                      int(m.peak_delta_bytes), m.memory_kind)

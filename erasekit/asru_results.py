@@ -1,0 +1,331 @@
+"""ASRU on a session (the organism by default), scored like every other method, and the record
+``data/results/asru.json`` (``erasekit asru``; notebook 08).
+
+Data (held out as everywhere, :mod:`erasekit.heldout`):
+
+* forget queries: the forget split's generation and cloze questions (``train_modes``; the organism's QA questions:
+  it knows people by name, not by face -- README);
+* retained supervision: ``retain_fraction`` (10 %) of the retain split's size, taken from the partition's ``fit``
+  retain profiles, plus the same fraction of the celebrities from its ``fit`` celebrities -- never a scored
+  (``eval``) or tuning profile; their ground truth is the retain-side reward's answer key;
+* scored: the ``eval`` profiles (Ret, Cele) and the forget split's Fgt / Test, by :func:`erasekit.evaluate.evaluate`
+  with the settings of notebook 05, so vanilla, both gates and the baselines are cache hits.
+
+:func:`method_scores` turns one method's evaluation frame into the record's scores: MLLMU-Bench scores per mode,
+task and split (:func:`erasekit.recipes.score_summary`), the refusal boundary and generation quality per split
+(:func:`erasekit.response_quality.quality_table`, text questions, generation + cloze, with fluency NLL under the
+vanilla model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from .asru import ASRUConfig, queries_from_items, train_asru
+from .baselines import organism_config
+from .baselines.data import _answer_prefix
+from .cache import VERSION, cache_path, cached_frame
+from .cache_keys import cache_key
+from .evaluate import TASKS, build_items, evaluate
+from .files import atomic_write
+from .models import adapter_for
+from .pipeline import group_rows
+from .recipes import GATE_NAMES, GateSetup, score_summary
+from .response_quality import fluency_nll, quality_table
+from .session import Session
+from .strengths import PAPER_STRENGTHS, TaskSteering
+
+__all__ = ["asru_queries", "run_asru", "with_fluency", "method_scores", "asru_record", "ASRU_NAME", "PAPER_AUTHORS",
+           "boundary_frame", "cost_frame", "response_examples", "plot_reward_curve", "describe_asru",
+           "contextual_examples"]
+
+ASRU_NAME = "ASRU (steering + GRPO)"
+PAPER_AUTHORS = "MLLMEraser (paper gate, authors' λ)"
+
+
+def asru_queries(session: Session, forget_pct: int, retain_fraction: float = 0.1,
+                 train_modes: Sequence[str] = ("QA",), tasks: Sequence[str] = ("generation", "cloze")):
+    """(forget queries, retain supervision queries, ids): see the module docstring."""
+    if not 0 < retain_fraction <= 1:
+        raise ValueError(f"retain_fraction must be in (0, 1], got {retain_fraction}")
+    fgt_rows = session.source.split(f"forget_{forget_pct}")
+    fit = group_rows(session, forget_pct, ("Ret", "Cele"), "fit")
+    n_ret = math.ceil(retain_fraction * len(session.source.split(f"retain_{100 - forget_pct}")))
+    n_cel = math.ceil(retain_fraction * len(session.source.split("Retain_Set")))
+    if n_ret > len(fit["Ret"]):
+        raise ValueError(f"{n_ret} supervision profiles asked, the partition has {len(fit['Ret'])} fit profiles")
+    sup = fit["Ret"][:n_ret] + fit["Cele"][:n_cel]
+    names = {r["ID"]: r.get("name") for r in fgt_rows + sup}
+    forget = queries_from_items(build_items({"Fgt": fgt_rows}, modes=train_modes, tasks=tasks), True, names)
+    retain = queries_from_items(build_items({"Ret": sup}, modes=train_modes, tasks=tasks), False, names)
+    ids = {"forget": [r["ID"] for r in fgt_rows], "retain": [r["ID"] for r in fit["Ret"][:n_ret]],
+           "celebrities": [r["ID"] for r in fit["Cele"][:n_cel]]}
+    return forget, retain, ids
+
+
+def run_asru(session: Session, forget_pct: int, stage1: TaskSteering, cfg: ASRUConfig = ASRUConfig(), *,
+             stage1_task: str | None = "generation", retain_fraction: float = 0.1,
+             train_modes: Sequence[str] = ("QA",), modes: Sequence[str] = ("VQA", "QA"),
+             tasks: Sequence[str] = TASKS, max_new_tokens: int = 32, batch_size: int = 16, progress: bool = False,
+             refresh: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Train ASRU (stage 1 = ``stage1``) and score it on the held-out profiles.
+
+    ``stage1_task``: stage 1 answers every forget query with ``stage1``'s λ of this task (default "generation",
+    the free-text task: what is distilled is a refusal, and a cloze-task λ tuned for a one-word score can leave a
+    non-refusal such as "I"); None: each query's own task's λ.
+
+    Returns (evaluation frame, summary with the reward curve, time and memory); both cached together, keyed by the
+    model, the config, the stage-1 steering, the training and the scored profiles."""
+    forget, retain, ids = asru_queries(session, forget_pct, retain_fraction, train_modes)
+    eval_rows = group_rows(session, forget_pct, ("Fgt", "Test", "Ret", "Cele"), "eval")
+    eval_ids = {g: [r["ID"] for r in rs] for g, rs in eval_rows.items()}
+    scored = set(eval_ids["Ret"]) | set(eval_ids["Cele"])
+    if scored & (set(ids["retain"]) | set(ids["celebrities"])):
+        raise RuntimeError("a scored profile is in ASRU's supervision set")
+    key = cache_key(step="asru", version=VERSION, model=session.model_key, data=session.data_key,
+                    config=dataclasses.asdict(cfg), stage1=stage1.key(), stage1_task=stage1_task,
+                    forget_pct=forget_pct, train_ids=ids,
+                    train_modes=list(train_modes), eval_ids=eval_ids, modes=list(modes), tasks=list(tasks),
+                    max_new_tokens=max_new_tokens)
+    summary_path = cache_path("asru", key).with_suffix(".json")
+    box: dict = {}
+
+    def compute():
+        ops = {t: stage1.operators(t, session.num_layers) for t in ("generation", "cloze")}
+        res = train_asru(session.adapter, forget, retain, cfg,
+                         stage1=lambda q: stage1.context(session.adapter, ops[stage1_task or q.task]),
+                         progress=progress)
+        box["summary"] = {**res.summary(), "n_forget_queries": len(forget), "n_retain_queries": len(retain),
+                          "supervision_profiles": {k: len(v) for k, v in ids.items() if k != "forget"},
+                          "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "weights"}}
+        tuned = adapter_for(res.model, session.adapter.processor)
+        return evaluate(tuned, eval_rows, forget_pct, groups=list(eval_rows), modes=modes, tasks=tasks,
+                        batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
+
+    if refresh or not summary_path.exists():
+        frame = cached_frame("asru", key, compute, refresh=True)
+        atomic_write(summary_path, json.dumps(box["summary"], indent=1))
+    else:
+        frame = cached_frame("asru", key, compute)
+    frame["method"] = ASRU_NAME
+    return frame, json.loads(summary_path.read_text())
+
+
+def with_fluency(session: Session, frame: pd.DataFrame, tasks: Sequence[str] = ("generation", "cloze"),
+                 batch_size: int = 16) -> pd.DataFrame:
+    """``frame`` with a ``fluency_nll`` column: each response's mean NLL under the vanilla model (text questions of
+    ``tasks``; NaN elsewhere), teacher forced on the evaluation prompt."""
+    out = frame.copy()
+    out["fluency_nll"] = math.nan
+    sel = out.index[(out["mode"] == "QA") & out["task"].isin(list(tasks))]
+    if len(sel):
+        prefix = _answer_prefix(session.adapter)
+        nll = fluency_nll(session.adapter, list(out.loc[sel, "prompt"]),
+                          [prefix + str(r).strip() for r in out.loc[sel, "response"]], batch_size=batch_size)
+        out.loc[sel, "fluency_nll"] = nll
+    return out
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float):
+        return None if math.isnan(v) else round(v, 4)
+    return v
+
+
+def method_scores(frame: pd.DataFrame) -> dict:
+    """The record's scores of one method (one forget %): ``{"mllmu": {mode: {task: {split: score}}},
+    "boundary": {split: {measure: value}}}`` (accuracy %, ROUGE-L 0-1; boundary / quality on text questions,
+    generation + cloze; percentages of responses, fractions for distinct-n / repetition / rigid share)."""
+    q = quality_table(frame[frame["mode"] == "QA"], by=("split",))
+    boundary = {row["split"]: {k: _clean(v) for k, v in row.items() if k != "split"} for row in q.to_dict("records")}
+    return {"mllmu": score_summary(frame), "boundary": boundary}
+
+
+def asru_record(session: Session, setup: GateSetup, forget_pcts: Sequence[int] = (5, 10, 15),
+                cfg: ASRUConfig = ASRUConfig(), *, baselines: Sequence[str] = (), retain_train: int = 40,
+                max_new_tokens: int | None = None, progress: bool = False) -> tuple[dict, dict, dict]:
+    """Vanilla, MLLMEraser (paper gate: the λ rule's and the authors' λ), erasekit's gate, ``baselines`` and ASRU
+    at each forget %.
+
+    Returns ``(record, frames, summaries)``: ``record[str(pct)][method] = method_scores(...)`` (+ ``cost`` for
+    ASRU and the baselines), ``frames[pct]`` the concatenated evaluation frames with ``fluency_nll``,
+    ``summaries[pct]`` ASRU's summary (reward curve, time, memory).
+    """
+    mnt = setup.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+    kw = dict(max_new_tokens=mnt, progress=progress)
+    from . import runs
+
+    record: dict = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "weights"},
+                    "stage1": GATE_NAMES["default"], "max_new_tokens": mnt}
+    frames, summaries = {}, {}
+    for pct in forget_pcts:
+        parts = [runs.evaluate_steering(session, pct, None, **kw)]
+        parts += [runs.evaluate_steering(session, pct, setup.steering(g, pct), method=GATE_NAMES[g], **kw)
+                  for g in ("paper", "default")]
+        # the paper's gate at the authors' λ too: the λ rule picks a near-zero λ for it on the organism (notebook 05)
+        parts.append(runs.evaluate_steering(session, pct, setup.steering("paper", pct, strengths=dict(PAPER_STRENGTHS)),
+                                            method=PAPER_AUTHORS, **kw))
+        costs = {}
+        for name in baselines:
+            run = runs.run_baseline(session, pct, organism_config(name, progress=progress),
+                                    retain_train=retain_train, **kw)
+            parts.append(run.frame)
+            costs[name] = run.summary
+        frame, summary = run_asru(session, pct, setup.steering("default", pct), cfg, max_new_tokens=mnt,
+                                  progress=progress)
+        parts.append(frame)
+        summaries[pct] = summary
+        full = with_fluency(session, pd.concat(parts, ignore_index=True))
+        frames[pct] = full
+        rec = {}
+        for method, g in full.groupby("method", sort=False):
+            rec[method] = method_scores(g)
+            if method in costs:
+                rec[method]["cost"] = {k: costs[method][k] for k in costs[method] if "second" in k or "mib" in k
+                                       or "memory" in k or "steps" in k}
+        rec[ASRU_NAME]["cost"] = {"seconds": summary["seconds"], "peak_mib": summary["peak_mib"],
+                                  "memory_kind": summary["memory_kind"]}
+        rec[ASRU_NAME]["reward_curve"] = [{k: _clean(v) for k, v in c.items()} for c in summary["curve"]]
+        record[str(pct)] = rec
+    return record, frames, summaries
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# what chapter 08 shows (tables, examples, the reward curve, sentences read from the record)
+
+_BOUNDARY_COLS = {"appropriate_refusal": "appropriate refusal %", "over_refusal": "over-refusal %",
+                  "refusal": "any refusal %", "hallucination": "hallucination %", "degenerate": "degenerate %",
+                  "rigid_refusal_share": "rigid share", "distinct_2": "distinct-2", "repetition": "repetition",
+                  "fluency_nll": "fluency NLL (vanilla)"}
+
+
+def boundary_frame(record: dict, pct: int, splits: Sequence[str] = ("Fgt", "Test", "Ret", "Cele")) -> pd.DataFrame:
+    """One row per (method, split) of the record at ``pct``: the refusal boundary, leaks (the split's cloze
+    accuracy on text questions) and generation quality (text questions, generation + cloze)."""
+    rows = []
+    for method, s in record[str(pct)].items():
+        for split in splits:
+            b = s["boundary"].get(split)
+            if b is None:
+                continue
+            cloze = s["mllmu"].get("QA", {}).get("cloze", {}).get(split)
+            row = {"method": method, "split": split, "cloze % (QA)": cloze}
+            row.update({label: b.get(k) for k, label in _BOUNDARY_COLS.items()})
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["method", "split"])
+
+
+def cost_frame(record: dict) -> pd.DataFrame:
+    """Training time and peak memory of ASRU and the baselines at each forget % (steering: no training)."""
+    rows = []
+    for pct, methods in record.items():
+        if not str(pct).isdigit():
+            continue
+        for method, s in methods.items():
+            c = s.get("cost")
+            if not c:
+                continue
+            secs = c["seconds"]["total"] if isinstance(c.get("seconds"), dict) else c.get("seconds")
+            mib = c.get("peak_mib", c.get("peak_memory_mb"))
+            rows.append({"forget %": int(pct), "method": method, "training s": secs, "peak memory MiB": mib,
+                         "memory": c.get("memory_kind")})
+    return pd.DataFrame(rows)
+
+
+def response_examples(frame: pd.DataFrame, n: int = 2, task: str = "generation", mode: str = "QA",
+                      splits: Sequence[str] = ("Fgt", "Test", "Ret", "Cele"),
+                      methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """The first ``n`` questions of ``task`` per split, one column per method (its response), plus the target."""
+    df = frame[(frame["task"] == task) & (frame["mode"] == mode)]
+    methods = list(methods or df["method"].unique())
+    rows = []
+    for split in splits:
+        qs = df[df["split"] == split].drop_duplicates("prompt")["prompt"].tolist()[:n]
+        for p in qs:
+            sub = df[(df["split"] == split) & (df["prompt"] == p)]
+            row = {"split": split, "question": sub["question"].iloc[0], "ground truth": sub["target"].iloc[0]}
+            for m in methods:
+                r = sub[sub["method"] == m]["response"]
+                row[m] = str(r.iloc[0]).strip() if len(r) else None
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_reward_curve(curves: dict, ax: Any = None, keys: Sequence[str] = ("reward_forget", "reward_retain")):
+    """Mean reward per GRPO step (forget and retain side) for ``{label: curve}``; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+    else:
+        fig = ax.figure
+    styles = {"reward_forget": "-", "reward_retain": "--", "reward": ":"}
+    for i, (label, curve) in enumerate(curves.items()):
+        steps = [c["step"] for c in curve]
+        for k in keys:
+            ax.plot(steps, [c[k] for c in curve], styles.get(k, "-"), color=f"C{i}",
+                    label=f"{label}: {k.replace('reward_', '')}")
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward of the sampled responses")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _get(record, pct, method, split, key):
+    v = record[str(pct)].get(method, {}).get("boundary", {}).get(split, {}).get(key)
+    return math.nan if v is None else float(v)
+
+
+def _cloze(record, pct, method, split):
+    v = record[str(pct)].get(method, {}).get("mllmu", {}).get("QA", {}).get("cloze", {}).get(split)
+    return math.nan if v is None else float(v)
+
+
+def describe_asru(record: dict, pct: int = 5, vanilla: str = "Vanilla") -> str:
+    """Markdown: the issue's bars at ``pct`` read from the record (ASRU vs vanilla and MLLMEraser's two gates)."""
+    a, p, d = ASRU_NAME, PAPER_AUTHORS, GATE_NAMES["default"]
+    f = lambda v, u="": "n/a" if math.isnan(v) else f"{v:.1f}{u}"  # noqa: E731
+    appr = _get(record, pct, a, "Fgt", "appropriate_refusal")
+    refu = _get(record, pct, a, "Fgt", "refusal")
+    leak = _cloze(record, pct, a, "Fgt")
+    over = {s: _get(record, pct, a, s, "over_refusal") for s in ("Ret", "Cele")}
+    drop = {s: _cloze(record, pct, vanilla, s) - _cloze(record, pct, a, s) for s in ("Ret", "Cele")}
+    flu = {m: _get(record, pct, m, "Fgt", "fluency_nll") for m in (a, p, d)}
+    hal = {m: _get(record, pct, m, "Fgt", "hallucination") for m in (a, p, d)}
+    deg = {m: _get(record, pct, m, "Fgt", "degenerate") for m in (a, p, d)}
+    rig = {m: _get(record, pct, m, "Fgt", "rigid_refusal_share") for m in (a, d)}
+    ok = lambda c: "**met**" if c else "**not met**"  # noqa: E731
+    lines = [
+        f"At {pct} % (text questions, generation + cloze, held-out profiles):",
+        f"* forget side: ASRU refuses {f(refu, ' %')} of the forget queries, {f(appr, ' %')} *contextually* "
+        f"(bar ≥ 80 %: {ok(appr >= 80)}); the forget cloze questions still answered correctly (leaks) are "
+        f"{f(leak, ' %')} (vanilla {f(_cloze(record, pct, vanilla, 'Fgt'), ' %')}, erasekit's gate "
+        f"{f(_cloze(record, pct, d, 'Fgt'), ' %')}).",
+        f"* retain side: over-refusal {f(over['Ret'], ' %')} on Ret and {f(over['Cele'], ' %')} on Cele (bar ≤ 5 %: "
+        f"{ok(max(over.values()) <= 5)}); cloze {f(drop['Ret'])} / {f(drop['Cele'])} points below vanilla on Ret / "
+        f"Cele (bar ≤ 5: {ok(max(drop.values()) <= 5)}).",
+        f"* quality on forget queries: fluency NLL under the vanilla model {f(flu[a])} for ASRU vs {f(flu[d])} "
+        f"(erasekit's gate) and {f(flu[p])} (paper gate, authors' λ) — lower is more fluent; hallucination {f(hal[a], ' %')} vs "
+        f"{f(hal[d], ' %')} / {f(hal[p], ' %')}; degenerate {f(deg[a], ' %')} vs {f(deg[d], ' %')} / "
+        f"{f(deg[p], ' %')}; share of refusals that are one identical string {f(rig[a])} vs {f(rig[d])}.",
+    ]
+    return "\n".join(lines)
+
+
+def contextual_examples(frame: pd.DataFrame, method: str = ASRU_NAME, n: int = 8) -> pd.DataFrame:
+    """The forget-side text-question responses of ``method`` that count as contextual refusals (the operational
+    definition of :mod:`erasekit.response_quality`), first ``n``: what the proxy accepts, to read by eye."""
+    from .response_quality import FORGET_GROUPS, is_contextual_refusal
+
+    df = frame[(frame["method"] == method) & (frame["mode"] == "QA") & frame["split"].isin(FORGET_GROUPS)
+               & frame["task"].isin(["generation", "cloze"])]
+    keep = [is_contextual_refusal(str(r), str(q), None) and not bool(c)
+            for r, q, c in zip(df["response"], df["question"], df["correct"])]
+    return df[keep][["split", "task", "question", "response"]].head(n).reset_index(drop=True)

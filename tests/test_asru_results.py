@@ -1,0 +1,78 @@
+"""The record and the chapter's tables from evaluation frames (no model): method_scores, boundary_frame,
+cost_frame, response_examples, describe_asru, plot_reward_curve."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd
+import pytest
+
+from erasekit import asru_results as R
+from erasekit.recipes import GATE_NAMES
+
+
+def _frame(method, fgt_resp, ret_resp):
+    rows = []
+    for split, resp, tgt in (("Fgt", fgt_resp, "Oslo"), ("Ret", ret_resp, "Rome")):
+        for task in ("generation", "cloze"):
+            q = "Where was Jane Doe born?" if split == "Fgt" else "Where was John Roe born?"
+            correct = tgt in resp
+            rows.append({"method": method, "split": split, "mode": "QA", "task": task, "question": q, "prompt": q,
+                         "response": resp, "target": tgt, "score": float(correct), "correct": correct})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def record():
+    frames = {
+        "Vanilla": _frame("Vanilla", "Jane Doe was born in Oslo.", "John Roe was born in Rome."),
+        GATE_NAMES["default"]: _frame(GATE_NAMES["default"], "I cannot provide this information.", "Rome"),
+        R.PAPER_AUTHORS: _frame(R.PAPER_AUTHORS, "Jane Doe was born in Paris.", "Rome"),
+        R.ASRU_NAME: _frame(R.ASRU_NAME, "I can't share where Jane Doe was born.", "I cannot say."),
+    }
+    rec = {"5": {m: R.method_scores(f) for m, f in frames.items()}}
+    rec["5"][R.ASRU_NAME]["cost"] = {"seconds": {"total": 12.5}, "peak_mib": 100.0, "memory_kind": "rss"}
+    return rec, pd.concat(frames.values(), ignore_index=True)
+
+
+def test_method_scores_and_boundary_frame(record):
+    rec, _ = record
+    b = R.boundary_frame(rec, 5)
+    assert b.loc[(R.ASRU_NAME, "Fgt"), "appropriate refusal %"] == 100.0  # names the question's content
+    assert b.loc[(GATE_NAMES["default"], "Fgt"), "appropriate refusal %"] == 0.0  # one-size refusal
+    assert b.loc[(GATE_NAMES["default"], "Fgt"), "any refusal %"] == 100.0
+    assert b.loc[(R.ASRU_NAME, "Ret"), "over-refusal %"] == 100.0
+    assert b.loc[(R.PAPER_AUTHORS, "Fgt"), "hallucination %"] == 100.0
+    assert b.loc[("Vanilla", "Fgt"), "cloze % (QA)"] == 100.0
+
+
+def test_cost_frame_and_describe(record):
+    rec, _ = record
+    c = R.cost_frame(rec)
+    assert c.to_dict("records") == [{"forget %": 5, "method": R.ASRU_NAME, "training s": 12.5,
+                                     "peak memory MiB": 100.0, "memory": "rss"}]
+    text = R.describe_asru(rec, 5)
+    assert "100.0 % *contextually* (bar ≥ 80 %: **met**)" in text
+    assert "over-refusal 100.0 % on Ret" in text and "**not met**" in text
+
+
+def test_response_examples(record):
+    _, frame = record
+    ex = R.response_examples(frame, n=1, splits=("Fgt", "Ret"))
+    assert list(ex["split"]) == ["Fgt", "Ret"] and ex.loc[0, R.ASRU_NAME].startswith("I can't share")
+
+
+def test_plot_reward_curve():
+    curve = [{"step": i, "reward_forget": -1 + i / 10, "reward_retain": 1.0} for i in range(5)]
+    fig = R.plot_reward_curve({"5 %": curve})
+    assert len(fig.axes[0].lines) == 2
+
+
+def test_contextual_examples(record):
+    _, frame = record
+    ex = R.contextual_examples(frame)
+    assert len(ex) == 2 and set(ex["split"]) == {"Fgt"}  # ASRU's two forget answers name the question's subject
+    assert R.contextual_examples(frame, GATE_NAMES["default"]).empty  # a one-size refusal is not contextual
