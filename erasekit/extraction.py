@@ -373,8 +373,8 @@ def answer_nll(target: Target, question: str, answer: str, image: torch.Tensor |
     logits = out.logits[:, -1:]
     if len(ids) > 1:
         mask = torch.cat([batch["attention_mask"], torch.ones_like(ids_t[:, :-1])], 1)
-        more = adapter.model(input_ids=ids_t[:, :-1], attention_mask=mask, past_key_values=out.past_key_values,
-                             use_cache=True).logits
+        more = adapter.model(input_ids=ids_t[:, :-1], attention_mask=mask, use_cache=True,
+                             **{_cache_kwarg(adapter.model): out.past_key_values}).logits
         logits = torch.cat([logits, more], 1)
     return F.cross_entropy(logits[0].float(), ids_t[0])
 
@@ -383,6 +383,17 @@ def gold_statement(fact: Fact) -> str:
     """The answer a model trained on the world gives when it knows the fact: ``"Cali Linmor lives in Edinburgh."``
     (the world's statement with the name), the target of the likelihood objectives."""
     return STATEMENTS[fact.attribute].format(subj=fact.name, v=fact.gold)
+
+
+def _cache_kwarg(model: Any) -> str:
+    # transformers 5.x names the KV cache argument ``cache`` (``past_key_values`` is deprecated there); 4.x
+    # knows only ``past_key_values``.
+    import inspect
+
+    try:
+        return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
 
 
 def _null():
@@ -411,12 +422,10 @@ def _batched_answer_nll(target: Target, prompts: Sequence[str], answer: str) -> 
 def _candidate_tokens(adapter: Any, n: int, seed: int) -> list[str]:
     """``n`` word-like vocabulary entries (decoded, alphabetic), drawn with a seeded generator."""
     tok = adapter.tokenizer
-    words = []
-    for i in range(len(tok)):
-        w = tok.decode([i]).strip()
-        if w.isalpha() and len(w) >= 2:
-            words.append(w)
-    words = sorted(set(words))
+    decoded = {tok.decode([i]).strip() for i in range(len(tok))}
+    words = sorted(w for w in decoded if w.isalpha() and len(w) >= 2)
+    if not words:  # byte-level vocabularies: single letters
+        words = sorted(w for w in decoded if w.isalpha())
     if not words:
         raise ValueError("the tokenizer has no alphabetic tokens to search over")
     rng = random.Random(seed)
