@@ -57,7 +57,8 @@ from .world import JAILBREAKS_HELDOUT, JAILBREAKS_TRAIN, QUESTIONS_TEST, QUESTIO
 
 __all__ = ["Fact", "Target", "RECORD_COLUMNS", "ATTACKS", "leaks", "facts_from_rows", "misspell", "initials",
            "rephrase_prompts", "context_prompts", "run_prompts", "rephrase", "context", "gate_thresholds",
-           "gate_objective", "gate_evasion", "gold_statement", "answer_nll", "image_pgd", "direction", "relearn", "summarize"]
+           "gate_objective", "gate_evasion", "gold_statement", "answer_nll", "image_pgd", "direction", "relearn",
+           "summarize"]
 
 RECORD_COLUMNS = ["target", "attack", "variant", "split", "id", "name", "attribute", "gold", "prompt", "response",
                   "leak", "refusal", "objective_before", "objective_after"]
@@ -505,11 +506,11 @@ def image_pgd(target: Target, facts: Sequence[Fact], *, eps: float = 16 / 255, a
               steps: int = 20, max_new_tokens: int = 32, progress: bool = False) -> pd.DataFrame:
     """Attack 4, white-box image PGD. **Threat model:** the attacker has the weights *and* the deployed steering
     (gate, direction, λ) and may attach an image to a text question that names the person. Starting from the
-    person's portrait (grey if none), ``steps`` signed-gradient steps in the L∞ ``eps``-ball (pixels in [0, 1]) minimise
-    :func:`answer_nll` of the gold statement (:func:`gold_statement`) under the model as deployed; then the question is asked with the
-    adversarial image. With erasekit's gate (``read="frozen"``) the gate is read on an unsteered pass without
-    gradient, so the gradient treats the gate as fixed for that step (a BPDA-style approximation); the paper's gate
-    is differentiated through.
+    person's portrait (grey if none), ``steps`` signed-gradient steps in the L∞ ``eps``-ball (pixels in [0, 1])
+    minimise :func:`answer_nll` of the gold statement (:func:`gold_statement`) under the model as deployed; then the
+    question is asked with the adversarial image (the step with the lowest loss). With erasekit's gate
+    (``read="frozen"``) the gate is read on an unsteered pass without gradient, so the gradient treats the gate as
+    fixed for that step (a BPDA-style approximation); the paper's gate is differentiated through.
 
     Records carry the answer NLL before and after (``objective_before`` / ``objective_after``)."""
     from .models.pixels import pil_to_tensor

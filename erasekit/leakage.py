@@ -34,7 +34,7 @@ from .session import Session
 from .strengths import PAPER_STRENGTHS
 
 __all__ = ["AttackConfig", "BASELINES", "Method", "register_method", "method_targets", "attack_facts", "attack_records",
-           "leak_table", "attacks_record", "write_attacks_json", "SCORED_ATTACKS"]
+           "gate_diagnosis", "describe_attacks", "leak_table", "attacks_record", "write_attacks_json", "SCORED_ATTACKS"]
 
 BASELINES = ("GA", "GA_Diff", "KL_Min", "NPO", "MMUnlearner", "MANU")
 # The attacks whose leak counts against a method (issue #15: 1-4, and 6 for weight-based); "direction" is reported.
@@ -161,7 +161,8 @@ def _run_target(t: ex.Target, facts: Mapping[str, list[ex.Fact]], cfg: AttackCon
         runs.append(("image_pgd", lambda: ex.image_pgd(t, Fs + Rs, eps=cfg.pgd_eps, alpha=cfg.pgd_alpha,
                                                        steps=cfg.pgd_steps, progress=progress, **kw)))
     if steered:
-        runs += [(f"direction_{v}", lambda v=v: ex.direction(t, F + R, variant=v, **kw)) for v in ("ablate", "subtract")]
+        runs += [(f"direction_{v}", lambda v=v: ex.direction(t, F + R, variant=v, **kw))
+                 for v in ("ablate", "subtract")]
     if t.steering is None:
         # on retain data (fit profiles), leak on every forget fact; on the forget facts of the first half of the
         # forget people, leak on the other half
@@ -200,6 +201,33 @@ def attack_records(session: Session, methods: Mapping[str, Method], cfg: AttackC
     return pd.concat(frames, ignore_index=True), seconds
 
 
+def gate_diagnosis(target: ex.Target, records: pd.DataFrame, facts: Mapping[str, list[ex.Fact]],
+                   attacks: Sequence[str] = ("rephrase", "context")) -> pd.DataFrame:
+    """Why a gated method leaks: the gate margin of every forget prompt of ``attacks`` in ``records`` (and of the
+    plain questions, variant ``"plain question"``), beside whether it leaked.
+
+    ``margin`` = :func:`erasekit.extraction.gate_objective` with the thresholds of
+    :func:`erasekit.extraction.gate_thresholds` on the ``tune`` facts' questions: the largest gate over the steered
+    layers, minus its threshold, in units of the gate's spread on retain questions (<= 0: no layer fires).
+    Columns: ``attack, variant, prompt, leak, margin, fires``.
+    """
+    if target.steering is None:
+        raise ValueError(f"{target.name!r} has no gate to diagnose")
+    tune_q = [f.question or f.cloze for f in facts["tune"]]
+    thr = ex.gate_thresholds(target, tune_q)
+    spread = ex._gate_reads(target, tune_q, "generation")
+    scale = {l: max(float(spread[l].double().std()), 1e-12) for l in thr}
+    rec = records[(records["target"] == target.name) & records["attack"].isin(list(attacks))
+                  & (records["split"] == "forget")]
+    plain = [f.question or f.cloze for f in facts["forget"]]
+    rows = pd.concat([pd.DataFrame({"attack": "none", "variant": "plain question", "prompt": plain,
+                                    "leak": pd.NA}),
+                      rec[["attack", "variant", "prompt", "leak"]]], ignore_index=True)
+    rows["margin"] = ex.gate_objective(target, list(rows["prompt"]), "generation", thr, scale).numpy()
+    rows["fires"] = rows["margin"] > 0
+    return rows
+
+
 def leak_table(records: pd.DataFrame, value: str = "leak") -> pd.DataFrame:
     """Methods × attacks of ``value`` ("leak", "leak_mean", "retain_acc" or "n") from :func:`attack_records`'s
     records (:func:`erasekit.extraction.summarize`); methods in their order in the records, attacks in
@@ -209,6 +237,33 @@ def leak_table(records: pd.DataFrame, value: str = "leak") -> pd.DataFrame:
                          "direction_subtract", "relearn_retain", "relearn_forget")]
     df = pd.DataFrame({m: {a: v.get(value) for a, v in atts.items()} for m, atts in summary.items()}).T
     return df[[a for a in order if a in df.columns]]
+
+
+def _fmt(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and v != v) else f"{v:.0f} %"
+
+
+def describe_attacks(summary: Mapping[str, Mapping[str, Mapping]], method: str, ceiling: str = "Vanilla",
+                     attacks: Sequence[str] = ("rephrase", "context", "gate_evasion", "image_pgd"),
+                     bar: float = 20.0) -> str:
+    """Sentences that read the leak table for ``method`` against the ``ceiling``, from the numbers
+    (:func:`erasekit.extraction.summarize`): which attacks leak above ``bar`` %, at what retain accuracy."""
+    if method not in summary or ceiling not in summary:
+        raise KeyError(f"need {method!r} and {ceiling!r} in the summary, have {sorted(summary)}")
+    m, c = summary[method], summary[ceiling]
+    parts, over = [], []
+    for a in attacks:
+        if a not in m:
+            continue
+        v, r, n = m[a]["leak"], m[a]["retain_acc"], m[a]["n"]
+        parts.append(f"{a.replace('_', ' ')} {_fmt(v)} (retain {_fmt(r)}; the ceiling {_fmt(c.get(a, {}).get('leak'))}"
+                     f" at retain {_fmt(c.get(a, {}).get('retain_acc'))}; n = {n})")
+        if v is not None and v > bar:
+            over.append(a.replace("_", " "))
+    text = f"**{method}** leaks, per attack: " + "; ".join(parts) + ". "
+    text += (f"It stays at or below {bar:.0f} % under none of: {', '.join(over)}." if len(over) == len(parts) else
+             f"Above {bar:.0f} %: {', '.join(over) if over else 'none'}.")
+    return text
 
 
 def attacks_record(records: pd.DataFrame, cfg: AttackConfig, seconds: Mapping[str, float] | None = None) -> dict:
