@@ -280,7 +280,12 @@ def run_prompts(target: Target, attack: str, jobs: Sequence[tuple[Fact, str, str
                        desc=f"{attack} ({target.name})")
         answers.update(zip(idx, out))
     recs = [_record(target, attack, v, f, p, answers[i]) for i, (f, v, p, _) in enumerate(jobs)]
-    return pd.DataFrame.from_records(recs, columns=RECORD_COLUMNS)
+    return _frame(recs)
+
+
+def _frame(recs: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame.from_records(recs, columns=RECORD_COLUMNS)
+    return df.astype({"objective_before": float, "objective_after": float, "leak": bool, "refusal": bool})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -584,7 +589,7 @@ def direction(target: Target, facts: Sequence[Fact], *, variant: str = "ablate",
     prompts = [f.question or _question(f.attribute, f.name) for f in facts]
     out = generate(target.adapter, prompts, context=both, max_new_tokens=max_new_tokens)
     recs = [_record(target, "direction", variant, f, p, r) for f, p, r in zip(facts, prompts, out)]
-    return pd.DataFrame.from_records(recs, columns=RECORD_COLUMNS)
+    return _frame(recs)
 
 
 # ----------------------------------------------------------------------------------------------------------------

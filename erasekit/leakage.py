@@ -34,7 +34,7 @@ from .session import Session
 from .strengths import PAPER_STRENGTHS
 
 __all__ = ["AttackConfig", "BASELINES", "Method", "register_method", "method_targets", "attack_facts", "attack_records",
-           "gate_diagnosis", "describe_attacks", "leak_table", "attacks_record", "write_attacks_json", "SCORED_ATTACKS"]
+           "gate_diagnosis", "cause_table", "describe_cause", "describe_attacks", "leak_table", "attacks_record", "write_attacks_json", "SCORED_ATTACKS"]
 
 BASELINES = ("GA", "GA_Diff", "KL_Min", "NPO", "MMUnlearner", "MANU")
 # The attacks whose leak counts against a method (issue #15: 1-4, and 6 for weight-based); "direction" is reported.
@@ -197,6 +197,8 @@ def attack_records(session: Session, methods: Mapping[str, Method], cfg: AttackC
         df = cached_frame("attacks", key, lambda m=m: _run_target(m.build(), facts, cfg, progress), refresh)
         seconds[name] = round(time.perf_counter() - t0, 1)
         df["target"] = name
+        for c in ("objective_before", "objective_after"):  # the parquet cache stores all-None-or-float as text
+            df[c] = pd.to_numeric(df[c], errors="coerce")
         frames.append(df)
     return pd.concat(frames, ignore_index=True), seconds
 
@@ -263,6 +265,46 @@ def describe_attacks(summary: Mapping[str, Mapping[str, Mapping]], method: str, 
     text = f"**{method}** leaks, per attack: " + "; ".join(parts) + ". "
     text += (f"It stays at or below {bar:.0f} % under none of: {', '.join(over)}." if len(over) == len(parts) else
              f"Above {bar:.0f} %: {', '.join(over) if over else 'none'}.")
+    return text
+
+
+def cause_table(diag: pd.DataFrame) -> pd.DataFrame:
+    """Per variant of :func:`gate_diagnosis`: prompts, % where the gate fires, % that leak, % that leak *although*
+    the gate fires, and the median gate margin — sorted by how often the gate fires."""
+    g = diag.assign(leak_f=diag["leak"].astype("Float64"),
+                    fired_leak=(diag["fires"] & (diag["leak"] == True)).astype(float))  # noqa: E712
+    out = pd.DataFrame({
+        "prompts": g.groupby("variant").size(),
+        "gate fires (%)": g.groupby("variant")["fires"].mean() * 100,
+        "leaks (%)": g.groupby("variant")["leak_f"].mean() * 100,
+        "leaks although the gate fires (%)": g.groupby("variant")["fired_leak"].mean() * 100,
+        "median margin": g.groupby("variant")["margin"].median(),
+    })
+    out.loc["plain question", ["leaks (%)", "leaks although the gate fires (%)"]] = float("nan")
+    return out.sort_values(["gate fires (%)", "leaks (%)"]).round(1)
+
+
+def describe_cause(diag: pd.DataFrame, method: str) -> str:
+    """Sentences from :func:`gate_diagnosis`: how many leaking prompts got past a gate that did not fire, and how
+    many leaked although it fired."""
+    leaked = diag[diag["leak"] == True]  # noqa: E712
+    held = diag[diag["leak"] == False]  # noqa: E712
+    plain = diag[diag["variant"] == "plain question"]
+    if not len(leaked):
+        return f"No forget prompt of these attacks leaked through **{method}**."
+    quiet = 100 * float((~leaked["fires"]).mean())
+    text = (f"Of the {len(leaked)} leaking forget prompts, **{quiet:.0f} %** met a gate that did not fire (margin ≤ 0) "
+            f"and **{100 - quiet:.0f} %** leaked although it fired; the gate fired on "
+            f"{100 * float(held['fires'].mean()):.0f} % of the prompts that held and on "
+            f"{100 * float(plain['fires'].mean()):.0f} % of the plain forget questions. ")
+    if quiet >= 60:
+        text += "The leaks are, in the main, prompts the gate does not recognise as being about a forget person."
+    elif quiet <= 40:
+        text += ("The leaks are, in the main, prompts the gate recognises but whose push does not stop the answer: "
+                 "the prompt's form makes the model state the value regardless.")
+    else:
+        text += ("Two causes in similar measure: phrasings the gate does not recognise, and forms whose push does not "
+                 "stop the answer.")
     return text
 
 
