@@ -263,7 +263,7 @@ def describe_attacks(summary: Mapping[str, Mapping[str, Mapping]], method: str, 
         if v is not None and v > bar:
             over.append(a.replace("_", " "))
     text = f"**{method}** leaks, per attack: " + "; ".join(parts) + ". "
-    text += (f"It stays at or below {bar:.0f} % under none of: {', '.join(over)}." if len(over) == len(parts) else
+    text += (f"Every attack here leaks above {bar:.0f} %: {', '.join(over)}." if len(over) == len(parts) else
              f"Above {bar:.0f} %: {', '.join(over) if over else 'none'}.")
     return text
 

@@ -256,3 +256,37 @@ def test_inputs_are_validated(tiny_llava, facts):
 def test_register_method_checks_its_builder():
     with pytest.raises(TypeError, match="callable"):
         leakage.register_method("ASRU", "not a function")
+
+
+def test_spread_covers_the_list():
+    assert leakage._spread(list(range(10)), 5) == [0, 2, 4, 6, 8]
+    assert leakage._spread([1, 2], 5) == [1, 2]
+
+
+def test_cause_table_and_its_sentences_on_a_hand_diagnosis():
+    diag = pd.DataFrame({
+        "attack": ["none", "rephrase", "rephrase", "rephrase", "rephrase"],
+        "variant": ["plain question", "initials", "initials", "qa_form", "qa_form"],
+        "prompt": list("abcde"),
+        "leak": [pd.NA, True, False, True, False],
+        "margin": [1.0, -0.5, -0.2, 0.8, 2.0],
+    })
+    diag["fires"] = diag["margin"] > 0
+    t = leakage.cause_table(diag)
+    assert t.loc["initials", "gate fires (%)"] == 0 and t.loc["initials", "leaks (%)"] == 50
+    assert t.loc["qa_form", "leaks although the gate fires (%)"] == 50
+    text = leakage.describe_cause(diag, "G")
+    assert "**50 %** met a gate that did not fire" in text and "Two causes" in text
+    assert "No forget prompt" in leakage.describe_cause(diag.assign(leak=False), "G")
+
+
+def test_describe_attacks_reads_the_bar():
+    cell = lambda v: {"leak": v, "retain_acc": 90.0, "n": 10}  # noqa: E731
+    summary = {"Vanilla": {"rephrase": cell(100.0), "context": cell(100.0)},
+               "G": {"rephrase": cell(30.0), "context": cell(10.0)}}
+    text = leakage.describe_attacks(summary, "G", bar=20)
+    assert "rephrase 30 %" in text and "Above 20 %: rephrase." in text
+    assert "Above 50 %: none." in leakage.describe_attacks(summary, "G", bar=50)
+    assert "Every attack here leaks above 5 %" in leakage.describe_attacks(summary, "G", bar=5)
+    with pytest.raises(KeyError):
+        leakage.describe_attacks(summary, "ASRU")
