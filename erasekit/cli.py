@@ -63,6 +63,14 @@ def _gate_selectivity(args) -> int:
     return 0
 
 
+def _argv_of(args) -> list[str]:
+    """The options of an ``attacks`` call, as given (for the record)."""
+    out = [f"--profile {args.profile}", f"--forget-pct {args.forget_pct}"]
+    if args.baselines is not None:
+        out.append(f"--baselines '{args.baselines}'")
+    return out
+
+
 def _attacks(args) -> int:
     import time
 
@@ -85,6 +93,8 @@ def _attacks(args) -> int:
     records, seconds = attack_records(session, methods, cfg, progress=args.progress, refresh=args.refresh)
     record = attacks_record(records, cfg, seconds)
     record["_meta"]["total_seconds"] = round(time.perf_counter() - t0, 1)
+    record["_meta"]["baselines_not_run"] = [b for b in BASELINES if b not in baselines]
+    record["_meta"]["command"] = "erasekit attacks " + " ".join(_argv_of(args))
     out = args.out or str(paths.data_dir() / "results" / "attacks.json")
     write_attacks_json(record, out)
     import pandas as pd

@@ -310,7 +310,8 @@ def describe_cause(diag: pd.DataFrame, method: str) -> str:
 
 def attacks_record(records: pd.DataFrame, cfg: AttackConfig, seconds: Mapping[str, float] | None = None) -> dict:
     """``{"<method>": {"<attack>": {"leak": %, "leak_mean": %, "retain_acc": %, "n": ...}}, "_meta": {...}}``: the
-    record written to ``data/results/attacks.json``."""
+    record written to ``data/results/attacks.json``. ``_meta.seconds``: wall seconds of this call per method (~0 on
+    a cache hit); ``_meta.attack_seconds``: the seconds each attack took when it was computed."""
     rec: dict = dict(ex.summarize(records))
     rec["_meta"] = {"forget_pct": cfg.forget_pct, "config": dataclasses.asdict(cfg),
                     "scored_attacks": list(SCORED_ATTACKS), "reported_attacks": ["direction_ablate",
@@ -319,6 +320,10 @@ def attacks_record(records: pd.DataFrame, cfg: AttackConfig, seconds: Mapping[st
                             "of the attack's prompts; retain_acc: % of held-out retain prompts answered correctly "
                             "under the same attack",
                     "seconds": dict(seconds or {})}
+    if "seconds" in records.columns:  # measured when each method was computed (a cached rerun reads them back)
+        per = records.groupby(["target", "attack"], sort=False)["seconds"].first()
+        rec["_meta"]["attack_seconds"] = {m: {a: float(v) for a, v in per[m].items()} for m in
+                                          per.index.get_level_values(0).unique()}
     return rec
 
 
