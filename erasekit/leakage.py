@@ -77,8 +77,8 @@ class AttackConfig:
 
     @classmethod
     def ci(cls) -> "AttackConfig":
-        return cls(n_forget=12, n_retain_profiles=2, n_search=4, n_search_retain=2, n_tune_profiles=4,
-                   n_relearn_retain_profiles=2, evasion_candidates=12, pgd_steps=3, relearn_steps=5)
+        return cls(n_forget=8, n_retain_profiles=1, n_search=3, n_search_retain=1, n_tune_profiles=4,
+                   n_relearn_retain_profiles=2, evasion_candidates=8, pgd_steps=2, relearn_steps=3)
 
 
 @dataclasses.dataclass
