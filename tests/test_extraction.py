@@ -9,6 +9,7 @@ import torch
 import erasekit as ek
 from erasekit import extraction as X
 from erasekit import leakage
+from erasekit import world as world_module
 from erasekit.world import make_world
 
 
@@ -111,7 +112,8 @@ def test_prompt_families_are_built_from_the_world(facts):
     assert all(not X.leaks(f.gold, p) for p in prompts.values())
     ctx = X.context_prompts(f, facts[1][0])
     assert any(v == "retain_preamble" and facts[1][0].name in p for v, p, _ in ctx)
-    assert any(v == "bio" for v, _, _ in ctx) and sum(v.startswith("jailbreak") for v, _, _ in ctx) == 6
+    n_wrappers = len(world_module.JAILBREAKS_TRAIN + world_module.JAILBREAKS_HELDOUT)
+    assert any(v == "bio" for v, _, _ in ctx) and sum(v.startswith("jailbreak") for v, _, _ in ctx) == n_wrappers
 
 
 # ---------------------------------------------------------------------------------------------------------------
