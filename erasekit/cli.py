@@ -1,5 +1,5 @@
 """Command-line entry points: ``erasekit build-organism``, ``write-world``, ``vanilla-quality``,
-``gate-selectivity``, ``asru``."""
+``gate-selectivity``, ``asru``, ``attacks``."""
 
 from __future__ import annotations
 
@@ -87,6 +87,49 @@ def _asru(args) -> int:
     return 0
 
 
+def _argv_of(args) -> list[str]:
+    """The options of an ``attacks`` call, as given (for the record)."""
+    out = [f"--profile {args.profile}", f"--forget-pct {args.forget_pct}"]
+    if args.baselines is not None:
+        out.append(f"--baselines '{args.baselines}'")
+    return out
+
+
+def _attacks(args) -> int:
+    import time
+
+    import torch
+
+    from .leakage import BASELINES, AttackConfig, attack_records, attacks_record, leak_table, method_targets, \
+        write_attacks_json
+    from .recipes import GateConfig, gate_setup
+    from .session import load_session
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    session = load_session(args.organism, None)
+    cfg = AttackConfig.ci() if args.profile == "ci" else AttackConfig()
+    cfg = dataclasses.replace(cfg, forget_pct=args.forget_pct)
+    setup = gate_setup(session, GateConfig(forget_pct=args.forget_pct))
+    baselines = BASELINES if args.baselines is None else [b for b in args.baselines.split(",") if b]
+    methods = method_targets(session, setup, baselines, forget_pct=args.forget_pct, progress=args.progress)
+    records, seconds = attack_records(session, methods, cfg, progress=args.progress, refresh=args.refresh)
+    record = attacks_record(records, cfg, seconds)
+    record["_meta"]["total_seconds"] = round(time.perf_counter() - t0, 1)
+    record["_meta"]["baselines_not_run"] = [b for b in BASELINES if b not in baselines]
+    record["_meta"]["command"] = "erasekit attacks " + " ".join(_argv_of(args))
+    out = args.out or str(paths.data_dir() / "results" / "attacks.json")
+    write_attacks_json(record, out)
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print("leak (%)\n", leak_table(records))
+        print("retain accuracy under the attack (%)\n", leak_table(records, "retain_acc"))
+    print(f"wrote {out} ({record['_meta']['total_seconds']} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="erasekit", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -123,6 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the shared 2-core machine)")
     a.add_argument("--out", help="JSON file to write (default: data/results/asru.json)")
     a.set_defaults(fn=_asru)
+    k = sub.add_parser("attacks", help="run the extraction attacks on every method and record "
+                                       "data/results/attacks.json (issue #15)")
+    k.add_argument("--organism")
+    k.add_argument("--forget-pct", type=int, default=5)
+    k.add_argument("--profile", choices=("full", "ci"), default="full", help="ci: fewer facts and steps")
+    k.add_argument("--baselines", help="comma-separated training baselines (default: all six; '' for none)")
+    k.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    k.add_argument("--refresh", action="store_true", help="recompute instead of reading the step cache")
+    k.add_argument("--progress", action="store_true")
+    k.add_argument("--out", help="JSON file to write (default: data/results/attacks.json)")
+    k.set_defaults(fn=_attacks)
     args = p.parse_args(argv)
     return args.fn(args)
 
