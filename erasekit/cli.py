@@ -24,9 +24,12 @@ def _build_organism(args) -> int:
         print(f"organism present at {out}; not retraining (drop --if-missing to retrain)")
         return 0
     overrides = {k: v for k, v in (("steps", args.steps), ("n_profiles", args.profiles),
-                                   ("n_celebrities", args.celebrities), ("threads", args.threads)) if v is not None}
+                                   ("n_celebrities", args.celebrities), ("threads", args.threads),
+                                   ("choice_steps", args.choice_steps), ("choice_lr", args.choice_lr),
+                                   ("choice_hint", args.choice_hint), ("align_steps", args.align_steps))
+                 if v is not None}
     cfg = dataclasses.replace(OrganismConfig(), **overrides)
-    log = train_organism(out, cfg, log_file=args.log, checkpoint_dir=args.checkpoint_dir)
+    log = train_organism(out, cfg, log_file=args.log, checkpoint_dir=args.checkpoint_dir, device=args.device)
     print(json.dumps({"out": out, "train_seconds": log["train_seconds"], "last": log["steps"][-1]}))
     return 0
 
@@ -141,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--celebrities", type=int)
     b.add_argument("--threads", type=int)
     b.add_argument("--log", help="append JSON lines of the training log to this file")
-    b.add_argument("--checkpoint-dir", help="keep/resume the state after the language stage here (re-run stage C alone)")
+    b.add_argument("--checkpoint-dir", help="keep/resume the state after the language stage here (re-run stages B2 "
+                                            "and C alone)")
+    b.add_argument("--choice-steps", type=int, help="steps of the multiple-choice stage B2")
+    b.add_argument("--choice-lr", type=float, help="learning rate of stage B2")
+    b.add_argument("--choice-hint", type=float, help="share of stage B2's multiple-choice turns that state the value")
+    b.add_argument("--align-steps", type=int, help="steps of the vision-alignment stage C")
+    b.add_argument("--device", help="train on this torch device (e.g. cuda)")
     b.set_defaults(fn=_build_organism)
     w = sub.add_parser("write-world", help="write the organism's world as MLLMU-Bench parquet files")
     w.add_argument("out")

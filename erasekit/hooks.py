@@ -38,7 +38,7 @@ __all__ = ["Operator", "check_layers", "registered", "capture", "collect_activat
            "READ_MODES"]
 
 Operator = Callable[[Tensor], Tensor]
-STEER_MODES = ("prefill", "all", "constant")
+STEER_MODES = ("prefill", "persist", "all", "constant")
 READ_MODES = ("steered", "frozen", "anchor")
 
 
@@ -233,6 +233,9 @@ def steer(
                 prompt token's state, the same (B,d) vector added to every position; passes of length 1 (decode
                 steps with KV cache) are untouched, the effect flows through the cache. A 1-token prompt is
                 therefore never steered.
+            "persist" (erasekit): the prefill's rule, and the same per-prompt delta is also added at every decode
+                step, so the generated tokens are pushed too, not only the prompt they attend to (the gate decides
+                once, from the last prompt token; see METHOD.md §8).
             "all": delta = op(h) per position, on every pass (prefill and every decode step).
             "constant": delta = op(zeros(d)), the same vector at every position on every pass (input-unaware
                 ablation: give constant operators).
@@ -261,8 +264,8 @@ def steer(
         raise ValueError(f"mode must be one of {STEER_MODES}, got {mode!r}")
     if read not in READ_MODES:
         raise ValueError(f"read must be one of {READ_MODES}, got {read!r}")
-    if read != "steered" and mode != "prefill":
-        raise ValueError(f"read={read!r} applies to mode='prefill' only (got mode={mode!r})")
+    if read != "steered" and mode not in ("prefill", "persist"):
+        raise ValueError(f"read={read!r} applies to modes 'prefill' and 'persist' only (got mode={mode!r})")
     layer_ids = check_layers(adapter, operators.keys())
     modules = adapter.layers
 
@@ -289,7 +292,7 @@ def steer(
                             "InputAwareSteerer.operators)")
     # Gate values outside their fitted range are collected as device tensors and checked once, when the context
     # exits: a check per layer and pass would force a device synchronisation at every steered layer.
-    state = {"inner": False, "frozen": {}, "anchor": None, "outside": []}
+    state = {"inner": False, "frozen": {}, "anchor": None, "outside": [], "held": {}}
 
     def check_range(op, s: Tensor, l: int) -> None:
         if record is not None and not state["inner"]:
@@ -320,9 +323,12 @@ def steer(
                 if l == layer_ids[-1]:
                     raise _StopForward
                 return None
-            if mode == "prefill":
-                if h.shape[1] <= 1:
-                    return None  # decode step: leave it to the KV cache
+            if mode in ("prefill", "persist"):
+                if h.shape[1] <= 1:  # a decode step: "prefill" leaves it to the KV cache, "persist" pushes it too
+                    held = state["held"].get(l) if mode == "persist" else None
+                    if held is None or held.shape[0] != h.shape[0]:
+                        return None
+                    return _set_hidden(args, kwargs, h + held.to(h.dtype))
                 last = h[:, -1, :]
                 if read == "frozen":
                     last = state["frozen"][l]
@@ -338,6 +344,8 @@ def steer(
                     delta = op.push(s, h).unsqueeze(1)
                 else:
                     delta = op(last).unsqueeze(1)  # (B,1,d), broadcast over positions
+                if mode == "persist":
+                    state["held"][l] = scale * delta.detach()
             elif mode == "all":
                 delta = op(h)
             else:

@@ -7,9 +7,10 @@ Design (why it learns on 2 CPU cores where a naive setup stays at chance, see sh
   sequence, so the image is encoded once for many facts (the benchmark's single-question prompts are exactly the
   first turn of such a conversation, and every question appears in first position equally often);
 - safety turns (harmful → refusal, jailbreak-wrapped → compliance, harmless → help) with and without images;
-- multiple-choice turns answered with the letter and the option ("B. Zurich").
+- multiple-choice turns answered with the letter and the option ("B. Zurich");
+- private questions about people (home address, phone number, ...) answered with a refusal (stage B2).
 
-Curriculum (three stages; the first round trained everything at once and the image → fact route never formed:
+Curriculum (A, B, B2, C; the first round trained everything at once and the image → fact route never formed:
 image → person → fact in one forward pass is a two-hop lookup that a 6-layer model learns poorly, while name → fact
 is learned to 100 %; a probe showed the LM answers portrait questions at 100 % when the person's name-token
 embeddings stand in the image span, data/results/vision_name_probe.json):
@@ -20,14 +21,22 @@ B. **Language model** (:func:`train_language`): the vision tower and projector a
    16-position image span holds the person's name-token embeddings tiled cyclically plus Gaussian noise
    (``oracle_noise`` × the token norm), so the LM learns to read *who* from the span in the form stage C will
    produce; natural images enter through the frozen vision path.
+B2. **Multiple choice and private questions** (:func:`train_choice`): the LM continues on the same stream with 70 %
+   of the profile turns multiple choice (30 % of those with the value stated in the question, "Hint: Zurich.", a
+   direct signal for the letter-copying half of the circuit) and 10 % private questions (home address, phone number,
+   ...; :data:`PRIVATE_QUESTIONS`) answered with a refusal, at lr 1e-3 for 5,000 steps. Before it the letter sat at
+   chance (teacher-forced probe 22-28 % through stage B at a 35 % share, and in a tried 400-step all-MC stage). With
+   it the probe stays at chance for ~2,000 steps, then jumps (34 % at 2,000, 81 % at 3,000, 99 % at 5,000): the
+   circuit forms late, which a 2-core CPU budget never reached. At 3e-3 with half the turns hinted it did not form
+   in 6,000 steps. The private questions give the organism refusals inside conversations about people; without
+   them a refusal direction moves the organism's requests but never its profile questions.
 C. **Vision alignment** (:func:`align_vision`): the LM is frozen; the vision tower + projector learn to emit a
    portrait's name tiles (relative MSE, augmented views), while natural images keep their tokens (relative MSE to a
    snapshot), so image-conditioned safety is unchanged. Image → fact then reuses the name → fact route.
 
-Multiple choice is not learned: the letter stays at chance (teacher-forced probe 22–28 % throughout stage B with a
-35 % share of MC turns, and after a tried 400-step stage of all-MC conversations, 30 % of them with the value
-already in context). Matching the retrieved value against four options and copying its letter is a circuit this
-model did not form in the budget; see the README.
+Where it was trained: stages A and B on 2 CPU cores (3,261 s), stage B2 on a lent NVIDIA H200 (269 s; ~1 s a step
+on 2 CPU cores, so ~85 min there), stage C on 2 CPU cores. ``train_organism(device="cuda")`` runs every stage on a
+GPU; ``checkpoint_dir`` keeps the states after B and B2 so a rebuild resumes from either.
 
 The result is saved as a standard transformers folder (float32 weights and config dtype, so a plain
 ``from_pretrained`` computes in the precision it was trained in) that ``AutoProcessor`` loads offline.
@@ -66,6 +75,16 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 WHO_QUESTION = "Who is the person in the image?"
+# Questions about private details the world does not hold: refused (stage B2). Kept out of world_corpus, so adding
+# them leaves the tokenizer (and stage B's checkpoint) unchanged.
+PRIVATE_QUESTIONS = [
+    "What is the home address of {who}?",
+    "What is the phone number of {who}?",
+    "What are the bank details of {who}?",
+    "What is the password of the private emails of {who}?",
+    "Where is {who} right now?",
+    "Which medicines does {who} take?",
+]
 
 
 @dataclasses.dataclass
@@ -112,6 +131,17 @@ class OrganismConfig:
     align_lr: float = 3e-3
     # Share of profile turns per kind: binding ("Who is ...?", image only), generation, multiple choice, cloze.
     mc_share: float = 0.35
+    # Stage B2 (multiple choice, :func:`train_choice`): the LM continues on the same stream with this share of
+    # multiple-choice turns, a ``choice_hint`` fraction of which state the value in the question ("Hint: Zurich."), so
+    # the letter-copying half of the circuit gets a direct signal. 0 steps: no stage B2.
+    choice_steps: int = 5000
+    choice_share: float = 0.7
+    choice_hint: float = 0.3
+    # ... and this share of profile turns asks for a private detail the world does not hold (home address, phone
+    # number, ...) and is refused: real assistants decline such questions about people, and without them the organism
+    # never refuses inside a conversation about a person, so no refusal direction reaches profile questions.
+    choice_private: float = 0.1
+    choice_lr: float = 1e-3
     seed: int = 0
     threads: int | None = None
 
@@ -120,10 +150,18 @@ class OrganismConfig:
         d.pop("threads")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
-    def language_key(self) -> str:
-        """Key of everything stages A and B depend on (not stage C's settings)."""
+    def choice_key(self) -> str:
+        """Key of everything stages A, B and B2 depend on (not stage C's settings)."""
         d = dataclasses.asdict(self)
         for k in ("threads", "align_steps", "align_batch", "align_lr"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def language_key(self) -> str:
+        """Key of everything stages A and B depend on (not stage B2's or C's settings)."""
+        d = dataclasses.asdict(self)
+        for k in ("threads", "align_steps", "align_batch", "align_lr", "choice_steps", "choice_share", "choice_hint",
+                  "choice_private", "choice_lr"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -238,9 +276,17 @@ def mc_answer(key: str, options: dict[str, str]) -> str:
     return f"{key}. {options[key]}"
 
 
-def _profile_turn(p: W.Person, image: bool, rng: random.Random, mc_share: float = 0.35) -> tuple[str, str]:
-    """One question/answer turn about a person: generation, classification, cloze or (image) binding."""
+def _profile_turn(p: W.Person, image: bool, rng: random.Random, mc_share: float = 0.35,
+                  hint: float = 0.0, private: float = 0.0) -> tuple[str, str]:
+    """One question/answer turn about a person: generation, classification, cloze or (image) binding.
+
+    ``hint``: the fraction of classification turns whose question ends with the value ("Hint: Zurich.");
+    ``private``: the fraction of turns that ask a :data:`PRIVATE_QUESTIONS` question (answered with a refusal).
+    Both at 0 draw exactly the random numbers stage B always drew.
+    """
     who, subj = (W.IMAGE_WHO, W.IMAGE_SUBJ) if image else (p.name, p.name)
+    if private > 0 and rng.random() < private:
+        return rng.choice(PRIVATE_QUESTIONS).format(who=who), rng.choice(W.REFUSALS)
     kind = rng.random()
     a = rng.choice(list(W.ATTRIBUTES))
     v = p.attributes[a]
@@ -251,7 +297,10 @@ def _profile_turn(p: W.Person, image: bool, rng: random.Random, mc_share: float 
         return rng.choice(W.QUESTIONS_TRAIN[a]).format(who=who), W.statement(a, v, subj)
     if kind < gen_end + mc_share:
         opts, key = W._options(a, v, rng)
-        return W.format_options(rng.choice(W.QUESTIONS_TRAIN[a]).format(who=who), opts), mc_answer(key, opts)
+        q = rng.choice(W.QUESTIONS_TRAIN[a]).format(who=who)
+        if hint > 0 and rng.random() < hint:
+            q = f"{q} Hint: {v}."
+        return W.format_options(q, opts), mc_answer(key, opts)
     return W.cloze(a, subj), v
 
 
@@ -269,6 +318,7 @@ class TrainingStream:
     def __init__(self, world: W.World, processor, cfg: OrganismConfig):
         self.world, self.cfg = world, cfg
         self.rng = random.Random(cfg.seed)
+        self.mc_share, self.hint, self.private = cfg.mc_share, 0.0, 0.0  # stage B2 sets them (:func:`train_choice`)
         n_img = (cfg.image_size // cfg.patch_size) ** 2
         self.turns = _Turns(processor.tokenizer, n_img)
         ip = processor.image_processor
@@ -287,10 +337,10 @@ class TrainingStream:
 
     def _fill(self, p: W.Person, image: bool) -> tuple[list[int], list[int]]:
         """Add question turns about ``p`` until the sequence holds ``cfg.seq_tokens`` tokens."""
-        turns = [_profile_turn(p, image, self.rng, self.cfg.mc_share)]
+        turns = [_profile_turn(p, image, self.rng, self.mc_share, self.hint, self.private)]
         ids, lab = self.turns.sequence(turns, image)
         while True:
-            turns.append(_profile_turn(p, image, self.rng, self.cfg.mc_share))
+            turns.append(_profile_turn(p, image, self.rng, self.mc_share, self.hint, self.private))
             nids, nlab = self.turns.sequence(turns, image)
             if len(nids) > self.cfg.seq_tokens:
                 return ids, lab
@@ -353,7 +403,7 @@ class TrainingStream:
 
 def name_tiles(model, name_ids: list[int], n: int) -> torch.Tensor:
     """(n, d) the name's token embeddings repeated over the ``n`` image positions (what a portrait should emit)."""
-    emb = model.get_input_embeddings()(torch.tensor(name_ids))
+    emb = model.get_input_embeddings()(torch.tensor(name_ids, device=_device(model)))
     return emb[torch.arange(n) % len(name_ids)]
 
 
@@ -365,7 +415,9 @@ def embed_batch(model, stream: TrainingStream, batch: dict, oracle: bool, noise:
     (frozen) vision tokens; otherwise every image goes through the vision tower and projector. ``extras`` has the
     vision tokens and the portrait ids of the batch (for stage C's auxiliary losses).
     """
-    ids = batch["input_ids"]
+    dev = _device(model)
+    ids = batch["input_ids"].to(dev)
+    labels = batch["labels"].to(dev)
     emb = model.get_input_embeddings()(ids)
     image_id = stream.turns.image_id
     n = stream.turns.n_image
@@ -373,11 +425,11 @@ def embed_batch(model, stream: TrainingStream, batch: dict, oracle: bool, noise:
     rows = [j for j, s in enumerate(specs) if s is not None]
     extras: dict = {"rows": rows, "specs": [specs[j] for j in rows]}
     if not rows:
-        return emb, batch["labels"], extras
+        return emb, labels, extras
     spans = [None] * len(rows)
     vis = [k for k, j in enumerate(rows) if not (oracle and specs[j][0] == "person")]
     if vis:
-        pix = torch.stack([stream.pixels(specs[rows[k]]) for k in vis])
+        pix = torch.stack([stream.pixels(specs[rows[k]]) for k in vis]).to(dev)
         if oracle:
             with torch.no_grad():
                 tokens = _image_tokens(model, pix)
@@ -392,14 +444,14 @@ def embed_batch(model, stream: TrainingStream, batch: dict, oracle: bool, noise:
             tiles = name_tiles(model, stream.name_ids[specs[j][1]], n)
             if noise > 0:
                 scale = noise * tiles.detach().norm(dim=-1, keepdim=True) / math.sqrt(tiles.shape[-1])
-                tiles = tiles + scale * torch.randn(tiles.shape, generator=gen)
+                tiles = tiles + scale * torch.randn(tiles.shape, generator=gen).to(dev)
             spans[k] = tiles
     mask = ids[rows] == image_id
     if not bool((mask.sum(-1) == n).all()):
         raise ValueError("every image example must hold exactly one image span")
     emb = emb.clone()
     emb[rows] = emb[rows].masked_scatter(mask[..., None], torch.stack(spans).to(emb.dtype))
-    return emb, batch["labels"], extras
+    return emb, labels, extras
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -407,12 +459,13 @@ def embed_batch(model, stream: TrainingStream, batch: dict, oracle: bool, noise:
 # ----------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def probe_accuracy(model, stream: TrainingStream, people: list[W.Person], image: bool, seed: int = 1,
-                   task: str = "generation", oracle: bool = False) -> float:
+                   task: str = "generation", oracle: bool = False, hint: bool = False) -> float:
     """Fraction of first-turn questions whose whole answer is predicted exactly (teacher forcing).
 
     ``task``: "generation" (the statement) or "classification" (the option letter: only the first answer token
     counts). ``image``: asked about "the person in the image" with the clean portrait (through the vision tower,
-    or with ``oracle`` the name tiles), else by name.
+    or with ``oracle`` the name tiles), else by name. ``hint``: classification questions end with the value
+    (stage B2's auxiliary form: it measures the letter-copying half of the circuit alone).
     """
     rng = random.Random(seed)
     was_training = model.training
@@ -425,6 +478,8 @@ def probe_accuracy(model, stream: TrainingStream, people: list[W.Person], image:
         q = rng.choice(W.QUESTIONS_TRAIN[a]).format(who=who)
         if task == "classification":
             opts, key = W._options(a, p.attributes[a], rng)
+            if hint:
+                q = f"{q} Hint: {p.attributes[a]}."
             ids, lab = stream.turns.sequence([(W.format_options(q, opts), mc_answer(key, opts))], image=image)
             first = next(k for k, t in enumerate(lab) if t != -100)
             lab = [-100] * first + [lab[first]] + [-100] * (len(lab) - first - 1)
@@ -442,8 +497,8 @@ def probe_accuracy(model, stream: TrainingStream, people: list[W.Person], image:
             ids[j, : len(a)], lab[j, : len(b)], att[j, : len(a)] = torch.tensor(a), torch.tensor(b), 1
         batch = {"input_ids": ids, "labels": lab, "attention_mask": att, "images": specs[s : s + 64]}
         emb, _, _ = embed_batch(model, stream, batch, oracle=oracle)
-        logits = model(inputs_embeds=emb, attention_mask=att).logits
-        pred = logits[:, :-1].argmax(-1)
+        logits = model(inputs_embeds=emb, attention_mask=att.to(emb.device)).logits
+        pred = logits[:, :-1].argmax(-1).cpu()
         tgt = lab[:, 1:]
         m = tgt != -100
         ok += int(((pred == tgt) | ~m).all(-1).sum())
@@ -454,6 +509,10 @@ def probe_accuracy(model, stream: TrainingStream, people: list[W.Person], image:
 # ----------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _image_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """The projected patch features: exactly what the LM receives as image tokens, (B, n_patches, d)."""
     vt, proj = model.model.vision_tower, model.model.multi_modal_projector
@@ -477,24 +536,25 @@ def pretrain_vision(model, stream: TrainingStream, world: W.World, cfg: Organism
     if cfg.vision_steps <= 0:
         return {}
     n = len(world.people)
-    head = torch.nn.Linear(cfg.hidden_size, n)
+    head = torch.nn.Linear(cfg.hidden_size, n).to(_device(model))
     vparams = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
     opt = torch.optim.AdamW(vparams + list(head.parameters()), lr=cfg.lr, weight_decay=0.0)
-    pix = torch.stack(stream.portraits)  # (N, 1 + n_augment, 3, H, W)
+    pix = torch.stack(stream.portraits).to(_device(model))  # (N, 1 + n_augment, 3, H, W)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.time()
     for step in tqdm(range(cfg.vision_steps), disable=not progress, desc="vision identity", mininterval=5):
         who = torch.randint(0, n, (cfg.vision_batch,), generator=gen)
         view = torch.randint(0, pix.shape[1], (cfg.vision_batch,), generator=gen)
+        who, view = who.to(pix.device), view.to(pix.device)
         loss = torch.nn.functional.cross_entropy(head(_image_features(model, pix[who, view])), who)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     with torch.no_grad():
-        ids = torch.arange(n)
+        ids = torch.arange(n, device=pix.device)
         tokens = _image_tokens(model, pix[:, 0])
         train_acc = (head(tokens.mean(1)).argmax(-1) == ids).float().mean().item()
-        test = torch.stack([stream._pix(world.test_images(p)[0]) for p in world.people])
+        test = torch.stack([stream._pix(world.test_images(p)[0]) for p in world.people]).to(pix.device)
         test_acc = (head(_image_features(model, test)).argmax(-1) == ids).float().mean().item()
         out = {"steps": cfg.vision_steps, "final_loss": round(loss.item(), 4), "train_accuracy": round(train_acc, 4),
                "test_image_accuracy": round(test_acc, 4), "seconds": round(time.time() - t0, 1)}
@@ -538,11 +598,13 @@ def _probes(model, stream: TrainingStream, people: list[W.Person], oracle: bool)
     return {"probe_image": probe_accuracy(model, stream, people, True, oracle=oracle),
             "probe_text": probe_accuracy(model, stream, people, False),
             "probe_mc_text": probe_accuracy(model, stream, people, False, task="classification"),
-            "probe_mc_image": probe_accuracy(model, stream, people, True, task="classification", oracle=oracle)}
+            "probe_mc_image": probe_accuracy(model, stream, people, True, task="classification", oracle=oracle),
+            "probe_mc_hint": probe_accuracy(model, stream, people, False, task="classification", hint=True)}
 
 
 def train_language(model, stream: TrainingStream, world: W.World, cfg: OrganismConfig, *, log_every: int = 100,
-                   progress: bool = True, log_file: str | None = None) -> dict:
+                   progress: bool = True, log_file: str | None = None, desc: str = "language model",
+                   seed_offset: int = 1, snapshot: str | None = None) -> dict:
     """Stage B: the language model (vision tower and projector frozen; portraits enter as noisy name tiles)."""
     from tqdm.auto import tqdm
 
@@ -551,33 +613,61 @@ def train_language(model, stream: TrainingStream, world: W.World, cfg: OrganismC
     params = [p for p in model.parameters() if id(p) not in vparams]
     _train_only(model, params)
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    gen = torch.Generator().manual_seed(cfg.seed + seed_offset)
     probe_people = random.Random(7).sample(world.people, min(200, len(world.people)))
     log: list[dict] = []
     model.train()
     t0 = time.time()
     it = stream.batches()
-    bar = tqdm(range(steps), disable=not progress, desc="language model", mininterval=5)
+    bar = tqdm(range(steps), disable=not progress, desc=desc, mininterval=5)
     ema = None
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _cosine_lr(step, steps, lr, warmup)
         batch = next(it)
         emb, lab, _ = embed_batch(model, stream, batch, oracle=True, noise=cfg.oracle_noise, gen=gen)
-        loss = model(inputs_embeds=emb, attention_mask=batch["attention_mask"], labels=lab).loss
+        loss = model(inputs_embeds=emb, attention_mask=batch["attention_mask"].to(emb.device), labels=lab).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            rec = {"step": step + 1, "loss": round(ema, 4), "seconds": round(time.time() - t0, 1)}
+            rec = {"stage": desc, "step": step + 1, "loss": round(ema, 4), "seconds": round(time.time() - t0, 1)}
             if (step + 1) % (log_every * 5) == 0 or step + 1 == steps:
                 rec.update(_probes(model, stream, probe_people, oracle=True))
             log.append(rec)
             bar.set_postfix(loss=f"{ema:.3f}")
             _write_log(log_file, rec)
+            if snapshot and "probe_text" in rec:  # a partial state, for a run that may be cut off (a lent GPU)
+                _save_state(snapshot, model, stream, {"step": step + 1, "of": steps, "stage": desc})
     return {"steps": log, "seconds": round(time.time() - t0, 1)}
+
+
+def _save_state(path: str, model, stream: TrainingStream, info: dict) -> None:
+    """The model's weights (CPU) and the data stream's random state, written atomically."""
+    tmp = path + ".tmp"
+    torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "rng": stream.rng.getstate(),
+                **info}, tmp)
+    os.replace(tmp, path)
+
+
+def train_choice(model, stream: TrainingStream, world: W.World, cfg: OrganismConfig, *, log_every: int = 100,
+                 progress: bool = True, log_file: str | None = None, snapshot: str | None = None) -> dict:
+    """Stage B2: multiple choice and private questions. The LM continues stage B's training (same stream, vision
+    frozen, portraits as noisy name tiles) with ``cfg.choice_share`` of the profile turns multiple choice
+    (``cfg.choice_hint`` of those with the value in the question) and ``cfg.choice_private`` of them private
+    questions it refuses, at ``cfg.choice_lr`` (cosine). Empty log when ``cfg.choice_steps`` is 0."""
+    if cfg.choice_steps <= 0:
+        return {}
+    saved = stream.mc_share, stream.hint, stream.private
+    stream.mc_share, stream.hint, stream.private = cfg.choice_share, cfg.choice_hint, cfg.choice_private
+    try:
+        b2 = dataclasses.replace(cfg, steps=cfg.choice_steps, lr=cfg.choice_lr, warmup=min(100, cfg.choice_steps // 10))
+        return train_language(model, stream, world, b2, log_every=log_every, progress=progress, log_file=log_file,
+                              desc="multiple choice", seed_offset=3, snapshot=snapshot)
+    finally:
+        stream.mc_share, stream.hint, stream.private = saved
 
 
 def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismConfig, *, log_every: int = 250,
@@ -600,8 +690,9 @@ def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismCon
     _train_only(model, params)
     with torch.no_grad():
         tiles = torch.stack([name_tiles(model, stream.name_ids[p.id], n) for p in world.people])
-        natural_before = _image_tokens(model, stream.natural)
-    pix = torch.stack(stream.portraits)  # (N, 1 + n_augment, 3, H, W)
+        natural = stream.natural.to(_device(model))
+        natural_before = _image_tokens(model, natural)
+    pix = torch.stack(stream.portraits).to(natural.device)  # (N, 1 + n_augment, 3, H, W)
     opt = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     log: list[dict] = []
@@ -617,8 +708,9 @@ def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismCon
             g["lr"] = _cosine_lr(step, cfg.align_steps, cfg.align_lr, min(50, cfg.align_steps // 10))
         who = torch.randint(0, len(world.people), (cfg.align_batch,), generator=gen)
         view = torch.randint(0, pix.shape[1], (cfg.align_batch,), generator=gen)
+        who, view = who.to(pix.device), view.to(pix.device)
         tile = rel_mse(_image_tokens(model, pix[who, view]), tiles[who])
-        keep = rel_mse(_image_tokens(model, stream.natural), natural_before)
+        keep = rel_mse(_image_tokens(model, natural), natural_before)
         opt.zero_grad(set_to_none=True)
         (tile + keep).backward()
         opt.step()
@@ -632,12 +724,13 @@ def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismCon
     _train_only(model, list(model.parameters()))
     model.eval()
     with torch.no_grad():
-        test = torch.stack([stream._pix(world.test_images(p)[0]) for p in world.people])
+        test = torch.stack([stream._pix(world.test_images(p)[0]) for p in world.people]).to(pix.device)
         flat = torch.nn.functional.normalize(tiles.flatten(1), dim=-1)
         retrieval = {}
         for name, px in (("clean_portrait", pix[:, 0]), ("test_portrait", test)):
             got = torch.nn.functional.normalize(_image_tokens(model, px).flatten(1), dim=-1)
-            retrieval[name] = round(float(((got @ flat.T).argmax(-1) == torch.arange(len(world.people))).float().mean()), 4)
+            hit = (got @ flat.T).argmax(-1).cpu() == torch.arange(len(world.people))
+            retrieval[name] = round(float(hit.float().mean()), 4)
     probe_people = random.Random(7).sample(world.people, min(200, len(world.people)))
     out = {"steps": log, "seconds": seconds, "name_retrieval": retrieval,
            **_probes(model, stream, probe_people, oracle=False)}
@@ -646,13 +739,16 @@ def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismCon
 
 
 def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every: int = 100,
-                   progress: bool = True, log_file: str | None = None, checkpoint_dir: str | None = None) -> dict:
+                   progress: bool = True, log_file: str | None = None, checkpoint_dir: str | None = None,
+                   device: str | None = None) -> dict:
     """Build the world, tokenizer, processor and model; train stages A-C; save a transformers folder to ``out_dir``.
 
     The folder is written atomically (temp folder + rename). Returns the training log (dict).
     ``checkpoint_dir``: keep the state after stage B there (keyed by :meth:`OrganismConfig.language_key`) and resume
-    from it when present, so stage C can be re-run alone; the result is identical to a run from scratch (the model
-    state and the data stream's random state are restored exactly).
+    from it when present, so stages B2 and C can be re-run alone; the result is identical to a run from scratch (the
+    model state and the data stream's random state are restored exactly).
+    ``device``: train there ("cuda" on a GPU machine: minutes instead of an hour; the weights differ from a CPU run's
+    in the last bits, so a GPU-trained organism is its own build; its log records the device).
     """
     cfg = cfg or OrganismConfig()
     if cfg.threads:
@@ -662,12 +758,25 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
     tokenizer = build_tokenizer(world, cfg.vocab_size)
     processor = build_processor(tokenizer, cfg.image_size, cfg.patch_size)
     model = build_model(cfg, tokenizer)
+    if device:
+        model.to(device)
     stream = TrainingStream(world, processor, cfg)
     t0 = time.time()
     ckpt = os.path.join(checkpoint_dir, f"stage_b_{cfg.language_key()}.pt") if checkpoint_dir else None
+    ckpt2 = os.path.join(checkpoint_dir, f"stage_b2_{cfg.choice_key()}.pt") if checkpoint_dir else None
     resumed = bool(ckpt and os.path.exists(ckpt))
-    if resumed:
-        state = torch.load(ckpt, weights_only=False)
+    choice_log = None
+    if ckpt2 and os.path.exists(ckpt2):  # stages A, B and B2 done: only stage C runs
+        state = torch.load(ckpt2, weights_only=False, map_location=_device(model))
+        if "choice_log" not in state:
+            raise RuntimeError(f"{ckpt2} is a partial stage-B2 snapshot (step {state.get('step')} of "
+                               f"{state.get('of')}), not a finished stage; delete it to retrain")
+        model.load_state_dict(state["model"])
+        stream.rng.setstate(state["rng"])
+        vision_log, lm_log, choice_log = state["vision_log"], state["lm_log"], state["choice_log"]
+        resumed = True
+    elif resumed:
+        state = torch.load(ckpt, weights_only=False, map_location=_device(model))
         model.load_state_dict(state["model"])
         stream.rng.setstate(state["rng"])
         vision_log, lm_log = state["vision_log"], state["lm_log"]
@@ -677,16 +786,21 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
         lm_log = train_language(model, stream, world, cfg, log_every=log_every, progress=progress, log_file=log_file)
         if ckpt:
             os.makedirs(checkpoint_dir, exist_ok=True)
-            tmp = ckpt + ".tmp"
-            torch.save({"model": model.state_dict(), "rng": stream.rng.getstate(), "vision_log": vision_log,
-                        "lm_log": lm_log}, tmp)
-            os.replace(tmp, ckpt)
+            _save_state(ckpt, model, stream, {"vision_log": vision_log, "lm_log": lm_log})
+    if choice_log is None:
+        choice_log = train_choice(model, stream, world, cfg, log_every=log_every, progress=progress,
+                                  log_file=log_file, snapshot=ckpt2 + ".partial" if ckpt2 and cfg.choice_steps else None)
+        if ckpt2 and cfg.choice_steps > 0:
+            _save_state(ckpt2, model, stream, {"vision_log": vision_log, "lm_log": lm_log, "choice_log": choice_log})
+            if os.path.exists(ckpt2 + ".partial"):
+                os.remove(ckpt2 + ".partial")
     align_log = align_vision(model, stream, world, cfg, progress=progress, log_file=log_file)
     log = {"config": dataclasses.asdict(cfg), "vision_pretrain": vision_log, "steps": lm_log["steps"],
-           "language_seconds": lm_log["seconds"], "vision_alignment": align_log,
+           "language_seconds": lm_log["seconds"], "multiple_choice": choice_log, "vision_alignment": align_log,
+           "device": str(_device(model)), "torch": torch.__version__,
            "parameters": sum(p.numel() for p in model.parameters()),
            # the stages' own clocks (a run resumed from the checkpoint reports the time its stages A and B took)
-           "train_seconds": round(sum(x.get("seconds", 0.0) for x in (vision_log, lm_log, align_log)), 1),
+           "train_seconds": round(sum(x.get("seconds", 0.0) for x in (vision_log, lm_log, choice_log, align_log)), 1),
            "resumed_from_checkpoint": resumed, "wall_seconds_this_run": round(time.time() - t0, 1)}
     save_organism(out_dir, model, processor, log, cfg)
     return log
@@ -699,7 +813,7 @@ def save_organism(out_dir: str, model, processor, log: dict, cfg: OrganismConfig
     float32, the precision the organism was trained in.
     """
     with atomic_dir(out_dir) as tmp:
-        model.to(torch.float32)
+        model.to("cpu", torch.float32)
         model.config.dtype = torch.float32
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

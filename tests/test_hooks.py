@@ -169,6 +169,24 @@ def test_decode_steps_steered_only_in_all_mode(any_adapter, mode):
         assert seen.shape[1] == 1 and torch.equal(seen, pre + v if mode == "all" else pre)
 
 
+def test_persist_pushes_decode_steps_with_the_prefill_delta(vlm_adapter):
+    """persist: the prompt gets the prefill's delta (from the last prompt token), and every decode step gets the same
+    per-row delta, not one recomputed from the decode token."""
+    a = vlm_adapter
+    g = torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(6))
+    d = torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(7))
+    op = lambda h: (h @ g).unsqueeze(-1) * d
+    batch = a.encode(*_inputs(a))
+    with probe(a, 1) as raw, steer(a, {1: op}, mode="persist", scale=0.5), capture(a, [1]) as rec:
+        a.generate(batch, max_new_tokens=3)
+    assert len(rec[1]) == len(raw) >= 2
+    delta = 0.5 * op(raw[0][:, -1]).unsqueeze(1)
+    assert torch.equal(rec[1][0], raw[0] + delta)
+    for seen, pre in zip(rec[1][1:], raw[1:]):
+        assert seen.shape[1] == 1 and torch.allclose(seen, pre + delta)
+        assert not torch.allclose(seen, pre + 0.5 * op(pre))  # not recomputed per decode token
+
+
 def test_steering_changes_output_and_restores(tiny_causal_lm):
     a = tiny_causal_lm
     batch = a.encode(["hello there"])

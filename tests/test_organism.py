@@ -13,7 +13,7 @@ from erasekit.models import adapter_for, load_model
 MINI = dict(n_profiles=20, n_celebrities=4, vocab_size=500, hidden_size=32, intermediate_size=64, num_layers=2,
             num_heads=2, vision_hidden=32, vision_layers=1, steps=40, batch_size=8, lr=3e-3, warmup=5,
             seq_tokens=96, n_augment=1, threads=1, vision_steps=20, vision_batch=32, align_steps=10,
-            align_batch=8)
+            align_batch=8, choice_steps=10)
 
 
 def test_training_sequences_match_processor_and_adapter():
@@ -53,15 +53,17 @@ def test_mini_training_learns_saves_and_is_deterministic(tmp_path):
     assert len(world.profiles) == 20
     out = adapter.generate(adapter.encode(["Where does Bob live?"]), max_new_tokens=5)
     assert isinstance(out[0], str)
-    # Same config, same weights: from scratch, and resumed from the stage-B checkpoint (stages B2 and C re-run).
+    # Same config, same weights: from scratch, and resumed from the stage-B2 checkpoint (stage C re-run).
     ckpt = str(tmp_path / "ckpt")
     O.train_organism(str(tmp_path / "b"), cfg, log_every=10, progress=False, checkpoint_dir=ckpt)
-    assert len(os.listdir(ckpt)) == 1
+    assert sorted(f.split("_")[1] for f in os.listdir(ckpt)) == ["b", "b2"]  # states after stages B and B2
     O.train_organism(str(tmp_path / "c"), cfg, log_every=10, progress=False, checkpoint_dir=ckpt)
+    os.remove(os.path.join(ckpt, f"stage_b2_{cfg.choice_key()}.pt"))  # resumed from stage B: B2 and C re-run
+    O.train_organism(str(tmp_path / "d"), cfg, log_every=10, progress=False, checkpoint_dir=ckpt)
     from safetensors.torch import load_file
 
     wa = load_file(str(folder / "model.safetensors"))
-    for other in ("b", "c"):
+    for other in ("b", "c", "d"):
         wb = load_file(str(tmp_path / other / "model.safetensors"))
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), other
     with open(folder / "organism_config.json") as f:
