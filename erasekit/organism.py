@@ -408,12 +408,11 @@ def name_tiles(model, name_ids: list[int], n: int) -> torch.Tensor:
 
 
 def embed_batch(model, stream: TrainingStream, batch: dict, oracle: bool, noise: float = 0.0,
-                gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(inputs_embeds, labels, extras) with each example's image span filled.
+                gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs_embeds, labels) with each example's image span filled.
 
     ``oracle``: a portrait's span holds its name tiles (+ relative Gaussian ``noise``) and natural images the
-    (frozen) vision tokens; otherwise every image goes through the vision tower and projector. ``extras`` has the
-    vision tokens and the portrait ids of the batch (for stage C's auxiliary losses).
+    (frozen) vision tokens; otherwise every image goes through the vision tower and projector.
     """
     dev = _device(model)
     ids = batch["input_ids"].to(dev)
@@ -423,9 +422,8 @@ def embed_batch(model, stream: TrainingStream, batch: dict, oracle: bool, noise:
     n = stream.turns.n_image
     specs = batch["images"]
     rows = [j for j, s in enumerate(specs) if s is not None]
-    extras: dict = {"rows": rows, "specs": [specs[j] for j in rows]}
     if not rows:
-        return emb, labels, extras
+        return emb, labels
     spans = [None] * len(rows)
     vis = [k for k, j in enumerate(rows) if not (oracle and specs[j][0] == "person")]
     if vis:
@@ -435,8 +433,6 @@ def embed_batch(model, stream: TrainingStream, batch: dict, oracle: bool, noise:
                 tokens = _image_tokens(model, pix)
         else:
             tokens = _image_tokens(model, pix)
-        extras["tokens"] = tokens
-        extras["token_rows"] = vis
         for t, k in zip(tokens, vis):
             spans[k] = t
     for k, j in enumerate(rows):
@@ -451,7 +447,7 @@ def embed_batch(model, stream: TrainingStream, batch: dict, oracle: bool, noise:
         raise ValueError("every image example must hold exactly one image span")
     emb = emb.clone()
     emb[rows] = emb[rows].masked_scatter(mask[..., None], torch.stack(spans).to(emb.dtype))
-    return emb, labels, extras
+    return emb, labels
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -496,7 +492,7 @@ def probe_accuracy(model, stream: TrainingStream, people: list[W.Person], image:
         for j, (a, b) in enumerate(chunk):
             ids[j, : len(a)], lab[j, : len(b)], att[j, : len(a)] = torch.tensor(a), torch.tensor(b), 1
         batch = {"input_ids": ids, "labels": lab, "attention_mask": att, "images": specs[s : s + 64]}
-        emb, _, _ = embed_batch(model, stream, batch, oracle=oracle)
+        emb, _ = embed_batch(model, stream, batch, oracle=oracle)
         logits = model(inputs_embeds=emb, attention_mask=att.to(emb.device)).logits
         pred = logits[:, :-1].argmax(-1).cpu()
         tgt = lab[:, 1:]
@@ -625,7 +621,7 @@ def train_language(model, stream: TrainingStream, world: W.World, cfg: OrganismC
         for g in opt.param_groups:
             g["lr"] = _cosine_lr(step, steps, lr, warmup)
         batch = next(it)
-        emb, lab, _ = embed_batch(model, stream, batch, oracle=True, noise=cfg.oracle_noise, gen=gen)
+        emb, lab = embed_batch(model, stream, batch, oracle=True, noise=cfg.oracle_noise, gen=gen)
         loss = model(inputs_embeds=emb, attention_mask=batch["attention_mask"].to(emb.device), labels=lab).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
