@@ -235,7 +235,8 @@ def steer(
                 therefore never steered.
             "persist" (erasekit): the prefill's rule, and the same per-prompt delta is also added at every decode
                 step, so the generated tokens are pushed too, not only the prompt they attend to (the gate decides
-                once, from the last prompt token; see METHOD.md §8).
+                once, from the last prompt token). Measured on the organism with erasekit's gate (λ 2-8): the refusals
+                the prefill push starts degrade into loops ("I can't I I photography ..."), so no default uses it.
             "all": delta = op(h) per position, on every pass (prefill and every decode step).
             "constant": delta = op(zeros(d)), the same vector at every position on every pass (input-unaware
                 ablation: give constant operators).

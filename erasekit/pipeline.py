@@ -8,6 +8,7 @@ it keyed by everything that determines it, so notebooks run alone and in any ord
 :func:`refusal_direction`                (b) text-only erasure direction, Eq. 3 (harmful refused − jailbreak)
 :func:`adversarial_images`               (c) PGD images on natural images, Eq. 5–6
 :func:`multimodal_direction`             (d) Eq. 7: clean image + refused prompt − PGD image + jailbreak prompt
+:func:`refusal_contrast_direction`       (d') erasekit's: refused harmful − answered harmless request (± image)
 :func:`query_activations`                (e) last-token layer inputs of the evaluation prompts, per group
 :func:`forget_retain_activations`        (e) H_f (forget) and H_r (the ``fit`` retain + celebrity profiles)
 :func:`input_aware_steerer`              (f) rank-one (or MLP) input-aware steerer for given γ, null space, layers
@@ -55,7 +56,7 @@ from .tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
 from .world import HARMFUL_TARGETS, natural_images, safety_prompts
 
 __all__ = [
-    "safety_pairs", "refusal_direction", "images_to_tensor", "clean_images", "adversarial_images",
+    "safety_pairs", "refusal_direction", "refusal_contrast_direction", "images_to_tensor", "clean_images", "adversarial_images",
     "multimodal_direction", "group_rows", "group_items", "query_activations", "ForgetRetain",
     "forget_retain_activations", "input_aware_steerer", "default_steerer",
 ]
@@ -242,6 +243,53 @@ def multimodal_direction(session: Session, adv: AdversarialImages, n_pairs: int 
 
     out = cached("multimodal_direction", key, compute, session.model_id, {"n_pairs": n_pairs, "layers": layers, "filter": filter},
                   refresh)
+    out.meta["cache_key"] = key
+    return out
+
+
+def refusal_contrast_direction(session: Session, n_images: int = 4, layers: Sequence[int] | None = None,
+                               filter: bool = True, batch_size: int = 16, progress: bool = True,
+                               refresh: bool = False) -> ErasureDirection:
+    """(d') erasekit's erasure direction: mean h(harmful request, refused) − mean h(harmless request, answered).
+
+    The refusal direction of Arditi et al. (2024) rather than the paper's harmful − jailbreak contrast (Eq. 3 / 7):
+    D+ and D- differ in whether the request is refused, not in a wrapper or an image perturbation. Each training
+    request appears twice, without an image and with a clean natural image (``n_images``, cycled), so the direction
+    serves text and image questions. Last prompt token, layer inputs, all layers by default; ``filter`` keeps the
+    requests the model really refuses / answers.
+
+    Why (measured on the organism, README "Two gates"): steering with the Eq. 3 direction never made the organism
+    refuse a profile question, at any layer or strength; this contrast does.
+    """
+    layers = check_layers(session.adapter, layers)
+    sp = [x for x in safety_prompts(session.safety_world) if not x.heldout]
+    harmful = [x.prompt for x in sp if x.kind == "harmful"]
+    harmless = [x.prompt for x in sp if x.kind == "harmless"]
+    _, clean = clean_images(session, n_images)
+    key = cache_key(step="refusal_contrast_direction", version=VERSION, model=session.model_key, harmful=harmful,
+                    harmless=harmless, layers=layers, filter=filter, clean=clean)
+
+    def compute():
+        def both(ps):  # each prompt without and with an image
+            return ps + ps, [None] * len(ps) + [clean[i % len(clean)] for i in range(len(ps))]
+
+        (h, hi), (b, bi) = both(harmful), both(harmless)
+        info = {}
+        if filter:
+            kr, kc, info = _filter_behaviour(session, h, hi, b, bi, batch_size, progress)
+            h, hi, b, bi = [h[i] for i in kr], [hi[i] for i in kr], [b[i] for i in kc], [bi[i] for i in kc]
+        acts = []
+        for ps, ims in ((h, hi), (b, bi)):
+            parts = [[i for i, im in enumerate(ims) if im is None], [i for i, im in enumerate(ims) if im is not None]]
+            got = [collect_activations(session.adapter, [ps[i] for i in idx], None if k == 0 else [ims[i] for i in idx],
+                                       layers=layers, batch_size=batch_size, progress=progress)
+                   for k, idx in enumerate(parts) if idx]
+            acts.append({l: torch.cat([g[l] for g in got]) for l in layers})
+        return diff_in_means(acts[0], acts[1], meta={"model_id": session.model_id, "kind": "refusal_contrast",
+                                                     "site": "layer_input", "position": "last", **info})
+
+    out = cached("refusal_contrast_direction", key, compute, session.model_id,
+                 {"n_images": n_images, "layers": layers, "filter": filter}, refresh)
     out.meta["cache_key"] = key
     return out
 

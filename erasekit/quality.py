@@ -94,8 +94,15 @@ def vanilla_quality(organism: str, out: str | None = None, forget_pct: int = 15,
     if os.path.exists(log):
         with open(log) as f:
             tl = json.load(f)
+        stages = {"A vision identity": tl.get("vision_pretrain"), "B language model": {"seconds": tl.get("language_seconds")},
+                  "B2 multiple choice": tl.get("multiple_choice"), "C vision alignment": tl.get("vision_alignment")}
+        final = tl.get("vision_alignment") or {}
         record["training"] = {"train_seconds": tl.get("train_seconds"), "parameters": tl.get("parameters"),
-                              "last": tl["steps"][-1] if tl.get("steps") else None}
+                              "stage_seconds": {k: v.get("seconds") for k, v in stages.items() if v and v.get("seconds")},
+                              # the teacher-forced probes of the finished organism (after stage C, portraits through
+                              # the vision tower), and the name retrieval of its image tokens
+                              "final_probes": {k: v for k, v in final.items() if k.startswith("probe_")},
+                              "name_retrieval": final.get("name_retrieval")}
     atomic_write(out, json.dumps(record, indent=1))
     atomic_write(os.path.splitext(out)[0] + ".md", _markdown(report, record))
     return report
@@ -105,7 +112,11 @@ def _markdown(report: pd.DataFrame, record: dict) -> str:
     lines = ["# Vanilla organism quality (measured by `erasekit vanilla-quality`)", ""]
     tr = record.get("training")
     if tr:
-        lines += [f"Training: {tr['parameters']:,} parameters, {tr['train_seconds']:.0f} s.", ""]
+        per = ", ".join(f"{k} {v:,.0f} s" for k, v in (tr.get("stage_seconds") or {}).items())
+        lines += [f"Training: {tr['parameters']:,} parameters, {tr['train_seconds']:,.0f} s ({per}).", ""]
+        if tr.get("final_probes"):
+            probes = ", ".join(f"{k[6:]} {100 * v:.1f} %" for k, v in tr["final_probes"].items())
+            lines += [f"Teacher-forced probes of the finished organism: {probes}.", ""]
     lines += ["| metric | measured | bar | met |", "|---|---|---|---|"]
     for r in report.itertuples():
         lines.append(f"| {r.metric} | {r.value:.3g} | {r.bar} | {'yes' if r.met else '**no**'} |")

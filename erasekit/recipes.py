@@ -15,6 +15,8 @@ Gate settings (METHOD.md §3, §8):
 ============  ==========================================  ==============================================
               ``"paper"`` (MLLMEraser, reproduced)          ``"default"`` (erasekit)
 ============  ==========================================  ==============================================
+direction     Eq. 7: clean image + harmful − PGD image +    refused harmful − answered harmless request,
+              jailbreak (:func:`pl.multimodal_direction`)   ± a clean image (:func:`pl.refusal_contrast_direction`)
 gate          null space P of H_r (ratio 0.3), Eq. 12       contrastive ridge, retain rows kept (alpha = 1)
 γ             0.1 absolute (authors' LLaVA script)          relative, chosen by held-out AUC
 layers        1..L-1                                        within 0.05 AUC of the best layer
@@ -70,6 +72,10 @@ class GateConfig:
     # the direction's prompt pairs: all (None), behaviour-filtered as the authors do (False on an untrained model)
     n_pairs: int | None = None
     direction_filter: bool = True
+    # erasekit's gate pushes along "refusal_contrast" (refused harmful − answered harmless); "multimodal" gives it the
+    # paper's Eq. 7 direction (the first round's choice). On the organism Eq. 7 / Eq. 3 pushes turn answers wrong but
+    # never into refusals; the contrast refuses (README, "Two gates").
+    default_direction: str = "refusal_contrast"
 
 
 @dataclasses.dataclass
@@ -78,7 +84,8 @@ class GateSetup:
 
     session: Session
     config: GateConfig
-    direction: Any
+    direction: Any          # the paper's multimodal direction (Eq. 7)
+    directions: dict        # the direction each gate pushes along: {"paper": Eq. 7, "default": erasekit's}
     steerers: dict
     strengths: dict
     tuning: dict
@@ -88,7 +95,7 @@ class GateSetup:
         """The fitted steerer of ``gate`` for ``forget_pct`` (its H_f is that split's forget questions)."""
         pct = self.config.forget_pct if forget_pct is None else forget_pct
         if (gate, pct) not in self.steerers:
-            self.steerers[(gate, pct)] = _fit(self.session, self.config, self.direction, gate, pct)
+            self.steerers[(gate, pct)] = _fit(self.session, self.config, self.directions[gate], gate, pct)
         return self.steerers[(gate, pct)]
 
     def steering(self, gate: str, forget_pct: int | None = None, strengths: Any = None) -> TaskSteering:
@@ -113,7 +120,15 @@ def gate_setup(session: Session, config: GateConfig | None = None, gates: Sequen
     adv = pl.adversarial_images(session, eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.pgd_steps, n_images=cfg.n_images,
                                 k=cfg.k, progress=progress)
     direction = pl.multimodal_direction(session, adv, n_pairs=cfg.n_pairs, filter=cfg.direction_filter, progress=progress)
-    setup = GateSetup(session, cfg, direction, {}, {}, {}, {"paper": "steered", "default": "frozen"})
+    if cfg.default_direction == "refusal_contrast":
+        ours = pl.refusal_contrast_direction(session, n_images=cfg.n_images, filter=cfg.direction_filter,
+                                             progress=progress)
+    elif cfg.default_direction == "multimodal":
+        ours = direction
+    else:
+        raise ValueError(f"default_direction must be 'refusal_contrast' or 'multimodal', got {cfg.default_direction!r}")
+    setup = GateSetup(session, cfg, direction, {"paper": direction, "default": ours}, {}, {}, {},
+                      {"paper": "steered", "default": "frozen"})
     for gate in gates:
         st = setup.steerer(gate)
         strengths, table = runs.choose_strengths(
@@ -159,7 +174,8 @@ def gate_selectivity(session: Session, setup: GateSetup | None = None, forget_pc
         st = setup.steerer(gate, pct)
         frame = runs.evaluate_steering(session, pct, setup.steering(gate, pct), method=GATE_NAMES[gate], **kw)
         disjoint = disjoint and not scored_ids & set(st.meta.get("retain_ids", fit_ids))
-        params = {"gate": st.meta.get("gate"), "layers": st.layers, "read": setup.reads[gate],
+        params = {"gate": st.meta.get("gate"), "direction": setup.directions[gate].meta.get("kind"),
+                  "layers": st.layers, "read": setup.reads[gate],
                   "strengths": setup.strengths[gate], "gamma": st.meta.get("gamma"),
                   "gamma_scale": st.meta.get("gamma_scale")}
         if gate == "paper":
@@ -197,7 +213,7 @@ def gate_variant(setup: GateSetup, *, read: str | None = None, floor: bool = Tru
     base = setup.steerer("default", pct)
     sel = base.meta["selection"]
     acts = pl.forget_retain_activations(setup.session, pct, modes=setup.config.fit_modes, progress=False)
-    st = pl.input_aware_steerer(setup.session, setup.direction if direction is None else direction, acts,
+    st = pl.input_aware_steerer(setup.session, setup.directions["default"] if direction is None else direction, acts,
                          gamma=sel["gamma"] if gamma is None else gamma, gate="contrastive", gamma_scale=gamma_scale,
                          alpha=base.meta["alpha"] if alpha is None else alpha,
                          layers=sel["layers"] if layers is None else list(layers))

@@ -92,6 +92,29 @@ def test_pgd_and_multimodal_direction(default):
     assert ekcache.STATS["multimodal_direction:miss"] == 2
 
 
+def test_refusal_contrast_direction_is_harmful_minus_harmless(default):
+    """erasekit's direction: mean over (harmful, ± image) − mean over (harmless, ± image), cached."""
+    from erasekit.hooks import collect_activations
+    from erasekit.world import safety_prompts
+
+    d = pl.refusal_contrast_direction(default, n_images=2, layers=[0, 1], filter=False, progress=False)
+    assert d.meta["kind"] == "refusal_contrast" and d.layers == [0, 1]
+    pl.refusal_contrast_direction(default, n_images=2, layers=[0, 1], filter=False, progress=False)
+    assert ekcache.STATS["refusal_contrast_direction:hit"] == 1
+    sp = [x for x in safety_prompts(default.safety_world) if not x.heldout]
+    _, clean = pl.clean_images(default, 2)
+    means = []
+    for kind in ("harmful", "harmless"):
+        ps = [x.prompt for x in sp if x.kind == kind]
+        a = collect_activations(default.adapter, ps, layers=[1], progress=False)[1]
+        b = collect_activations(default.adapter, ps, [clean[i % 2] for i in range(len(ps))], layers=[1],
+                                progress=False)[1]
+        means.append(torch.cat([a, b]).double().mean(0))
+    assert torch.allclose(d[1], means[0] - means[1], atol=1e-5)
+    with pytest.raises(RuntimeError, match="filter=False"):  # a random model neither refuses nor answers
+        pl.refusal_contrast_direction(default, n_images=2, layers=[1], filter=True, progress=False)
+
+
 def test_activations_fit_steering_evaluate(default):
     acts = pl.forget_retain_activations(default, 5, retain_sample=2, celeb_sample=1, progress=False)
     # 1 forget profile, 2 retain + 1 celebrity; 4 attributes x 3 tasks of image+text questions each.
