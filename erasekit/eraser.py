@@ -12,13 +12,14 @@
 
 What :func:`fit_eraser` does, each step a stated rule (METHOD.md; notebooks 02–05 show why):
 
-1. The erasure direction per layer (Eq. 3): mean last-token layer input of prompts the model refuses minus that of
-   prompts it answers; by default erasekit's built-in harmful requests and the same requests wrapped in a
-   jailbreak (the paper's text-only contrast: same content, refusal vs compliance), or yours (``refuse=`` /
-   ``comply=``, e.g. harmful vs harmless prompts for a model that resists jailbreaks), or a given ``direction=``
-   (e.g. the multimodal direction of :func:`erasekit.pipeline.multimodal_direction`, Eq. 7). Measured on the
-   organism: the harmful − harmless contrast points elsewhere (cosine −0.8 to −0.1 with Eq. 3's per layer) and
-   induces no refusal up to λ = 16, while Eq. 3's direction refuses every forget question from λ = 2.
+1. The erasure direction per layer: mean last-token layer input of prompts the model refuses minus that of
+   prompts it answers; by default erasekit's built-in harmful requests and harmless requests in the same templates
+   (the refusal contrast of :func:`erasekit.pipeline.refusal_contrast_direction`, which erasekit's gate uses), or
+   yours (``refuse=`` / ``comply=``: e.g. the same harmful requests wrapped in a jailbreak, the paper's text-only
+   contrast of Eq. 3), or a given ``direction=`` (e.g. Eq. 7's, :func:`erasekit.pipeline.multimodal_direction`).
+   Measured on the organisms: on the first one Eq. 3's contrast refused every forget question from λ = 2 and the
+   harmful − harmless one none; on the committed one (trained with refusals of private questions about people)
+   Eq. 3's never refuses a profile question and the harmful − harmless one does (README, "Use on your own model").
 2. H_f = the forget prompts' activations, H_r = the retain prompts', both at the last prompt token.
 3. erasekit's contrastive gate with γ, layers and floors chosen by :func:`erasekit.tuning.choose_gate` on
    ``tune`` prompts (default: every fourth retain prompt, held out of H_r).
@@ -71,14 +72,17 @@ def _split(prompts: Sequence[Any], what: str) -> tuple[list[str], list[Any] | No
     return texts, (None if all(im is None for im in images) else images)
 
 
-def default_refusal_prompts(n: int | None = None) -> tuple[list[str], list[str]]:
-    """(harmful, jailbreak-wrapped harmful) training prompt pairs of erasekit's safety set
-    (:func:`erasekit.world.safety_prompts` over a small synthetic world; the first ``n`` pairs): the default
-    ``refuse`` / ``comply`` prompts of :func:`fit_eraser` (Eq. 3's contrast)."""
+def default_refusal_prompts(n: int | None = None, comply: str = "harmless") -> tuple[list[str], list[str]]:
+    """(harmful, harmless) training requests of erasekit's safety set (:func:`erasekit.world.safety_prompts` over a
+    small synthetic world; the first ``n`` of each): the default ``refuse`` / ``comply`` prompts of
+    :func:`fit_eraser`. ``comply="jailbreak"``: the harmful requests wrapped in a jailbreak instead (Eq. 3's
+    contrast)."""
+    if comply not in ("harmless", "jailbreak"):
+        raise ValueError(f"comply must be 'harmless' or 'jailbreak', got {comply!r}")
     sp = [s for s in safety_prompts(make_world(20, 1, seed=0)) if not s.heldout]
     harmful = [s.prompt for s in sp if s.kind == "harmful"][:n]
-    jailbreak = [s.prompt for s in sp if s.kind == "jailbreak"][:n]
-    return harmful, jailbreak
+    other = [s.prompt for s in sp if s.kind == comply][:n]
+    return harmful, other
 
 
 @dataclasses.dataclass

@@ -140,8 +140,9 @@ def gate_setup(session: Session, config: GateConfig | None = None, gates: Sequen
 
 
 def score_summary(frame: pd.DataFrame) -> dict:
-    """``{mode: {task: {split: score}}}``: accuracy in percent, ROUGE-L on 0-1 (the JSON record's shape), and
-    ``recall``: the generation's key-value recall in percent (:func:`erasekit.tables.results_table`)."""
+    """``{mode: {task: {split: score}}}``: accuracy in percent, ROUGE-L on 0-1 (the JSON record's shape),
+    ``recall``: the generation's key-value recall in percent (:func:`erasekit.tables.results_table`), and
+    ``refused`` / ``wrong``: the share of generation answers that are refusals / confident wrong answers."""
     out: dict = {}
     for (mode, task, split), v in frame.groupby(["mode", "task", "split"])["score"].mean().items():
         out.setdefault(mode, {}).setdefault(task, {})[split] = round(float(v) * (1 if task == "generation" else 100),
@@ -149,6 +150,10 @@ def score_summary(frame: pd.DataFrame) -> dict:
     gen = frame[frame["task"] == "generation"]
     for (mode, split), v in gen.groupby(["mode", "split"])["correct"].mean().items():
         out.setdefault(mode, {}).setdefault("recall", {})[split] = round(float(v) * 100, 2)
+    # how the generation answers fail: refusals vs confident wrong answers (erasekit.scoring.categorize)
+    for cat, key in (("refusal", "refused"), ("wrong", "wrong")):
+        for (mode, split), v in (gen["category"] == cat).groupby([gen["mode"], gen["split"]]).mean().items():
+            out.setdefault(mode, {}).setdefault(key, {})[split] = round(float(v) * 100, 2)
     return out
 
 

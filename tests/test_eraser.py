@@ -50,12 +50,11 @@ def test_bad_inputs_say_what_to_do(tiny_causal_lm, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "measured 2026-11-27 on the retrained organism: 0 of 20 forget cloze questions refused at any λ of the grid "
-    "(up to 32). The default text direction (Eq. 3, harmful vs jailbreak-wrapped) steers profile questions towards "
-    "'photography: …' and 'Here is how to …', not towards a refusal; with the multimodal direction (Eq. 7) the "
-    "front door's refusal-rate rule also finds no λ that refuses (0 of 20), while the same direction with the "
-    "pipeline's gate lowers forget cloze to 35 % at λ = 16 by wrong answers, not refusals. The first organism: 17 "
-    "of 20 refused."))
+    "measured 2026-11-27 on the committed organism (stage B2) with the default harmful − harmless direction: the rule "
+    "picks λ = 4 (forget refusal 100 %, tune refusal 0 %), and the forget people's *generation* questions are refused "
+    "20 of 20, but their *cloze* questions (a format the fit never saw) only 2 of 20 ('Edinburgh', 'sculptor': "
+    "the fact is still given); retain cloze over-refused 0 of 20. The Eq. 3 direction (harmful vs jailbreak) refused "
+    "0 of 20 at any λ up to 32 on this organism; the first organism: 17 of 20."))
 def test_organism_refuses_forget_people_and_answers_others():
     """On the embedded organism: fit from the forget people's and some retain people's text questions (generation
     task), λ by the rule; the *other* questions (cloze task) about the forget people are refused, those about

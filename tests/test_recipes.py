@@ -141,3 +141,18 @@ def test_vqa_sentences_follow_the_numbers():
     assert "do not (0.55)" in report._compare_modes(sep)
     sep["AUC"] = [0.9, 0.85]
     assert "0.85 for" in report._compare_modes(sep)
+
+
+def test_score_summary_reports_how_generation_fails():
+    import pandas as pd
+
+    from erasekit.recipes import score_summary
+
+    rows = [("QA", "generation", "Fgt", 0.2, False, "refusal"), ("QA", "generation", "Fgt", 0.3, False, "wrong"),
+            ("QA", "generation", "Fgt", 1.0, True, "correct"), ("QA", "generation", "Fgt", 0.1, False, "refusal"),
+            ("QA", "cloze", "Fgt", 1.0, True, "correct"), ("QA", "cloze", "Fgt", 0.0, False, "wrong")]
+    frame = pd.DataFrame(rows, columns=["mode", "task", "split", "score", "correct", "category"])
+    out = score_summary(frame)["QA"]
+    assert out["cloze"]["Fgt"] == 50.0 and out["recall"]["Fgt"] == 25.0
+    assert out["refused"]["Fgt"] == 50.0 and out["wrong"]["Fgt"] == 25.0  # generation answers only
+    assert out["generation"]["Fgt"] == 0.4
