@@ -41,7 +41,7 @@ from .response_quality import fluency_nll, quality_table
 from .session import Session
 from .strengths import PAPER_STRENGTHS, TaskSteering
 
-__all__ = ["asru_queries", "run_asru", "with_fluency", "method_scores", "asru_record", "ASRU_NAME", "PAPER_AUTHORS",
+__all__ = ["asru_queries", "stage1_strength", "run_asru", "with_fluency", "method_scores", "asru_record", "ASRU_NAME", "PAPER_AUTHORS",
            "boundary_frame", "cost_frame", "response_examples", "plot_reward_curve", "describe_asru",
            "contextual_examples"]
 
@@ -67,6 +67,54 @@ def asru_queries(session: Session, forget_pct: int, retain_fraction: float = 0.1
     ids = {"forget": [r["ID"] for r in fgt_rows], "retain": [r["ID"] for r in fit["Ret"][:n_ret]],
            "celebrities": [r["ID"] for r in fit["Cele"][:n_cel]]}
     return forget, retain, ids
+
+
+def stage1_strength(session: Session, setup: GateSetup, forget_pct: int, grid: Sequence[float] | None = None,
+                    max_retain_refusal: float = 0.1, n: int = 40, max_new_tokens: int = 24) -> dict:
+    """Stage 1's λ: it must *induce refusals* (ASRU's card), which the MLLMU-Bench λ rule does not aim at.
+
+    The front door's rule (:func:`erasekit.eraser.fit_eraser`) on erasekit's gate: the smallest λ of ``grid``
+    (default: the λ rule's grid) with the highest refusal rate on the first ``n`` forget generation questions (the
+    forget set is what is unlearned, so it may be used) among those whose refusal rate on ``n`` generation questions of
+    the ``tune`` retain profiles stays within ``max_retain_refusal`` of the vanilla model's. Text questions (ASRU's
+    training mode). Cached as JSON; returns ``{"chosen": λ, "scores": [[λ, forget, tune], ...], "rule": ...}``.
+    """
+    from .generation import generate
+    from .scoring import is_refusal
+
+    grid = sorted(setup.config.lambda_grid if grid is None else grid)
+    forget = build_items({"Fgt": session.source.split(f"forget_{forget_pct}")}, modes=("QA",), tasks=("generation",))[:n]
+    tune_rows = group_rows(session, forget_pct, ("Ret",), "tune")
+    tune = build_items(tune_rows, modes=("QA",), tasks=("generation",))[:n]
+    steerer = setup.steerer("default", forget_pct)
+    key = cache_key(step="asru_stage1_strength", version=VERSION, model=session.model_key, data=session.data_key,
+                    steerer=steerer.meta.get("cache_key", ""), grid=[float(g) for g in grid],
+                    max_retain_refusal=max_retain_refusal, forget=[i.prompt for i in forget],
+                    tune=[i.prompt for i in tune], max_new_tokens=max_new_tokens)
+    path = cache_path("asru", key).with_suffix(".json")
+    if path.exists():
+        return json.loads(path.read_text())
+
+    def rate(items, lam):
+        ctx = None
+        if lam is not None:
+            ts = TaskSteering(steerer, strengths=float(lam), read=setup.reads["default"])
+            ops = ts.operators("generation", session.num_layers)
+            ctx = lambda: ts.context(session.adapter, ops)
+        answers = generate(session.adapter, [i.prompt for i in items], None, context=ctx,
+                           max_new_tokens=max_new_tokens, progress=False)
+        return sum(map(is_refusal, answers)) / max(1, len(answers))
+
+    base = rate(tune, None)
+    scores = [[float(lam), rate(forget, lam), rate(tune, lam)] for lam in grid]
+    ok = [sc for sc in scores if sc[2] <= base + max_retain_refusal] or scores[:1]
+    best = max(sc[1] for sc in ok)
+    chosen = min(sc[0] for sc in ok if sc[1] == best)
+    out = {"chosen": chosen, "scores": scores, "tune_refusal_vanilla": base,
+           "rule": f"smallest λ with the highest forget refusal rate among those with tune refusal <= vanilla "
+                   f"({base:.3f}) + {max_retain_refusal}"}
+    atomic_write(path, json.dumps(out, indent=1))
+    return out
 
 
 def run_asru(session: Session, forget_pct: int, stage1: TaskSteering, cfg: ASRUConfig = ASRUConfig(), *,
@@ -177,8 +225,9 @@ def asru_record(session: Session, setup: GateSetup, forget_pcts: Sequence[int] =
                                     retain_train=retain_train, **kw)
             parts.append(run.frame)
             costs[name] = run.summary
-        frame, summary = run_asru(session, pct, setup.steering("default", pct), cfg, max_new_tokens=mnt,
-                                  progress=progress)
+        lam1 = stage1_strength(session, setup, pct)
+        frame, summary = run_asru(session, pct, setup.steering("default", pct, strengths=lam1["chosen"]), cfg,
+                                  max_new_tokens=mnt, progress=progress)
         parts.append(frame)
         summaries[pct] = summary
         full = with_fluency(session, pd.concat(parts, ignore_index=True))
@@ -192,6 +241,7 @@ def asru_record(session: Session, setup: GateSetup, forget_pcts: Sequence[int] =
         rec[ASRU_NAME]["cost"] = {"seconds": summary["seconds"], "peak_mib": summary["peak_mib"],
                                   "memory_kind": summary["memory_kind"]}
         rec[ASRU_NAME]["reward_curve"] = [{k: _clean(v) for k, v in c.items()} for c in summary["curve"]]
+        rec[ASRU_NAME]["stage1_strength"] = lam1
         record[str(pct)] = rec
     return record, frames, summaries
 

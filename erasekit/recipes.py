@@ -151,7 +151,7 @@ def score_summary(frame: pd.DataFrame) -> dict:
     for (mode, split), v in gen.groupby(["mode", "split"])["correct"].mean().items():
         out.setdefault(mode, {}).setdefault("recall", {})[split] = round(float(v) * 100, 2)
     # how the generation answers fail: refusals vs confident wrong answers (erasekit.scoring.categorize)
-    for cat, key in (("refusal", "refused"), ("wrong", "wrong")):
+    for cat, key in (("refusal", "refused"), ("wrong", "wrong")) if "category" in gen else ():
         for (mode, split), v in (gen["category"] == cat).groupby([gen["mode"], gen["split"]]).mean().items():
             out.setdefault(mode, {}).setdefault(key, {})[split] = round(float(v) * 100, 2)
     return out

@@ -59,7 +59,7 @@ def test_gate_selectivity_record_shape_and_disjointness(setup):
         rec = recipes.gate_selectivity(setup.session, setup)
     assert rec["ret_disjoint_from_fit"] is True
     for key in ("vanilla", "paper", "default"):
-        assert set(rec[key]["QA"]) == {"classification", "generation", "recall", "cloze"}
+        assert set(rec[key]["QA"]) == {"classification", "generation", "recall", "cloze", "refused", "wrong"}
         assert set(rec[key]["QA"]["cloze"]) == {"Fgt", "Test", "Ret", "Cele"}
     assert rec["default"]["params"]["read"] == "frozen" and rec["paper"]["params"]["null_space"] == 0.3
     assert 0 <= rec["vanilla"]["QA"]["cloze"]["Fgt"] <= 100 and 0 <= rec["vanilla"]["QA"]["generation"]["Ret"] <= 1
