@@ -637,7 +637,12 @@ def train_language(model, stream: TrainingStream, world: W.World, cfg: OrganismC
             _write_log(log_file, rec)
             if snapshot and "probe_text" in rec:  # a partial state, for a run that may be cut off (a lent GPU)
                 _save_state(snapshot, model, stream, {"step": step + 1, "of": steps, "stage": desc})
-    return {"steps": log, "seconds": round(time.time() - t0, 1)}
+    return {"steps": log, "seconds": round(time.time() - t0, 1), "device": _device_name(model)}
+
+
+def _device_name(model) -> str:
+    dev = _device(model)
+    return f"cuda: {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else str(dev)
 
 
 def _save_state(path: str, model, stream: TrainingStream, info: dict) -> None:
@@ -793,7 +798,8 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
     align_log = align_vision(model, stream, world, cfg, progress=progress, log_file=log_file)
     log = {"config": dataclasses.asdict(cfg), "vision_pretrain": vision_log, "steps": lm_log["steps"],
            "language_seconds": lm_log["seconds"], "multiple_choice": choice_log, "vision_alignment": align_log,
-           "device": str(_device(model)), "torch": torch.__version__,
+           # the device of this run's stages (a resumed run's earlier stages record theirs in their own logs)
+           "device_this_run": _device_name(model), "torch": torch.__version__,
            "parameters": sum(p.numel() for p in model.parameters()),
            # the stages' own clocks (a run resumed from the checkpoint reports the time its stages A and B took)
            "train_seconds": round(sum(x.get("seconds", 0.0) for x in (vision_log, lm_log, choice_log, align_log)), 1),
