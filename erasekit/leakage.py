@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from . import extraction as ex
+from . import extraction_search as exs
 from .cache import VERSION, cached_frame
 from .cache_keys import cache_key
 from .files import atomic_write
@@ -153,12 +154,12 @@ def _run_target(t: ex.Target, facts: Mapping[str, list[ex.Fact]], cfg: AttackCon
     runs: list[tuple[str, Callable[[], pd.DataFrame]]] = [
         ("rephrase", lambda: ex.rephrase(t, F + R, **kw)),
         ("context", lambda: ex.context(t, F + R, preamble=facts["relearn"], **kw)),
-        ("gate_evasion", lambda: ex.gate_evasion(
+        ("gate_evasion", lambda: exs.gate_evasion(
             t, Fs + Rs, [f.question or f.cloze for f in facts["tune"]], n_tokens=cfg.evasion_tokens,
             n_candidates=cfg.evasion_candidates, rounds=cfg.evasion_rounds, progress=progress, **kw)),
     ]
     if getattr(t.adapter, "is_multimodal", False):
-        runs.append(("image_pgd", lambda: ex.image_pgd(t, Fs + Rs, eps=cfg.pgd_eps, alpha=cfg.pgd_alpha,
+        runs.append(("image_pgd", lambda: exs.image_pgd(t, Fs + Rs, eps=cfg.pgd_eps, alpha=cfg.pgd_alpha,
                                                        steps=cfg.pgd_steps, progress=progress, **kw)))
     if steered:
         runs += [(f"direction_{v}", lambda v=v: ex.direction(t, F + R, variant=v, **kw))
@@ -208,16 +209,16 @@ def gate_diagnosis(target: ex.Target, records: pd.DataFrame, facts: Mapping[str,
     """Why a gated method leaks: the gate margin of every forget prompt of ``attacks`` in ``records`` (and of the
     plain questions, variant ``"plain question"``), beside whether it leaked.
 
-    ``margin`` = :func:`erasekit.extraction.gate_objective` with the thresholds of
-    :func:`erasekit.extraction.gate_thresholds` on the ``tune`` facts' questions: the largest gate over the steered
+    ``margin`` = :func:`erasekit.extraction_search.gate_objective` with the thresholds of
+    :func:`erasekit.extraction_search.gate_thresholds` on the ``tune`` facts' questions: the largest gate over the steered
     layers, minus its threshold, in units of the gate's spread on retain questions (<= 0: no layer fires).
     Columns: ``attack, variant, prompt, leak, margin, fires``.
     """
     if target.steering is None:
         raise ValueError(f"{target.name!r} has no gate to diagnose")
     tune_q = [f.question or f.cloze for f in facts["tune"]]
-    thr = ex.gate_thresholds(target, tune_q)
-    spread = ex._gate_reads(target, tune_q, "generation")
+    thr = exs.gate_thresholds(target, tune_q)
+    spread = exs._gate_reads(target, tune_q, "generation")
     scale = {l: max(float(spread[l].double().std()), 1e-12) for l in thr}
     rec = records[(records["target"] == target.name) & records["attack"].isin(list(attacks))
                   & (records["split"] == "forget")]
@@ -225,7 +226,7 @@ def gate_diagnosis(target: ex.Target, records: pd.DataFrame, facts: Mapping[str,
     rows = pd.concat([pd.DataFrame({"attack": "none", "variant": "plain question", "prompt": plain,
                                     "leak": pd.NA}),
                       rec[["attack", "variant", "prompt", "leak"]]], ignore_index=True)
-    rows["margin"] = ex.gate_objective(target, list(rows["prompt"]), "generation", thr, scale).numpy()
+    rows["margin"] = exs.gate_objective(target, list(rows["prompt"]), "generation", thr, scale).numpy()
     rows["fires"] = rows["margin"] > 0
     return rows
 

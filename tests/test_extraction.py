@@ -8,6 +8,7 @@ import torch
 
 import erasekit as ek
 from erasekit import extraction as X
+from erasekit import extraction_search as S
 from erasekit import leakage
 from erasekit import world as world_module
 from erasekit.world import make_world
@@ -136,32 +137,32 @@ def test_rephrase_and_context_records_are_well_formed(tiny_llava, steered, facts
 def test_gate_evasion_lowers_the_gate(steered, facts):
     fgt, ret = facts
     retain_q = [f.question for f in ret]
-    df = X.gate_evasion(steered, fgt[:3], retain_q, n_tokens=2, n_candidates=8, max_new_tokens=2)
+    df = S.gate_evasion(steered, fgt[:3], retain_q, n_tokens=2, n_candidates=8, max_new_tokens=2)
     assert len(df) == 3 and (df["variant"] == "suffix_gate").all()
     assert (df["objective_after"] <= df["objective_before"]).all()
     assert (df["objective_after"] < df["objective_before"]).any()
     # the question is unchanged: the attack only appends words
     assert all(p.startswith(f.question) for p, f in zip(df["prompt"], fgt[:3]))
     # the objective is what gate_objective reads for the final prompts
-    thr = X.gate_thresholds(steered, retain_q)
+    thr = S.gate_thresholds(steered, retain_q)
     assert set(thr) == set(steered.steering.steerer.layers)
     with pytest.raises(ValueError, match="needs retain_prompts"):
-        X.gate_evasion(steered, fgt[:1], None)
+        S.gate_evasion(steered, fgt[:1], None)
 
 
 def test_gate_evasion_lowers_the_answer_loss_without_a_gate(tiny_llava, facts):
     fgt, _ = facts
     t = X.Target("vanilla", tiny_llava)
-    df = X.gate_evasion(t, fgt[:2], n_tokens=2, n_candidates=8, position="prefix", max_new_tokens=2)
+    df = S.gate_evasion(t, fgt[:2], n_tokens=2, n_candidates=8, position="prefix", max_new_tokens=2)
     assert (df["variant"] == "prefix_answer").all()
     assert (df["objective_after"] <= df["objective_before"]).all()
     assert (df["objective_after"] < df["objective_before"]).any()
     with pytest.raises(ValueError, match="'gate' or 'answer'"):
-        X.gate_evasion(t, fgt[:1], objective="logits")
+        S.gate_evasion(t, fgt[:1], objective="logits")
     with pytest.raises(ValueError, match="'suffix' or 'prefix'"):
-        X.gate_evasion(t, fgt[:1], position="middle")
+        S.gate_evasion(t, fgt[:1], position="middle")
     with pytest.raises(ValueError, match="no gated steering"):
-        X.gate_evasion(t, fgt[:1], ["q"], objective="gate")
+        S.gate_evasion(t, fgt[:1], ["q"], objective="gate")
 
 
 def test_answer_nll_is_teacher_forcing_through_the_cache(tiny_llava, facts):
@@ -171,7 +172,7 @@ def test_answer_nll_is_teacher_forcing_through_the_cache(tiny_llava, facts):
     f = facts[0][0]
     t = X.Target("vanilla", tiny_llava)
     image = torch.rand(3, 28, 28)
-    got = X.answer_nll(t, f.question, "Edinburgh is nice", image)
+    got = S.answer_nll(t, f.question, "Edinburgh is nice", image)
     batch = tiny_llava.encode([f.question], images=image[None])
     ans = tiny_llava.tokenizer(_answer_prefix(tiny_llava) + "Edinburgh is nice", add_special_tokens=False)["input_ids"]
     ids = torch.cat([batch["input_ids"], torch.tensor([ans])], 1)
@@ -185,17 +186,17 @@ def test_answer_nll_is_teacher_forcing_through_the_cache(tiny_llava, facts):
 
 def test_image_pgd_raises_the_gold_likelihood(steered, facts):
     fgt, _ = facts
-    df = X.image_pgd(steered, fgt[:2], eps=32 / 255, alpha=8 / 255, steps=4, max_new_tokens=2)
+    df = S.image_pgd(steered, fgt[:2], eps=32 / 255, alpha=8 / 255, steps=4, max_new_tokens=2)
     assert len(df) == 2 and df["variant"].str.startswith("eps=").all()
     assert (df["objective_after"] <= df["objective_before"]).all()
     assert (df["objective_after"] < df["objective_before"]).any()
     with pytest.raises(ValueError, match="eps > 0"):
-        X.image_pgd(steered, fgt[:1], eps=0)
+        S.image_pgd(steered, fgt[:1], eps=0)
 
 
 def test_image_pgd_needs_a_vision_model(tiny_causal_lm, facts):
     with pytest.raises(ValueError, match="takes no images"):
-        X.image_pgd(X.Target("lm", tiny_causal_lm), facts[0][:1])
+        S.image_pgd(X.Target("lm", tiny_causal_lm), facts[0][:1])
 
 
 def test_direction_attack(steered, tiny_llava, facts):
