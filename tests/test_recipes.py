@@ -156,3 +156,26 @@ def test_score_summary_reports_how_generation_fails():
     assert out["cloze"]["Fgt"] == 50.0 and out["recall"]["Fgt"] == 25.0
     assert out["refused"]["Fgt"] == 50.0 and out["wrong"]["Fgt"] == 25.0  # generation answers only
     assert out["generation"]["Fgt"] == 0.4
+
+
+def test_asru_stage1_strength_rule_and_cache(setup, monkeypatch):
+    """ASRU's stage-1 λ: chosen from the grid by the stated refusal rule, recorded with its scores, cached."""
+    from erasekit import asru_results
+
+    out = asru_results.stage1_strength(setup.session, setup, 5, grid=(0.5, 2.0), n=4, max_new_tokens=2)
+    assert [s[0] for s in out["scores"]] == [0.5, 2.0] and out["chosen"] in (0.5, 2.0)
+    ok = [s for s in out["scores"] if s[2] <= out["tune_refusal_vanilla"] + 0.1] or out["scores"][:1]
+    best = max(s[1] for s in ok)
+    assert out["chosen"] == min(s[0] for s in ok if s[1] == best)
+    assert all(0 <= s[1] <= 1 and 0 <= s[2] <= 1 for s in out["scores"])
+    import erasekit.generation
+
+    def no_generation(*a, **k):
+        raise AssertionError("a cached choice must not generate")
+
+    with monkeypatch.context() as m:
+        m.setattr(erasekit.generation, "generate", no_generation)
+        again = asru_results.stage1_strength(setup.session, setup, 5, grid=(0.5, 2.0), n=4, max_new_tokens=2)
+    assert again == out
+    other = asru_results.stage1_strength(setup.session, setup, 5, grid=(2.0,), n=4, max_new_tokens=2)
+    assert other["chosen"] == 2.0 and len(other["scores"]) == 1
