@@ -384,8 +384,8 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
     ``checkpoint_dir``: keep the state after stage B there (keyed by :meth:`OrganismConfig.language_key`) and resume
     from it when present, so stages B2 and C can be re-run alone; the result is identical to a run from scratch (the
     model state and the data stream's random state are restored exactly).
-    ``device``: train there ("cuda" on a GPU machine: minutes instead of an hour; the weights differ from a CPU run's
-    in the last bits, so a GPU-trained organism is its own build; its log records the device).
+    ``device``: train there ("cuda" on a GPU machine: minutes instead of hours; the weights are not bit-identical to
+    a CPU run's, so a GPU-trained organism is its own build; each stage's log records its device).
     """
     cfg = cfg or OrganismConfig()
     if cfg.threads:
