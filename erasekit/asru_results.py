@@ -79,8 +79,8 @@ def stage1_strength(session: Session, setup: GateSetup, forget_pct: int, grid: S
     the ``tune`` retain profiles stays within ``max_retain_refusal`` of the vanilla model's. Text questions (ASRU's
     training mode). Cached as JSON; returns ``{"chosen": λ, "scores": [[λ, forget, tune], ...], "rule": ...}``.
     """
+    from .eraser import _refusal_rate, refusal_strength
     from .generation import generate
-    from .scoring import is_refusal
 
     grid = sorted(setup.config.lambda_grid if grid is None else grid)
     forget = build_items({"Fgt": session.source.split(f"forget_{forget_pct}")}, modes=("QA",), tasks=("generation",))[:n]
@@ -103,16 +103,11 @@ def stage1_strength(session: Session, setup: GateSetup, forget_pct: int, grid: S
             ctx = lambda: ts.context(session.adapter, ops)
         answers = generate(session.adapter, [i.prompt for i in items], None, context=ctx,
                            max_new_tokens=max_new_tokens, progress=False)
-        return sum(map(is_refusal, answers)) / max(1, len(answers))
+        return _refusal_rate(answers)
 
     base = rate(tune, None)
     scores = [[float(lam), rate(forget, lam), rate(tune, lam)] for lam in grid]
-    ok = [sc for sc in scores if sc[2] <= base + max_retain_refusal] or scores[:1]
-    best = max(sc[1] for sc in ok)
-    chosen = min(sc[0] for sc in ok if sc[1] == best)
-    out = {"chosen": chosen, "scores": scores, "tune_refusal_vanilla": base,
-           "rule": f"smallest λ with the highest forget refusal rate among those with tune refusal <= vanilla "
-                   f"({base:.3f}) + {max_retain_refusal}"}
+    out = {**refusal_strength(scores, base, max_retain_refusal), "tune_refusal_vanilla": base}
     atomic_write(path, json.dumps(out, indent=1))
     return out
 

@@ -139,6 +139,17 @@ class Eraser:
         return cls(steerer, float(hyper["eraser"]["strength"]), hyper["eraser"]["read"])
 
 
+def refusal_strength(scores: Sequence[Sequence[float]], base: float, max_retain_refusal: float) -> dict:
+    """The refusal rule for λ: ``scores`` are ``(λ, forget refusal rate, tune refusal rate)``; the smallest λ with the
+    highest forget refusal rate among those whose tune refusal rate is within ``max_retain_refusal`` of ``base`` (the
+    vanilla model's), else the smallest λ. Returns ``{"rule", "scores", "chosen"}``."""
+    ok = [s for s in scores if s[2] <= base + max_retain_refusal]
+    lam = min(ok, key=lambda s: (-s[1], s[0]))[0] if ok else min(s[0] for s in scores)
+    return {"rule": f"smallest λ with the highest forget refusal rate among those with tune refusal <= vanilla "
+                    f"({base:.3f}) + {max_retain_refusal}", "scores": [list(map(float, s)) for s in scores],
+            "chosen": float(lam)}
+
+
 def _refusal_rate(answers: Sequence[str]) -> float:
     return sum(map(is_refusal, answers)) / max(len(answers), 1)
 
@@ -204,10 +215,5 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
         ctx = lambda er=er: er.context(adapter)
         scores.append((lam, _refusal_rate(generate(adapter, f_txt, f_im, context=ctx, **g_kw)),
                        _refusal_rate(generate(adapter, t_txt, t_im, context=ctx, **g_kw))))
-    ok = [s for s in scores if s[2] <= base + max_retain_refusal]
-    lam = min(ok, key=lambda s: (-s[1], s[0]))[0] if ok else min(strength_grid)
-    steerer.meta["strength_rule"] = {
-        "rule": f"smallest λ with the highest forget refusal rate among those with tune refusal <= vanilla "
-                f"({base:.3f}) + {max_retain_refusal}", "scores": [list(map(float, s)) for s in scores],
-        "chosen": float(lam)}
-    return Eraser(steerer, float(lam))
+    steerer.meta["strength_rule"] = refusal_strength(scores, base, max_retain_refusal)
+    return Eraser(steerer, steerer.meta["strength_rule"]["chosen"])
