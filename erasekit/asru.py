@@ -5,10 +5,25 @@ Only ASRU's summary card is public (``shared/seeds/000_*.txt``); this is a recon
 ours, and why:
 
 * **Stage 1 -> stage 2: distillation, then RL.** Stage 1 is any intervention context (erasekit's default gate,
-  :class:`erasekit.strengths.TaskSteering`). Its greedy answers to the *forget* training queries that are refusals
-  (not degenerate) become warm-start targets; the ground-truth answers of the small retained supervision set are
-  the retain targets. A short LoRA fine-tune on both (:func:`warm_start`) distils stage 1 into the weights and is
-  merged: this is the **reference model** of stage 2 and the initial policy. Why not keep steering on during the
+  :class:`erasekit.strengths.TaskSteering`); it is the *teacher* of a short LoRA fine-tune (:func:`warm_start`,
+  merged), whose result is the **reference model** of stage 2 and the initial policy. Targets
+  (:func:`stage1_targets`):
+
+  - forget training queries: stage 1's greedy answer when it is a (non-degenerate) refusal, and with
+    ``warm_targets="contextual"`` (the default) followed by a clause that names the person asked about
+    (:func:`contextualize`; of :data:`CONTEXT_CLAUSES`, the one the model finds most fluent there). Why: the
+    organism's repertoire holds only its six fixed refusal sentences, and with ``"stage1"`` targets (the steered
+    model's words verbatim) GRPO never sampled a single contextual refusal (0 of the 1,800 forget rollouts of the
+    5 % run recorded in ``data/results/asru.json`` before this option), so the reward's top outcome could not be
+    learnt;
+  - the small retained supervision set: its ground truth;
+  - *unlabelled* retain-side queries (other people's questions, no ground truth): stage 1's answer when it is not a
+    refusal. Why: the gate is selective (at stage 1's λ it refused 0 % of the tune-retain generation questions),
+    but a distillation that sees only the ~24 supervision people learns "refuse people" rather than "refuse these
+    people": the warm-start model alone refused 31.2 % of the tune-retain generation questions, 3.8 % with stage 1's
+    answers on 72 unlabelled people added (tune profiles, never scored; ``scripts/asru_warm_start.py``, chapter 08).
+
+  What RL then refines is *where* and *how* to refuse. Why not keep steering on during the
   rollouts: erasekit steers the prefill only (the authors' rule), so the teacher-forced pass that scores a sampled
   response would need a steered prompt pass and an unsteered response pass through the KV cache -- two code paths
   per model family for no gain in what the policy can learn; and the distilled model needs no hooks at inference.
@@ -59,7 +74,8 @@ from .rewards import RewardWeights, boundary_reward, quality_reward
 from .scoring import is_degenerate, is_refusal
 
 __all__ = ["ASRUConfig", "Query", "queries_from_items", "group_advantages", "token_kl", "grpo_loss",
-           "sample_responses", "response_logprobs", "score_responses", "stage1_targets", "warm_start", "ASRUResult",
+           "sample_responses", "response_logprobs", "score_responses", "CONTEXT_CLAUSES", "contextualize",
+           "stage1_targets", "teacher_queries", "warm_start", "ASRUResult",
            "train_asru"]
 
 
@@ -72,6 +88,10 @@ class ASRUConfig:
     supervision set -> mean forget reward of the sampled answers -0.68 -> -0.62 (first / last 5 steps), contextual
     refusals sampled 2.5 % -> 5.8 %; 60 steps, lr 5e-4, 3 of 8 prompts from the supervision set -> -0.67 -> -0.50,
     3.3 % -> 10.7 %, retain reward 0.96 -> 0.94. The second is the default.
+
+    ``warm_epochs`` (6): the fewest of 3 and 6 at which the warm-start model reproduces its forget targets on the
+    training questions (stage 1 refused 38 of the 40 forget generation questions; greedy refusals after 3 epochs
+    55 %, 17.5 % contextual; after 6, 95 %, 95 % contextual: ``data/results/asru_warm_start.json``).
     """
 
     # stage 2: GRPO
@@ -88,9 +108,11 @@ class ASRUConfig:
     quality_weight: float = 0.2
     quality_scale: float = 2.0      # nats per token below vanilla's own answer that cost the full quality reward
     # stage 1 -> 2: warm start (distillation of the steered model's refusals + retain ground truth)
-    warm_epochs: int = 3
+    warm_epochs: int = 6
     warm_lr: float = 5e-4
     warm_batch: int = 8
+    warm_targets: str = "contextual"   # "contextual": stage-1 refusal + a clause naming the subject; "stage1": verbatim
+    teacher_in_rl: bool = True      # unlabelled queries join GRPO's retain prompts, stage 1's answer as their key
     # LoRA (the baselines' setting, METHOD.md section 5)
     lora_r: int = 16
     lora_alpha: int = 16
@@ -108,6 +130,8 @@ class ASRUConfig:
         if not isinstance(self.group_size, int) or self.group_size < 2:
             raise ValueError(f"ASRUConfig.group_size must be an int >= 2 (advantages are relative to the group), "
                              f"got {self.group_size!r}")
+        if self.warm_targets not in ("contextual", "stage1"):
+            raise ValueError(f"ASRUConfig.warm_targets must be 'contextual' or 'stage1', got {self.warm_targets!r}")
         if not isinstance(self.warm_epochs, int) or self.warm_epochs < 0:
             raise ValueError(f"ASRUConfig.warm_epochs must be an int >= 0, got {self.warm_epochs!r}")
         for name in ("temperature", "lr", "warm_lr", "quality_scale"):
@@ -129,10 +153,11 @@ class ASRUConfig:
 @dataclasses.dataclass(frozen=True)
 class Query:
     """One training query. ``prompt``: the text the model is asked (the evaluation prompt); ``gold``: forget side:
-    the short answer whose presence is a leak; retain side: the ground truth; ``subject``: the person, if known."""
+    the short answer whose presence is a leak; retain side: the ground truth, or None for an *unlabelled* retain
+    query (stage 1 answers it for the warm start; never rewarded); ``subject``: the person, if known."""
 
     prompt: str
-    gold: str
+    gold: str | None
     is_forget: bool
     image: Any = None
     question: str | None = None
@@ -142,19 +167,25 @@ class Query:
     def __post_init__(self):
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ValueError(f"Query.prompt must be a non-empty string, got {self.prompt!r}")
+        if self.gold is None and not self.is_forget:
+            return
         if not isinstance(self.gold, str) or not self.gold.strip():
-            raise ValueError(f"Query.gold must be a non-empty string, got {self.gold!r}")
+            raise ValueError(f"Query.gold must be a non-empty string (None only for an unlabelled retain query), "
+                             f"got {self.gold!r}")
 
 
-def queries_from_items(items: Sequence[Any], is_forget: bool, subjects: dict | None = None) -> list[Query]:
+def queries_from_items(items: Sequence[Any], is_forget: bool, subjects: dict | None = None,
+                       labelled: bool = True) -> list[Query]:
     """:class:`erasekit.evaluate.Item` s (generation / cloze) -> queries. Forget side: the gold is the item's short
     answer (cloze: its ground truth; generation: the attribute value when known, else the sentence); retain side:
-    the ground truth. ``subjects``: ``{profile ID: name}``."""
+    the ground truth, or None when not ``labelled``. ``subjects``: ``{profile ID: name}``."""
+    if not labelled and is_forget:
+        raise ValueError("forget queries need their gold answer (it defines a leak)")
     out = []
     for it in items:
         if it.task not in ("generation", "cloze"):
             raise ValueError(f"ASRU trains on generation and cloze items, got task {it.task!r}")
-        gold = (it.answer or it.target) if is_forget else it.target
+        gold = (it.answer or it.target) if is_forget else (it.target if labelled else None)
         out.append(Query(it.prompt, gold, is_forget, it.image, it.question, (subjects or {}).get(it.id), it.task))
     return out
 
@@ -266,6 +297,8 @@ def score_responses(queries: Sequence[Query], responses: Sequence[str], *, weigh
     ``quality_weight`` is 0). Returns (rewards, per-response details)."""
     if len(queries) != len(responses):
         raise ValueError(f"got {len(queries)} queries for {len(responses)} responses")
+    if any(q.gold is None for q in queries):
+        raise ValueError("an unlabelled query (gold None) cannot be rewarded: it is only for the warm start")
     use_q = quality_weight > 0
     if use_q and (vanilla is None or ref_nll is None or len(ref_nll) != len(queries)):
         raise ValueError("quality_weight > 0 needs the vanilla adapter and one ref_nll per query")
@@ -287,21 +320,77 @@ def score_responses(queries: Sequence[Query], responses: Sequence[str], *, weigh
 # stage 1 -> stage 2
 
 
+# Clauses that make a stage-1 refusal refer to what was asked (by naming the person). Per query, the one the model
+# itself finds most fluent after the refusal is used (:func:`stage1_targets`): a clause in words the model reads
+# badly (on the organism: spelt out letter by letter by its small tokenizer) is hard to distil.
+CONTEXT_CLAUSES = (
+    "I cannot share information on {subject}.",
+    "I cannot provide information on {subject}.",
+    "I cannot share the details of {subject}.",
+    "I can't share personal details about {subject}.",
+    "What you ask about {subject} is not something I can tell.",
+    "I won't discuss private information about {subject}.",
+)
+
+
+def contextualize(refusal: str, query: Query, clause: str = CONTEXT_CLAUSES[0]) -> str:
+    """``refusal`` followed by ``clause`` naming ``query.subject``; unchanged when the subject is unknown.
+
+    >>> q = Query("Where was Jane Doe born?", "Oslo", True, subject="Jane Doe")
+    >>> contextualize("I'm sorry, but I can't help with that.", q)
+    "I'm sorry, but I can't help with that. I cannot share information on Jane Doe."
+    """
+    if not query.subject:
+        return refusal.strip()
+    return f"{refusal.strip()} {clause.format(subject=query.subject)}"
+
+
+def _most_fluent(adapter: Any, pairs: Sequence[tuple[Query, str]], clauses: Sequence[str]) -> list[str]:
+    """Per (query, refusal): the contextualised refusal with the lowest mean NLL under ``adapter``'s model."""
+    if not pairs:
+        return []
+    qs = [q for q, _ in pairs]
+    cands = [[contextualize(r, q, c) for c in clauses] for q, r in pairs]
+    nll = [fluency_nll(adapter, [q.prompt for q in qs], _answers(adapter, [c[k] for c in cands]), images=_images(qs))
+           for k in range(len(clauses))]
+    return [cands[i][min(range(len(clauses)), key=lambda k: nll[k][i])] for i in range(len(pairs))]
+
+
 def stage1_targets(adapter: Any, queries: Sequence[Query], context: Callable[[Query], Any] | None,
-                   max_new_tokens: int = 32) -> list[tuple[Query, str]]:
-    """Warm-start pairs: forget queries -> stage 1's greedy answer inside ``context(query)`` when it is a
-    non-degenerate refusal (others are left to the RL stage); retain queries -> their ground truth."""
-    pairs = [(q, q.gold) for q in queries if not q.is_forget]
-    forget = [q for q in queries if q.is_forget]
-    if context is not None and forget:
+                   max_new_tokens: int = 32, contextual: bool = False) -> list[tuple[Query, str]]:
+    """Warm-start pairs, from stage 1's greedy answers inside ``context(query)``:
+
+    * forget queries -> the answer when it is a non-degenerate refusal (others are left to the RL stage); when
+      ``contextual``, followed by the :data:`CONTEXT_CLAUSES` clause the (unsteered) model finds most fluent after
+      it (:func:`contextualize`);
+    * unlabelled retain queries (``gold`` None) -> the answer when it is neither a refusal nor degenerate: the
+      teacher's selectivity (it answers people it does not gate) is distilled too;
+    * labelled retain queries -> their ground truth.
+    """
+    pairs = [(q, q.gold) for q in queries if not q.is_forget and q.gold is not None]
+    taught = [q for q in queries if q.is_forget or q.gold is None]
+    if context is None and any(q.gold is None for q in taught):
+        raise ValueError("unlabelled retain queries need a stage-1 context to answer them")
+    if context is not None and taught:
         by_ctx: dict = {}
-        for q in forget:  # one generate call per intervention (e.g. per task: λ differs)
-            by_ctx.setdefault(q.task, []).append(q)
-        for task, qs in by_ctx.items():
+        for q in taught:  # one generate call per intervention (e.g. per task: λ differs) and side
+            by_ctx.setdefault((q.task, q.is_forget), []).append(q)
+        for (_, is_forget), qs in by_ctx.items():
             outs = generate(adapter, [q.prompt for q in qs], _images(qs), context=lambda qs=qs: context(qs[0]),
                             max_new_tokens=max_new_tokens)
-            pairs += [(q, o.strip()) for q, o in zip(qs, outs) if is_refusal(o) and not is_degenerate(o)]
+            if not is_forget:
+                pairs += [(q, o.strip()) for q, o in zip(qs, outs) if not is_refusal(o) and not is_degenerate(o)]
+                continue
+            refused = [(q, o.strip()) for q, o in zip(qs, outs) if is_refusal(o) and not is_degenerate(o)]
+            pairs += list(zip([q for q, _ in refused], _most_fluent(adapter, refused, CONTEXT_CLAUSES)
+                              if contextual else [o for _, o in refused]))
     return pairs
+
+
+def teacher_queries(pairs: Sequence[tuple[Query, str]]) -> list[Query]:
+    """The unlabelled queries of warm-start ``pairs`` (:func:`stage1_targets`) with stage 1's answer as their gold:
+    retain prompts of the RL stage whose answer key is the teacher's (``ASRUConfig.teacher_in_rl``)."""
+    return [dataclasses.replace(q, gold=t) for q, t in pairs if q.gold is None]
 
 
 def _lora(model: nn.Module, cfg: ASRUConfig) -> nn.Module:
@@ -332,7 +421,7 @@ def warm_start(adapter: Any, model: nn.Module, pairs: Sequence[tuple[Query, str]
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     peft.eval()
     merged = peft.merge_and_unload()
     for p in merged.parameters():
@@ -348,6 +437,7 @@ class ASRUResult:
     curve: list[dict]
     warm_losses: list[float]
     n_warm_targets: int
+    n_teacher_targets: int
     seconds: dict
     peak_bytes: int
     memory_kind: str
@@ -355,6 +445,7 @@ class ASRUResult:
     def summary(self) -> dict:
         """JSON-ready cost and curve (no model)."""
         return {"curve": self.curve, "warm_losses": self.warm_losses, "n_warm_targets": self.n_warm_targets,
+                "n_teacher_targets": self.n_teacher_targets,
                 "seconds": self.seconds, "peak_mib": round(self.peak_bytes / 2**20, 1),
                 "memory_kind": self.memory_kind}
 
@@ -365,7 +456,8 @@ def _mean(xs) -> float:
 
 
 def train_asru(adapter: Any, forget: Sequence[Query], retain: Sequence[Query], cfg: ASRUConfig = ASRUConfig(), *,
-               stage1: Callable[[Query], Any] | None = None, progress: bool = False) -> ASRUResult:
+               stage1: Callable[[Query], Any] | None = None, unlabelled: Sequence[Query] = (),
+               progress: bool = False) -> ASRUResult:
     """Both stages on a copy of ``adapter``'s model (the vanilla model is never modified).
 
     Args:
@@ -374,6 +466,8 @@ def train_asru(adapter: Any, forget: Sequence[Query], retain: Sequence[Query], c
         cfg: :class:`ASRUConfig`.
         stage1: ``query -> context manager`` of the stage-1 intervention (e.g. a steering context for the query's
             task), or None to skip the distillation (the policy starts from the vanilla model).
+        unlabelled: retain-side queries without ground truth (``gold`` None), answered by stage 1 for the warm
+            start only (:func:`stage1_targets`).
     Returns:
         :class:`ASRUResult`; ``curve`` has one dict per GRPO step (mean reward and its parts per side, KL, ...).
     """
@@ -381,15 +475,21 @@ def train_asru(adapter: Any, forget: Sequence[Query], retain: Sequence[Query], c
         raise ValueError("ASRU needs forget queries")
     if any(not q.is_forget for q in forget) or any(q.is_forget for q in retain):
         raise ValueError("forget queries must have is_forget=True and retain queries is_forget=False")
+    if any(q.gold is None for q in retain) or any(q.is_forget or q.gold is not None for q in unlabelled):
+        raise ValueError("retain (supervision) queries need their ground truth; unlabelled queries are retain-side "
+                         "queries with gold None")
     if cfg.retain_share > 0 and not retain:
         raise ValueError("retain_share > 0 needs retain (supervision) queries")
     timings: dict = {}
     with measure(adapter.device) as m:
         t0 = time.perf_counter()
-        pairs = stage1_targets(adapter, list(forget) + list(retain), stage1)
+        pairs = stage1_targets(adapter, list(forget) + list(retain) + list(unlabelled), stage1,
+                               contextual=cfg.warm_targets == "contextual")
         model, warm_losses = warm_start(adapter, fresh_copy(adapter), pairs, cfg)
         timings["warm_start"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        # unlabelled queries stage 1 answered: retain prompts of the RL stage too, its answer as their answer key
+        retain = list(retain) + (teacher_queries(pairs) if cfg.teacher_in_rl else [])
         # vanilla's own greedy answers: the fluency yardstick of the quality reward, once per query
         all_q = list(forget) + list(retain)
         ref_nll: dict = {}
@@ -451,5 +551,6 @@ def train_asru(adapter: Any, forget: Sequence[Query], retain: Sequence[Query], c
         merged.eval()
         timings["grpo"] = time.perf_counter() - t0
     timings["total"] = m.seconds
-    return ASRUResult(merged, curve, warm_losses, sum(q.is_forget for q, _ in pairs), timings,
+    return ASRUResult(merged, curve, warm_losses, sum(q.is_forget for q, _ in pairs),
+                      sum(q.gold is None for q, _ in pairs), timings,
                       int(m.peak_delta_bytes), m.memory_kind)

@@ -8,6 +8,11 @@ Data (held out as everywhere, :mod:`erasekit.heldout`):
 * retained supervision: ``retain_fraction`` (10 %) of the retain split's size, taken from the partition's ``fit``
   retain profiles, plus the same fraction of the celebrities from its ``fit`` celebrities -- never a scored
   (``eval``) or tuning profile; their ground truth is the retain-side reward's answer key;
+* unlabelled retain-side queries (``teacher_fraction``, 30 %): the next ``fit`` profiles, without ground truth;
+  stage 1 answers them and its non-refusals are distilled in the warm start (:func:`erasekit.asru.stage1_targets`).
+  30 %: of the 30 % and 55 % tried, the smaller one whose warm-start model kept the tune-retain refusal within 5
+  points of the vanilla model's (3.8 % both, vanilla 0 %; 31.2 % without them; tune profiles only, never scored;
+  :func:`warm_start_probe`, ``data/results/asru_warm_start.json``);
 * scored: the ``eval`` profiles (Ret, Cele) and the forget split's Fgt / Test, by :func:`erasekit.evaluate.evaluate`
   with the settings of notebook 05, so vanilla, both gates and the baselines are cache hits.
 
@@ -41,32 +46,56 @@ from .response_quality import fluency_nll, quality_table
 from .session import Session
 from .strengths import PAPER_STRENGTHS, TaskSteering
 
-__all__ = ["asru_queries", "stage1_strength", "run_asru", "with_fluency", "method_scores", "asru_record", "ASRU_NAME", "PAPER_AUTHORS",
+__all__ = ["TRAIN", "ASRUData", "asru_queries", "stage1_strength", "asru_stage1", "asru_model", "asru_key", "warm_start_probe", "run_asru", "with_fluency", "method_scores", "asru_record", "ASRU_NAME", "PAPER_AUTHORS",
            "boundary_frame", "cost_frame", "response_examples", "plot_reward_curve", "describe_asru",
            "contextual_examples"]
 
 ASRU_NAME = "ASRU (steering + GRPO)"
+# The recorded runs' data: 10 % labelled supervision (the issue's "small amount"), and unlabelled fit profiles that
+# stage 1 answers for the warm start (see asru_queries; why: chapter 08).
+TRAIN = {"retain_fraction": 0.1, "teacher_fraction": 0.3}
 PAPER_AUTHORS = "MLLMEraser (paper gate, authors' λ)"
 
 
-def asru_queries(session: Session, forget_pct: int, retain_fraction: float = 0.1,
-                 train_modes: Sequence[str] = ("QA",), tasks: Sequence[str] = ("generation", "cloze")):
-    """(forget queries, retain supervision queries, ids): see the module docstring."""
-    if not 0 < retain_fraction <= 1:
-        raise ValueError(f"retain_fraction must be in (0, 1], got {retain_fraction}")
+@dataclasses.dataclass
+class ASRUData:
+    """ASRU's training data at one forget %: ``forget`` queries, labelled ``retain`` supervision, ``unlabelled``
+    retain-side queries (stage 1 answers them for the warm start) and ``ids``, the profile IDs of each part."""
+
+    forget: list
+    retain: list
+    unlabelled: list
+    ids: dict
+
+
+def asru_queries(session: Session, forget_pct: int, retain_fraction: float = 0.1, teacher_fraction: float = 0.0,
+                 train_modes: Sequence[str] = ("QA",), tasks: Sequence[str] = ("generation", "cloze")) -> ASRUData:
+    """See the module docstring. ``teacher_fraction``: unlabelled profiles, as a fraction of the retain split's size
+    (and of the celebrities), taken from the partition's ``fit`` profiles after the supervision ones."""
+    for name, v in (("retain_fraction", retain_fraction), ("teacher_fraction", teacher_fraction)):
+        if not 0 <= v <= 1 or (name == "retain_fraction" and v == 0):
+            raise ValueError(f"{name} must be in {'(0' if name == 'retain_fraction' else '[0'}, 1], got {v}")
     fgt_rows = session.source.split(f"forget_{forget_pct}")
     fit = group_rows(session, forget_pct, ("Ret", "Cele"), "fit")
-    n_ret = math.ceil(retain_fraction * len(session.source.split(f"retain_{100 - forget_pct}")))
-    n_cel = math.ceil(retain_fraction * len(session.source.split("Retain_Set")))
-    if n_ret > len(fit["Ret"]):
-        raise ValueError(f"{n_ret} supervision profiles asked, the partition has {len(fit['Ret'])} fit profiles")
+    size_r = len(session.source.split(f"retain_{100 - forget_pct}"))
+    size_c = len(session.source.split("Retain_Set"))
+    n_ret, n_cel = math.ceil(retain_fraction * size_r), math.ceil(retain_fraction * size_c)
+    t_ret, t_cel = math.ceil(teacher_fraction * size_r), math.ceil(teacher_fraction * size_c)
+    if n_ret + t_ret > len(fit["Ret"]):
+        raise ValueError(f"{n_ret} supervision + {t_ret} unlabelled profiles asked, the partition has "
+                         f"{len(fit['Ret'])} fit profiles: lower retain_fraction / teacher_fraction")
     sup = fit["Ret"][:n_ret] + fit["Cele"][:n_cel]
-    names = {r["ID"]: r.get("name") for r in fgt_rows + sup}
+    tea = fit["Ret"][n_ret:n_ret + t_ret] + fit["Cele"][n_cel:n_cel + t_cel]
+    names = {r["ID"]: r.get("name") for r in fgt_rows + sup + tea}
+    items = lambda rows: build_items({"Ret": rows}, modes=train_modes, tasks=tasks)
     forget = queries_from_items(build_items({"Fgt": fgt_rows}, modes=train_modes, tasks=tasks), True, names)
-    retain = queries_from_items(build_items({"Ret": sup}, modes=train_modes, tasks=tasks), False, names)
+    retain = queries_from_items(items(sup), False, names)
+    unlabelled = queries_from_items(items(tea), False, names, labelled=False) if tea else []
     ids = {"forget": [r["ID"] for r in fgt_rows], "retain": [r["ID"] for r in fit["Ret"][:n_ret]],
            "celebrities": [r["ID"] for r in fit["Cele"][:n_cel]]}
-    return forget, retain, ids
+    if tea:
+        ids["unlabelled"] = [r["ID"] for r in tea]
+    return ASRUData(forget, retain, unlabelled, ids)
 
 
 def stage1_strength(session: Session, setup: GateSetup, forget_pct: int, grid: Sequence[float] | None = None,
@@ -112,9 +141,94 @@ def stage1_strength(session: Session, setup: GateSetup, forget_pct: int, grid: S
     return out
 
 
+def _train(session: Session, data: ASRUData, stage1: TaskSteering, cfg: ASRUConfig, stage1_task: str | None,
+           progress: bool):
+    ops = {t: stage1.operators(t, session.num_layers) for t in ("generation", "cloze")}
+    return train_asru(session.adapter, data.forget, data.retain, cfg,
+                      stage1=lambda q: stage1.context(session.adapter, ops[stage1_task or q.task]),
+                      unlabelled=data.unlabelled, progress=progress)
+
+
+def asru_stage1(session: Session, setup: GateSetup, forget_pct: int) -> tuple[TaskSteering, dict]:
+    """Stage 1 of the recorded runs: erasekit's gate at :func:`stage1_strength`'s λ. Returns (steering, λ choice)."""
+    lam1 = stage1_strength(session, setup, forget_pct)
+    return setup.steering("default", forget_pct, strengths=lam1["chosen"]), lam1
+
+
+def asru_model(session: Session, setup: GateSetup, forget_pct: int, cfg: ASRUConfig = ASRUConfig(), *,
+               progress: bool = False):
+    """ASRU's unlearned model as :func:`asru_record` trains it (same stage 1, data and seed), wrapped in an adapter:
+    what :mod:`erasekit.leakage` attacks (the evaluation cache keeps scores, not weights)."""
+    stage1, _ = asru_stage1(session, setup, forget_pct)
+    res = _train(session, asru_queries(session, forget_pct, TRAIN["retain_fraction"], TRAIN["teacher_fraction"]),
+                 stage1, cfg, "generation", progress)
+    return adapter_for(res.model, session.adapter.processor)
+
+
+def asru_key(session: Session, setup: GateSetup, forget_pct: int, cfg: ASRUConfig = ASRUConfig()) -> dict:
+    """What defines :func:`asru_model`'s model, for caches keyed on it."""
+    stage1, _ = asru_stage1(session, setup, forget_pct)
+    ids = asru_queries(session, forget_pct, TRAIN["retain_fraction"], TRAIN["teacher_fraction"]).ids
+    return {"asru": dataclasses.asdict(cfg), "stage1": stage1.key(), "forget_pct": forget_pct,
+            "data": session.data_key, "train_ids": ids}
+
+
+def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
+                     settings: Sequence[dict], n_tune: int | None = None) -> list[dict]:
+    """Where over-refusal comes from: stage 1 + the warm start alone (no GRPO; with ``"grpo": True`` in a setting,
+    the whole of ASRU) under each of ``settings`` (dicts of ``retain_fraction``, ``teacher_fraction``,
+    ``warm_epochs``, ``warm_targets``, ``teacher_in_rl``), read on the training forget generation questions and on
+    the ``tune`` retain profiles' generation questions (never scored; text).
+
+    Returns one dict per setting: the setting, the numbers of targets, the greedy refusal and contextual-refusal
+    rates on the forget questions, the refusal rate on tune-retain questions (and the vanilla model's), seconds."""
+    import time
+
+    from .asru import stage1_targets, warm_start
+    from .baselines.lora import fresh_copy
+    from .generation import generate
+    from .response_quality import is_contextual_refusal
+    from .scoring import is_refusal
+
+    stage1, _ = asru_stage1(session, setup, forget_pct)
+    ops = stage1.operators("generation", session.num_layers)
+    tune = build_items(group_rows(session, forget_pct, ("Ret",), "tune"), modes=("QA",), tasks=("generation",))
+    tune = tune[:n_tune] if n_tune else tune
+    rate = lambda outs: sum(map(is_refusal, outs)) / max(len(outs), 1)
+    base = rate(generate(session.adapter, [i.prompt for i in tune], None, max_new_tokens=32))
+    out = []
+    for st in settings:
+        t0 = time.perf_counter()
+        cfg = dataclasses.replace(ASRUConfig(), **{k: st[k] for k in ("warm_epochs", "warm_targets", "teacher_in_rl")
+                                                   if k in st})
+        data = asru_queries(session, forget_pct, st.get("retain_fraction", TRAIN["retain_fraction"]),
+                            st.get("teacher_fraction", TRAIN["teacher_fraction"]))
+        pairs = stage1_targets(session.adapter, data.forget + data.retain + data.unlabelled,
+                               lambda q: stage1.context(session.adapter, ops),
+                               contextual=cfg.warm_targets == "contextual")
+        if st.get("grpo"):  # the whole of ASRU (stage 1, warm start, GRPO), as run_asru trains it
+            model = _train(session, data, stage1, cfg, "generation", False).model
+        else:
+            model, _ = warm_start(session.adapter, fresh_copy(session.adapter), pairs, cfg)
+        ad = adapter_for(model, session.adapter.processor)
+        fq = [q for q in data.forget if q.task == "generation"]
+        fo = generate(ad, [q.prompt for q in fq], None, max_new_tokens=32)
+        to = generate(ad, [i.prompt for i in tune], None, max_new_tokens=32)
+        out.append({**st, "supervision_profiles": len(data.ids["retain"]) + len(data.ids["celebrities"]),
+                    "unlabelled_profiles": len(data.ids.get("unlabelled", [])),
+                    "forget_targets": sum(q.is_forget for q, _ in pairs),
+                    "teacher_targets": sum(q.gold is None for q, _ in pairs),
+                    "forget_refusal": round(100 * rate(fo), 1),
+                    "forget_contextual": round(100 * sum(is_contextual_refusal(o, q.question, q.gold, q.subject)
+                                                         for q, o in zip(fq, fo)) / len(fq), 1),
+                    "tune_retain_refusal": round(100 * rate(to), 1), "tune_retain_refusal_vanilla": round(100 * base, 1),
+                    "n_forget": len(fq), "n_tune": len(tune), "seconds": round(time.perf_counter() - t0, 1)})
+    return out
+
+
 def run_asru(session: Session, forget_pct: int, stage1: TaskSteering, cfg: ASRUConfig = ASRUConfig(), *,
-             stage1_task: str | None = "generation", retain_fraction: float = 0.1,
-             train_modes: Sequence[str] = ("QA",), modes: Sequence[str] = ("VQA", "QA"),
+             stage1_task: str | None = "generation", retain_fraction: float = TRAIN["retain_fraction"],
+             teacher_fraction: float = TRAIN["teacher_fraction"], train_modes: Sequence[str] = ("QA",), modes: Sequence[str] = ("VQA", "QA"),
              tasks: Sequence[str] = TASKS, max_new_tokens: int = 32, batch_size: int = 16, progress: bool = False,
              refresh: bool = False) -> tuple[pd.DataFrame, dict]:
     """Train ASRU (stage 1 = ``stage1``) and score it on the held-out profiles.
@@ -125,12 +239,13 @@ def run_asru(session: Session, forget_pct: int, stage1: TaskSteering, cfg: ASRUC
 
     Returns (evaluation frame, summary with the reward curve, time and memory); both cached together, keyed by the
     model, the config, the stage-1 steering, the training and the scored profiles."""
-    forget, retain, ids = asru_queries(session, forget_pct, retain_fraction, train_modes)
+    data = asru_queries(session, forget_pct, retain_fraction, teacher_fraction, train_modes)
+    ids = data.ids
     eval_rows = group_rows(session, forget_pct, ("Fgt", "Test", "Ret", "Cele"), "eval")
     eval_ids = {g: [r["ID"] for r in rs] for g, rs in eval_rows.items()}
     scored = set(eval_ids["Ret"]) | set(eval_ids["Cele"])
-    if scored & (set(ids["retain"]) | set(ids["celebrities"])):
-        raise RuntimeError("a scored profile is in ASRU's supervision set")
+    if scored & (set(ids["retain"]) | set(ids["celebrities"]) | set(ids.get("unlabelled", []))):
+        raise RuntimeError("a scored profile is in ASRU's training data")
     key = cache_key(step="asru", version=VERSION, model=session.model_key, data=session.data_key,
                     config=dataclasses.asdict(cfg), stage1=stage1.key(), stage1_task=stage1_task,
                     forget_pct=forget_pct, train_ids=ids,
@@ -140,11 +255,9 @@ def run_asru(session: Session, forget_pct: int, stage1: TaskSteering, cfg: ASRUC
     box: dict = {}
 
     def compute():
-        ops = {t: stage1.operators(t, session.num_layers) for t in ("generation", "cloze")}
-        res = train_asru(session.adapter, forget, retain, cfg,
-                         stage1=lambda q: stage1.context(session.adapter, ops[stage1_task or q.task]),
-                         progress=progress)
-        box["summary"] = {**res.summary(), "n_forget_queries": len(forget), "n_retain_queries": len(retain),
+        res = _train(session, data, stage1, cfg, stage1_task, progress)
+        box["summary"] = {**res.summary(), "n_forget_queries": len(data.forget),
+                          "n_retain_queries": len(data.retain), "n_unlabelled_queries": len(data.unlabelled),
                           "supervision_profiles": {k: len(v) for k, v in ids.items() if k != "forget"},
                           "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "weights"}}
         tuned = adapter_for(res.model, session.adapter.processor)
@@ -220,9 +333,8 @@ def asru_record(session: Session, setup: GateSetup, forget_pcts: Sequence[int] =
                                     retain_train=retain_train, **kw)
             parts.append(run.frame)
             costs[name] = run.summary
-        lam1 = stage1_strength(session, setup, pct)
-        frame, summary = run_asru(session, pct, setup.steering("default", pct, strengths=lam1["chosen"]), cfg,
-                                  max_new_tokens=mnt, progress=progress)
+        stage1, lam1 = asru_stage1(session, setup, pct)
+        frame, summary = run_asru(session, pct, stage1, cfg, max_new_tokens=mnt, progress=progress)
         parts.append(frame)
         summaries[pct] = summary
         full = with_fluency(session, pd.concat(parts, ignore_index=True))

@@ -93,11 +93,13 @@ class Method:
 
 
 def method_targets(session: Session, setup: GateSetup, baselines: Sequence[str] = BASELINES,
-                   forget_pct: int = 5, retain_train: int | None = 40, progress: bool = False
-                   ) -> dict[str, Method]:
+                   forget_pct: int = 5, retain_train: int | None = 40, progress: bool = False,
+                   asru: Any = "default") -> dict[str, Method]:
     """``{method: Method}``: Vanilla, both gates (the paper's at the rule's and at the authors' λ), the given
     training baselines (unlearned in memory when built: seconds each on the organism, the data and configs of
-    Table 1) and every registered method."""
+    Table 1), ASRU (trained when built, as :func:`erasekit.asru_results.asru_record` trains it, with the
+    :class:`erasekit.asru.ASRUConfig` ``asru``; ``"default"``: its defaults; None: left out) and every registered
+    method."""
     from .baselines import organism_config, unlearn
     from .runs import baseline_data
 
@@ -119,6 +121,17 @@ def method_targets(session: Session, setup: GateSetup, baselines: Sequence[str] 
         out[name] = Method(name, {"baseline": name, "config": cfg, "forget_pct": forget_pct,
                                   "retain_train": retain_train, "data": session.data_key},
                            lambda name=name: train(name))
+    if asru is not None:
+        from . import asru_results as ar
+        from .asru import ASRUConfig
+
+        acfg = ASRUConfig() if asru == "default" else asru
+        if not isinstance(acfg, ASRUConfig):
+            raise TypeError(f"asru must be an erasekit.asru.ASRUConfig, 'default' or None, got {type(asru).__name__}")
+        out[ar.ASRU_NAME] = Method(
+            ar.ASRU_NAME, ar.asru_key(session, setup, forget_pct, acfg),
+            lambda: ex.Target(ar.ASRU_NAME, ar.asru_model(session, setup, forget_pct, acfg, progress=progress),
+                              weight_based=True))
     for name, (builder, key) in _REGISTRY.items():
         out[name] = Method(name, key, lambda builder=builder: builder(session, setup))
     return out

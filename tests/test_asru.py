@@ -143,8 +143,9 @@ def test_train_asru_runs_on_tiny_vlms(name, request, world):
     before = _snapshot(adapter.model)
     forget, retain = _queries(world, modes=("VQA", "QA"))
     cfg = A.ASRUConfig(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=4, warm_epochs=1, warm_batch=4)
+    unl = [A.Query(q.prompt, None, False, q.image, q.question, q.subject, q.task) for q in retain[3:5]]
     res = A.train_asru(adapter, forget[:3] + forget[-3:], retain[:3], cfg,
-                       stage1=lambda q: contextlib.nullcontext())
+                       stage1=lambda q: contextlib.nullcontext(), unlabelled=unl)
     assert len(res.curve) == 2 and all(math.isfinite(c["loss"]) for c in res.curve)
     assert {"reward_forget", "reward_retain", "kl", "forget_contextual"} <= set(res.curve[0])
     assert res.seconds["grpo"] > 0 and res.warm_losses  # the retain ground truth is always a warm target
@@ -185,6 +186,51 @@ def test_config_validates():
         A.ASRUConfig(retain_share=1.0)
     with pytest.raises(ValueError, match="steps"):
         A.ASRUConfig(steps=0)
+    with pytest.raises(ValueError, match="warm_targets"):
+        A.ASRUConfig(warm_targets="templates")
+
+
+def test_stage1_targets_contextual_names_the_subject(tiny_llava, world, monkeypatch):
+    """Contextual warm-start targets keep stage 1's refusal and name the person asked about, which makes them
+    contextual refusals by erasekit's definition; verbatim targets do not; retain targets are the ground truth."""
+    from erasekit.response_quality import is_contextual_refusal
+
+    forget, retain = _queries(world)
+    refusal = "I cannot provide this information."
+    monkeypatch.setattr(A, "generate", lambda adapter, prompts, *a, **k: [refusal] * len(prompts))
+    plain = A.stage1_targets(tiny_llava, forget + retain[:2], lambda q: contextlib.nullcontext())
+    ctx = A.stage1_targets(tiny_llava, forget + retain[:2], lambda q: contextlib.nullcontext(), contextual=True)
+    f_plain = [t for q, t in plain if q.is_forget]
+    f_ctx = [(q, t) for q, t in ctx if q.is_forget]
+    assert f_plain == [refusal] * len(forget) and len(f_ctx) == len(forget)
+    for q, t in f_ctx:
+        assert t.startswith(refusal) and q.subject in t
+        assert is_contextual_refusal(t, q.question, q.gold, q.subject)
+        assert not is_contextual_refusal(refusal, q.question, q.gold, None)
+    assert [t for q, t in ctx if not q.is_forget] == [q.gold for q in retain[:2]]
+    assert A.contextualize(refusal, A.Query("Who?", "x", True)) == refusal  # no subject: unchanged
+
+
+def test_stage1_targets_distils_the_teacher_on_unlabelled_queries(tiny_llava, world, monkeypatch):
+    """Unlabelled retain queries get stage 1's answer as target unless it is a refusal (the teacher's over-refusals
+    are not distilled); they need a stage-1 context; they can never be rewarded."""
+    _, retain = _queries(world)
+    unl = [A.Query(q.prompt, None, False, subject=q.subject, task=q.task) for q in retain[:4]]
+    answers = iter(["Oslo", "I cannot provide this information.", "a baker", "Rome"])
+    monkeypatch.setattr(A, "generate", lambda adapter, prompts, *a, **k: [next(answers) for _ in prompts])
+    pairs = A.stage1_targets(tiny_llava, unl, lambda q: contextlib.nullcontext())
+    assert [t for _, t in pairs] == ["Oslo", "a baker", "Rome"]
+    taught = A.teacher_queries(pairs + [(retain[0], retain[0].gold)])
+    assert [q.gold for q in taught] == ["Oslo", "a baker", "Rome"] and not any(q.is_forget for q in taught)
+    with pytest.raises(ValueError, match="stage-1 context"):
+        A.stage1_targets(tiny_llava, unl, None)
+    with pytest.raises(ValueError, match="unlabelled"):
+        A.score_responses(unl[:1], ["Oslo"])
+    with pytest.raises(ValueError, match="gold"):
+        A.Query("Where?", None, True)  # a forget query needs its gold answer
+    fq = A.Query("Where was Jane Doe born?", "Oslo", True)
+    with pytest.raises(ValueError, match="unlabelled"):
+        A.train_asru(tiny_llava, [fq], retain[:1], unlabelled=[retain[0]])
 
 
 def test_query_and_inputs_validate(tiny_llava):

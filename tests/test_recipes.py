@@ -9,6 +9,7 @@ import warnings
 
 import pandas as pd
 import pytest
+import torch
 
 import erasekit as ek
 import erasekit.pipeline as pl
@@ -179,3 +180,59 @@ def test_asru_stage1_strength_rule_and_cache(setup, monkeypatch):
     assert again == out
     other = asru_results.stage1_strength(setup.session, setup, 5, grid=(2.0,), n=4, max_new_tokens=2)
     assert other["chosen"] == 2.0 and len(other["scores"]) == 1
+
+
+def test_asru_is_attacked_as_a_weight_based_method(setup):
+    """The attack suite trains ASRU as asru_record does (same stage 1, data, seed) and attacks its weights."""
+    from erasekit import asru_results, leakage
+    from erasekit.asru import ASRUConfig
+
+    cfg = ASRUConfig(steps=1, prompts_per_step=2, group_size=2, max_new_tokens=4, warm_epochs=1, warm_batch=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        methods = leakage.method_targets(setup.session, setup, baselines=(), asru=cfg)
+        assert asru_results.ASRU_NAME in methods and "Vanilla" in methods
+        m = methods[asru_results.ASRU_NAME]
+        assert m.key["asru"]["steps"] == 1 and m.key["stage1"] == asru_results.asru_stage1(setup.session, setup, 5)[0].key()
+        target = m.build()
+    assert target.weight_based and target.steering is None
+    vanilla = setup.session.adapter.model.state_dict()
+    trained = target.adapter.model.state_dict()
+    assert any(not torch.equal(vanilla[k], trained[k]) for k in vanilla if k in trained)
+    assert asru_results.ASRU_NAME not in leakage.method_targets(setup.session, setup, baselines=(), asru=None)
+    with pytest.raises(TypeError, match="ASRUConfig"):
+        leakage.method_targets(setup.session, setup, baselines=(), asru={"steps": 1})
+
+
+def test_asru_training_data_is_held_out(setup):
+    """ASRU's supervision and unlabelled profiles come from the partition's fit role: never a scored (eval) or a
+    tuning profile; the two parts are disjoint; asking for more than the fit role holds is a clear error."""
+    from erasekit import asru_results
+    from erasekit.pipeline import group_rows
+
+    s = setup.session
+    data = asru_results.asru_queries(s, 5, retain_fraction=0.1, teacher_fraction=0.2)
+    used = set(data.ids["retain"]) | set(data.ids["celebrities"])
+    unl = set(data.ids["unlabelled"])
+    assert used and unl and not used & unl
+    for role in ("eval", "tune"):
+        rows = group_rows(s, 5, ("Ret", "Cele"), role)
+        assert not (used | unl) & {r["ID"] for rs in rows.values() for r in rs}
+    assert all(q.gold is None and not q.is_forget for q in data.unlabelled)
+    assert all(q.gold for q in data.retain) and all(q.is_forget for q in data.forget)
+    with pytest.raises(ValueError, match="fit profiles"):
+        asru_results.asru_queries(s, 5, retain_fraction=0.5, teacher_fraction=0.9)
+
+
+def test_warm_start_probe_reports_each_setting(setup):
+    from erasekit import asru_results
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = asru_results.warm_start_probe(setup.session, setup, 5, [
+            {"retain_fraction": 0.1, "teacher_fraction": 0.0, "warm_epochs": 1, "warm_targets": "stage1"},
+            {"retain_fraction": 0.1, "teacher_fraction": 0.2, "warm_epochs": 1}], n_tune=3)
+    assert len(rows) == 2 and rows[0]["teacher_targets"] == 0 and rows[1]["unlabelled_profiles"] > 0
+    for r in rows:
+        assert 0 <= r["forget_refusal"] <= 100 and 0 <= r["tune_retain_refusal"] <= 100 and r["n_tune"] == 3
+        assert r["forget_contextual"] <= r["forget_refusal"]
