@@ -22,6 +22,7 @@ ours, and why:
     but a distillation that sees only the ~24 supervision people learns "refuse people" rather than "refuse these
     people": the warm-start model alone refused 31.2 % of the tune-retain generation questions, 3.8 % with stage 1's
     answers on 72 unlabelled people added (tune profiles, never scored; ``scripts/asru_warm_start.py``, chapter 08).
+    With ``teacher_in_rl`` they also join GRPO's retain prompts, stage 1's answer as their answer key.
 
   What RL then refines is *where* and *how* to refuse. Why not keep steering on during the
   rollouts: erasekit steers the prefill only (the authors' rule), so the teacher-forced pass that scores a sampled
@@ -92,6 +93,13 @@ class ASRUConfig:
     ``warm_epochs`` (6): the fewest of 3 and 6 at which the warm-start model reproduces its forget targets on the
     training questions (stage 1 refused 38 of the 40 forget generation questions; greedy refusals after 3 epochs
     55 %, 17.5 % contextual; after 6, 95 %, 95 % contextual: ``data/results/asru_warm_start.json``).
+
+    ``teacher_in_rl`` (on) and ``retain_share`` (0.375) were read on the tune retain profiles after the whole of ASRU
+    at 5 % (same file): GRPO raises the warm start's tune-retain refusal of 3.8 % to 16.2 % without the unlabelled
+    prompts in the RL stage and 11.2 % with them; with them, retain shares 0.375 / 0.5 / 0.625 gave 11.2 / 8.8 /
+    10.0 % at 100 / 97.5 / 97.5 % contextual refusal of the training forget generation questions -- the same within
+    a question or two of 80, so the default share stayed. ``beta`` 0.2 / 1.0 gave 11.2 / 7.5 % at 100 / 95 %: by the
+    rule "most contextual refusal minus tune-retain refusal" TRL's 0.04 stayed (88.8 vs 88.8 / 87.5).
     """
 
     # stage 2: GRPO

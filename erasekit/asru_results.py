@@ -46,7 +46,8 @@ from .response_quality import fluency_nll, quality_table
 from .session import Session
 from .strengths import PAPER_STRENGTHS, TaskSteering
 
-__all__ = ["TRAIN", "ASRUData", "asru_queries", "stage1_strength", "asru_stage1", "asru_model", "asru_key", "warm_start_probe", "run_asru", "with_fluency", "method_scores", "asru_record", "ASRU_NAME", "PAPER_AUTHORS",
+__all__ = ["TRAIN", "ASRUData", "asru_queries", "stage1_strength", "asru_stage1", "asru_model", "asru_key",
+           "warm_start_probe", "run_asru", "with_fluency", "method_scores", "asru_record", "ASRU_NAME", "PAPER_AUTHORS",
            "boundary_frame", "cost_frame", "response_examples", "plot_reward_curve", "describe_asru",
            "contextual_examples"]
 
@@ -177,8 +178,8 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
                      settings: Sequence[dict], n_tune: int | None = None) -> list[dict]:
     """Where over-refusal comes from: stage 1 + the warm start alone (no GRPO; with ``"grpo": True`` in a setting,
     the whole of ASRU) under each of ``settings`` (dicts of ``retain_fraction``, ``teacher_fraction``,
-    ``warm_epochs``, ``warm_targets``, ``teacher_in_rl``), read on the training forget generation questions and on
-    the ``tune`` retain profiles' generation questions (never scored; text).
+    ``warm_epochs``, ``warm_targets``, ``teacher_in_rl``, ``retain_share``, ``beta``), read on the training forget
+    generation questions and on the ``tune`` retain profiles' generation questions (never scored; text).
 
     Returns one dict per setting: the setting, the numbers of targets, the greedy refusal and contextual-refusal
     rates on the forget questions, the refusal rate on tune-retain questions (and the vanilla model's), seconds."""
@@ -199,8 +200,8 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
     out = []
     for st in settings:
         t0 = time.perf_counter()
-        cfg = dataclasses.replace(ASRUConfig(), **{k: st[k] for k in ("warm_epochs", "warm_targets", "teacher_in_rl")
-                                                   if k in st})
+        keys = ("warm_epochs", "warm_targets", "teacher_in_rl", "retain_share", "beta")
+        cfg = dataclasses.replace(ASRUConfig(), **{k: st[k] for k in keys if k in st})
         data = asru_queries(session, forget_pct, st.get("retain_fraction", TRAIN["retain_fraction"]),
                             st.get("teacher_fraction", TRAIN["teacher_fraction"]))
         pairs = stage1_targets(session.adapter, data.forget + data.retain + data.unlabelled,
@@ -221,14 +222,16 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
                     "forget_refusal": round(100 * rate(fo), 1),
                     "forget_contextual": round(100 * sum(is_contextual_refusal(o, q.question, q.gold, q.subject)
                                                          for q, o in zip(fq, fo)) / len(fq), 1),
-                    "tune_retain_refusal": round(100 * rate(to), 1), "tune_retain_refusal_vanilla": round(100 * base, 1),
+                    "tune_retain_refusal": round(100 * rate(to), 1),
+                    "tune_retain_refusal_vanilla": round(100 * base, 1),
                     "n_forget": len(fq), "n_tune": len(tune), "seconds": round(time.perf_counter() - t0, 1)})
     return out
 
 
 def run_asru(session: Session, forget_pct: int, stage1: TaskSteering, cfg: ASRUConfig = ASRUConfig(), *,
              stage1_task: str | None = "generation", retain_fraction: float = TRAIN["retain_fraction"],
-             teacher_fraction: float = TRAIN["teacher_fraction"], train_modes: Sequence[str] = ("QA",), modes: Sequence[str] = ("VQA", "QA"),
+             teacher_fraction: float = TRAIN["teacher_fraction"], train_modes: Sequence[str] = ("QA",),
+             modes: Sequence[str] = ("VQA", "QA"),
              tasks: Sequence[str] = TASKS, max_new_tokens: int = 32, batch_size: int = 16, progress: bool = False,
              refresh: bool = False) -> tuple[pd.DataFrame, dict]:
     """Train ASRU (stage 1 = ``stage1``) and score it on the held-out profiles.

@@ -1,6 +1,7 @@
-"""Where ASRU's over-refusal comes from: stage 1 + the warm start alone, under the settings that chose ASRU's data
-and warm-start defaults (erasekit.asru_results.TRAIN, erasekit.asru.ASRUConfig). Reads tune profiles only (never
-scored). Writes data/results/asru_warm_start.json; chapter 08 shows it. ~10 min on one CPU thread.
+"""Where ASRU's over-refusal comes from: stage 1 + the warm start alone (and the whole of ASRU), under the settings
+that chose ASRU's data, warm-start and RL defaults (erasekit.asru_results.TRAIN, erasekit.asru.ASRUConfig). Reads
+tune profiles only (never scored). Writes data/results/asru_warm_start.json; chapter 08 shows it. ~35 min on one CPU
+thread.
 
     python scripts/asru_warm_start.py [--threads 1] [--out FILE]
 """
@@ -24,6 +25,20 @@ SETTINGS = [
     {"retain_fraction": 0.3, "teacher_fraction": 0.0, "warm_epochs": 6, "warm_targets": "contextual"},
     {"retain_fraction": 0.1, "teacher_fraction": 0.3, "warm_epochs": 6, "warm_targets": "contextual"},
     {"retain_fraction": 0.1, "teacher_fraction": 0.55, "warm_epochs": 6, "warm_targets": "contextual"},
+    # the whole of ASRU (GRPO too): unlabelled prompts in the RL stage or not, and the share of retain prompts
+    {"retain_fraction": 0.1, "teacher_fraction": 0.3, "warm_epochs": 6, "warm_targets": "contextual", "grpo": True,
+     "teacher_in_rl": False, "retain_share": 0.375},
+    {"retain_fraction": 0.1, "teacher_fraction": 0.3, "warm_epochs": 6, "warm_targets": "contextual", "grpo": True,
+     "teacher_in_rl": True, "retain_share": 0.375},
+    {"retain_fraction": 0.1, "teacher_fraction": 0.3, "warm_epochs": 6, "warm_targets": "contextual", "grpo": True,
+     "teacher_in_rl": True, "retain_share": 0.5},
+    {"retain_fraction": 0.1, "teacher_fraction": 0.3, "warm_epochs": 6, "warm_targets": "contextual", "grpo": True,
+     "teacher_in_rl": True, "retain_share": 0.625},
+    # and the weight of the KL to the warm-start model (default 0.04, TRL's)
+    {"retain_fraction": 0.1, "teacher_fraction": 0.3, "warm_epochs": 6, "warm_targets": "contextual", "grpo": True,
+     "teacher_in_rl": True, "retain_share": 0.375, "beta": 0.2},
+    {"retain_fraction": 0.1, "teacher_fraction": 0.3, "warm_epochs": 6, "warm_targets": "contextual", "grpo": True,
+     "teacher_in_rl": True, "retain_share": 0.375, "beta": 1.0},
 ]
 
 

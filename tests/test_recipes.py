@@ -193,7 +193,8 @@ def test_asru_is_attacked_as_a_weight_based_method(setup):
         methods = leakage.method_targets(setup.session, setup, baselines=(), asru=cfg)
         assert asru_results.ASRU_NAME in methods and "Vanilla" in methods
         m = methods[asru_results.ASRU_NAME]
-        assert m.key["asru"]["steps"] == 1 and m.key["stage1"] == asru_results.asru_stage1(setup.session, setup, 5)[0].key()
+        stage1 = asru_results.asru_stage1(setup.session, setup, 5)[0]
+        assert m.key["asru"]["steps"] == 1 and m.key["stage1"] == stage1.key()
         target = m.build()
     assert target.weight_based and target.steering is None
     vanilla = setup.session.adapter.model.state_dict()
