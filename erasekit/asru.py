@@ -84,11 +84,11 @@ __all__ = ["ASRUConfig", "Query", "queries_from_items", "group_advantages", "tok
 class ASRUConfig:
     """Hyperparameters of both stages (defaults: the organism run; see the module docstring for the choices).
 
-    How the defaults were picked (organism, 5 %, 1 thread): two settings were trained and compared on the
-    *training* reward only (the scored profiles were not looked at): 40 steps, lr 3e-4, half the prompts from the
-    supervision set -> mean forget reward of the sampled answers -0.68 -> -0.62 (first / last 5 steps), contextual
-    refusals sampled 2.5 % -> 5.8 %; 60 steps, lr 5e-4, 3 of 8 prompts from the supervision set -> -0.67 -> -0.50,
-    3.3 % -> 10.7 %, retain reward 0.96 -> 0.94. The second is the default.
+    How the defaults were picked (organism, 5 %, 1 thread). GRPO, with the earlier verbatim warm start: two settings
+    were trained and compared on the *training* reward only (the scored profiles were not looked at): 40 steps, lr
+    3e-4, half the prompts from the supervision set -> mean forget reward of the sampled answers -0.68 -> -0.62
+    (first / last 5 steps), contextual refusals sampled 2.5 % -> 5.8 %; 60 steps, lr 5e-4, 3 of 8 prompts from the
+    supervision set -> -0.67 -> -0.50, 3.3 % -> 10.7 %, retain reward 0.96 -> 0.94. The second is the default.
 
     ``warm_epochs`` (6): the fewest of 3 and 6 at which the warm-start model reproduces its forget targets on the
     training questions (stage 1 refused 38 of the 40 forget generation questions; greedy refusals after 3 epochs
@@ -115,7 +115,7 @@ class ASRUConfig:
     retain_share: float = 0.375     # share of each step's prompts drawn from the retain supervision set
     quality_weight: float = 0.2
     quality_scale: float = 2.0      # nats per token below vanilla's own answer that cost the full quality reward
-    # stage 1 -> 2: warm start (distillation of the steered model's refusals + retain ground truth)
+    # stage 1 -> 2: warm start (stage 1 as the teacher of both sides + the supervision set's ground truth)
     warm_epochs: int = 6
     warm_lr: float = 5e-4
     warm_batch: int = 8
