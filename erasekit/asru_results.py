@@ -73,9 +73,10 @@ def asru_queries(session: Session, forget_pct: int, retain_fraction: float = 0.1
                  train_modes: Sequence[str] = ("QA",), tasks: Sequence[str] = ("generation", "cloze")) -> ASRUData:
     """See the module docstring. ``teacher_fraction``: unlabelled profiles, as a fraction of the retain split's size
     (and of the celebrities), taken from the partition's ``fit`` profiles after the supervision ones."""
-    for name, v in (("retain_fraction", retain_fraction), ("teacher_fraction", teacher_fraction)):
-        if not 0 <= v <= 1 or (name == "retain_fraction" and v == 0):
-            raise ValueError(f"{name} must be in {'(0' if name == 'retain_fraction' else '[0'}, 1], got {v}")
+    if not 0 < retain_fraction <= 1:
+        raise ValueError(f"retain_fraction must be in (0, 1], got {retain_fraction}")
+    if not 0 <= teacher_fraction <= 1:
+        raise ValueError(f"teacher_fraction must be in [0, 1], got {teacher_fraction}")
     fgt_rows = session.source.split(f"forget_{forget_pct}")
     fit = group_rows(session, forget_pct, ("Ret", "Cele"), "fit")
     size_r = len(session.source.split(f"retain_{100 - forget_pct}"))
@@ -187,15 +188,14 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
 
     from .asru import stage1_targets, warm_start
     from .baselines.lora import fresh_copy
+    from .eraser import _refusal_rate as rate
     from .generation import generate
     from .response_quality import is_contextual_refusal
-    from .scoring import is_refusal
 
     stage1, _ = asru_stage1(session, setup, forget_pct)
     ops = stage1.operators("generation", session.num_layers)
     tune = build_items(group_rows(session, forget_pct, ("Ret",), "tune"), modes=("QA",), tasks=("generation",))
     tune = tune[:n_tune] if n_tune else tune
-    rate = lambda outs: sum(map(is_refusal, outs)) / max(len(outs), 1)
     base = rate(generate(session.adapter, [i.prompt for i in tune], None, max_new_tokens=32))
     out = []
     for st in settings:
@@ -204,21 +204,23 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
         cfg = dataclasses.replace(ASRUConfig(), **{k: st[k] for k in keys if k in st})
         data = asru_queries(session, forget_pct, st.get("retain_fraction", TRAIN["retain_fraction"]),
                             st.get("teacher_fraction", TRAIN["teacher_fraction"]))
-        pairs = stage1_targets(session.adapter, data.forget + data.retain + data.unlabelled,
-                               lambda q: stage1.context(session.adapter, ops),
-                               contextual=cfg.warm_targets == "contextual")
         if st.get("grpo"):  # the whole of ASRU (stage 1, warm start, GRPO), as run_asru trains it
-            model = _train(session, data, stage1, cfg, "generation", False).model
+            res = _train(session, data, stage1, cfg, "generation", False)
+            model, n_forget_targets, n_teacher_targets = res.model, res.n_warm_targets, res.n_teacher_targets
         else:
+            pairs = stage1_targets(session.adapter, data.forget + data.retain + data.unlabelled,
+                                   lambda q: stage1.context(session.adapter, ops),
+                                   contextual=cfg.warm_targets == "contextual")
             model, _ = warm_start(session.adapter, fresh_copy(session.adapter), pairs, cfg)
+            n_forget_targets = sum(q.is_forget for q, _ in pairs)
+            n_teacher_targets = sum(q.gold is None for q, _ in pairs)
         ad = adapter_for(model, session.adapter.processor)
         fq = [q for q in data.forget if q.task == "generation"]
         fo = generate(ad, [q.prompt for q in fq], None, max_new_tokens=32)
         to = generate(ad, [i.prompt for i in tune], None, max_new_tokens=32)
         out.append({**st, "supervision_profiles": len(data.ids["retain"]) + len(data.ids["celebrities"]),
                     "unlabelled_profiles": len(data.ids.get("unlabelled", [])),
-                    "forget_targets": sum(q.is_forget for q, _ in pairs),
-                    "teacher_targets": sum(q.gold is None for q, _ in pairs),
+                    "forget_targets": n_forget_targets, "teacher_targets": n_teacher_targets,
                     "forget_refusal": round(100 * rate(fo), 1),
                     "forget_contextual": round(100 * sum(is_contextual_refusal(o, q.question, q.gold, q.subject)
                                                          for q, o in zip(fq, fo)) / len(fq), 1),

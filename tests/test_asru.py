@@ -28,6 +28,14 @@ def _queries(world, modes=("QA",)):
     return forget, retain
 
 
+def test_doctests():
+    import doctest
+
+    from erasekit import grpo
+
+    assert doctest.testmod(A).failed == 0 and doctest.testmod(grpo).failed == 0
+
+
 # ------------------------------------------------------------------------------------------------------------
 # advantages, KL, loss
 
