@@ -8,11 +8,12 @@ Data (held out as everywhere, :mod:`erasekit.heldout`):
 * retained supervision: ``retain_fraction`` (10 %) of the retain split's size, taken from the partition's ``fit``
   retain profiles, plus the same fraction of the celebrities from its ``fit`` celebrities -- never a scored
   (``eval``) or tuning profile; their ground truth is the retain-side reward's answer key;
-* unlabelled retain-side queries (``teacher_fraction``, 30 %): the next ``fit`` profiles, without ground truth;
-  stage 1 answers them and its non-refusals are distilled in the warm start (:func:`erasekit.asru.stage1_targets`).
-  30 %: of the 30 % and 55 % tried, the smaller one whose warm-start model kept the tune-retain refusal within 5
-  points of the vanilla model's (3.8 % both, vanilla 0 %; 31.2 % without them; tune profiles only, never scored;
-  :func:`warm_start_probe`, ``data/results/asru_warm_start.json``);
+* unlabelled retain-side queries (``teacher_fraction``, 55 %): the next ``fit`` profiles, without ground truth;
+  stage 1 answers them; its non-refusals are distilled in the warm start (:func:`erasekit.asru.stage1_targets`) and
+  are retain prompts of the RL stage, half of the people in the RL stage only (``ASRUConfig.rl_only_share``). For
+  the warm start alone 30 % and 55 % did the same (tune-retain refusal 3.8 %, vanilla 0 %; 31.2 % without them;
+  tune profiles only, never scored; :func:`warm_start_probe`, ``data/results/asru_warm_start.json``); 55 % is what
+  lets half of them be kept for the RL stage, which the whole of ASRU needs (:class:`erasekit.asru.ASRUConfig`);
 * scored: the ``eval`` profiles (Ret, Cele) and the forget split's Fgt / Test, by :func:`erasekit.evaluate.evaluate`
   with the settings of notebook 05, so vanilla, both gates and the baselines are cache hits.
 
@@ -48,13 +49,13 @@ from .strengths import PAPER_STRENGTHS, TaskSteering
 
 __all__ = ["TRAIN", "ASRUData", "asru_queries", "stage1_strength", "asru_stage1", "asru_model", "asru_key",
            "warm_start_probe", "run_asru", "with_fluency", "method_scores", "asru_record", "ASRU_NAME", "PAPER_AUTHORS",
-           "boundary_frame", "cost_frame", "response_examples", "plot_reward_curve", "describe_asru",
+           "boundary_frame", "probe_frame", "PROBE_RL_KEYS", "cost_frame", "response_examples", "plot_reward_curve", "describe_asru",
            "contextual_examples"]
 
 ASRU_NAME = "ASRU (steering + GRPO)"
 # The recorded runs' data: 10 % labelled supervision (the issue's "small amount"), and unlabelled fit profiles that
 # stage 1 answers for the warm start (see asru_queries; why: chapter 08).
-TRAIN = {"retain_fraction": 0.1, "teacher_fraction": 0.3}
+TRAIN = {"retain_fraction": 0.1, "teacher_fraction": 0.55}
 PAPER_AUTHORS = "MLLMEraser (paper gate, authors' λ)"
 
 
@@ -175,11 +176,16 @@ def asru_key(session: Session, setup: GateSetup, forget_pct: int, cfg: ASRUConfi
             "data": session.data_key, "train_ids": ids}
 
 
+# the RL knobs a warm_start_probe setting may set; a GRPO row records the values it ran with
+PROBE_RL_KEYS = ("steps", "lr", "beta", "retain_share", "teacher_in_rl", "scale_rewards", "retain_nll",
+                 "rl_only_share")
+
+
 def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
                      settings: Sequence[dict], n_tune: int | None = None) -> list[dict]:
     """Where over-refusal comes from: stage 1 + the warm start alone (no GRPO; with ``"grpo": True`` in a setting,
     the whole of ASRU) under each of ``settings`` (dicts of ``retain_fraction``, ``teacher_fraction``,
-    ``warm_epochs``, ``warm_targets``, ``teacher_in_rl``, ``retain_share``, ``beta``), read on the training forget
+    ``warm_epochs``, ``warm_targets`` and :data:`PROBE_RL_KEYS`; a GRPO row records every RL knob's value), read on the training forget
     generation questions and on the ``tune`` retain profiles' generation questions (never scored; text).
 
     Returns one dict per setting: the setting, the numbers of targets, the greedy refusal and contextual-refusal
@@ -200,8 +206,8 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
     out = []
     for st in settings:
         t0 = time.perf_counter()
-        keys = ("warm_epochs", "warm_targets", "teacher_in_rl", "retain_share", "beta")
-        cfg = dataclasses.replace(ASRUConfig(), **{k: st[k] for k in keys if k in st})
+        cfg = dataclasses.replace(ASRUConfig(), **{k: st[k] for k in ("warm_epochs", "warm_targets") + PROBE_RL_KEYS
+                                                   if k in st})
         data = asru_queries(session, forget_pct, st.get("retain_fraction", TRAIN["retain_fraction"]),
                             st.get("teacher_fraction", TRAIN["teacher_fraction"]))
         if st.get("grpo"):  # the whole of ASRU (stage 1, warm start, GRPO), as run_asru trains it
@@ -218,7 +224,8 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
         fq = [q for q in data.forget if q.task == "generation"]
         fo = generate(ad, [q.prompt for q in fq], None, max_new_tokens=32)
         to = generate(ad, [i.prompt for i in tune], None, max_new_tokens=32)
-        out.append({**st, "supervision_profiles": len(data.ids["retain"]) + len(data.ids["celebrities"]),
+        rl = {k: getattr(cfg, k) for k in PROBE_RL_KEYS} if st.get("grpo") else {}
+        out.append({**st, **rl, "supervision_profiles": len(data.ids["retain"]) + len(data.ids["celebrities"]),
                     "unlabelled_profiles": len(data.ids.get("unlabelled", [])),
                     "forget_targets": n_forget_targets, "teacher_targets": n_teacher_targets,
                     "forget_refusal": round(100 * rate(fo), 1),
@@ -301,11 +308,16 @@ def _clean(v: Any) -> Any:
 
 def method_scores(frame: pd.DataFrame) -> dict:
     """The record's scores of one method (one forget %): ``{"mllmu": {mode: {task: {split: score}}},
-    "boundary": {split: {measure: value}}}`` (accuracy %, ROUGE-L 0-1; boundary / quality on text questions,
-    generation + cloze; percentages of responses, fractions for distinct-n / repetition / rigid share)."""
-    q = quality_table(frame[frame["mode"] == "QA"], by=("split",))
-    boundary = {row["split"]: {k: _clean(v) for k, v in row.items() if k != "split"} for row in q.to_dict("records")}
-    return {"mllmu": score_summary(frame), "boundary": boundary}
+    "boundary": {split: {measure: value}}, "boundary_generation": ...}`` (accuracy %, ROUGE-L 0-1; boundary /
+    quality on text questions, generation + cloze, and on the generation questions alone -- the issue's bar reads
+    appropriate refusal on forget *generation* queries; percentages of responses, fractions for distinct-n /
+    repetition / rigid share)."""
+    def table(tasks):
+        q = quality_table(frame[frame["mode"] == "QA"], by=("split",), tasks=tasks)
+        return {row["split"]: {k: _clean(v) for k, v in row.items() if k != "split"} for row in q.to_dict("records")}
+
+    return {"mllmu": score_summary(frame), "boundary": table(("generation", "cloze")),
+            "boundary_generation": table(("generation",))}
 
 
 def asru_record(session: Session, setup: GateSetup, forget_pcts: Sequence[int] = (5, 10, 15),
@@ -440,8 +452,30 @@ def plot_reward_curve(curves: dict, ax: Any = None, keys: Sequence[str] = ("rewa
     return fig
 
 
-def _get(record, pct, method, split, key):
-    v = record[str(pct)].get(method, {}).get("boundary", {}).get(split, {}).get(key)
+_PROBE_NAMES = {"steps": "steps", "lr": "lr", "beta": "β", "retain_share": "retain share",
+                "teacher_in_rl": "unlabelled in RL", "scale_rewards": "std-scaled advantages",
+                "retain_nll": "retain NLL", "rl_only_share": "RL-only unlabelled"}
+
+
+def probe_frame(probe: dict) -> pd.DataFrame:
+    """The table of ``scripts/asru_warm_start.py``'s record: one row per setting; a GRPO row's RL knobs are written
+    as their differences from the record's ``base`` (the setting every GRPO row starts from)."""
+    base = probe.get("base", {})
+    rows = []
+    for r in probe["rows"]:
+        diff = [f"{_PROBE_NAMES[k]} {r[k]:g}" if isinstance(r[k], float) else f"{_PROBE_NAMES[k]} {r[k]}"
+                for k in PROBE_RL_KEYS if r.get("grpo") and k in r and r[k] != base.get(k)]
+        rows.append({"GRPO": bool(r.get("grpo")), "warm start (targets, epochs)": f"{r['warm_targets']}, "
+                     f"{r['warm_epochs']}", "labelled profiles": r["supervision_profiles"],
+                     "unlabelled profiles": r["unlabelled_profiles"],
+                     "RL setting": ("base" if not diff else "; ".join(diff)) if r.get("grpo") else "–",
+                     "forget refusal %": r["forget_refusal"], "forget contextual %": r["forget_contextual"],
+                     "tune-retain refusal %": r["tune_retain_refusal"]})
+    return pd.DataFrame(rows)
+
+
+def _get(record, pct, method, split, key, part="boundary"):
+    v = record[str(pct)].get(method, {}).get(part, {}).get(split, {}).get(key)
     return math.nan if v is None else float(v)
 
 
@@ -454,29 +488,35 @@ def describe_asru(record: dict, pct: int = 5, vanilla: str = "Vanilla") -> str:
     """Markdown: the issue's bars at ``pct`` read from the record (ASRU vs vanilla and MLLMEraser's two gates)."""
     a, p, d = ASRU_NAME, PAPER_AUTHORS, GATE_NAMES["default"]
     f = lambda v, u="": "n/a" if math.isnan(v) else f"{v:.1f}{u}"  # noqa: E731
-    appr = _get(record, pct, a, "Fgt", "appropriate_refusal")
-    refu = _get(record, pct, a, "Fgt", "refusal")
+    appr, refu = _get(record, pct, a, "Fgt", "appropriate_refusal"), _get(record, pct, a, "Fgt", "refusal")
+    gen = lambda m, s, k: _get(record, pct, m, s, k, "boundary_generation")  # noqa: E731
+    appr_gen, refu_gen = gen(a, "Fgt", "appropriate_refusal"), gen(a, "Fgt", "refusal")
     leak = _cloze(record, pct, a, "Fgt")
     over = {s: _get(record, pct, a, s, "over_refusal") for s in ("Ret", "Cele")}
+    over_gen = {s: gen(a, s, "over_refusal") for s in ("Ret", "Cele")}
     drop = {s: _cloze(record, pct, vanilla, s) - _cloze(record, pct, a, s) for s in ("Ret", "Cele")}
     flu = {m: _get(record, pct, m, "Fgt", "fluency_nll") for m in (a, p, d)}
     hal = {m: _get(record, pct, m, "Fgt", "hallucination") for m in (a, p, d)}
     deg = {m: _get(record, pct, m, "Fgt", "degenerate") for m in (a, p, d)}
     rig = {m: _get(record, pct, m, "Fgt", "rigid_refusal_share") for m in (a, d)}
     ok = lambda c: "**met**" if c else "**not met**"  # noqa: E731
+    worst_over = max(list(over.values()) + list(over_gen.values()))
     lines = [
-        f"At {pct} % (text questions, generation + cloze, held-out profiles):",
-        f"* forget side: ASRU refuses {f(refu, ' %')} of the forget queries, {f(appr, ' %')} *contextually* "
-        f"(bar ≥ 80 %: {ok(appr >= 80)}); the forget cloze questions still answered correctly (leaks) are "
-        f"{f(leak, ' %')} (vanilla {f(_cloze(record, pct, vanilla, 'Fgt'), ' %')}, erasekit's gate "
-        f"{f(_cloze(record, pct, d, 'Fgt'), ' %')}).",
-        f"* retain side: over-refusal {f(over['Ret'], ' %')} on Ret and {f(over['Cele'], ' %')} on Cele (bar ≤ 5 %: "
-        f"{ok(max(over.values()) <= 5)}); cloze {f(drop['Ret'])} / {f(drop['Cele'])} points below vanilla on Ret / "
-        f"Cele (bar ≤ 5: {ok(max(drop.values()) <= 5)}).",
-        f"* quality on forget queries: fluency NLL under the vanilla model {f(flu[a])} for ASRU vs {f(flu[d])} "
-        f"(erasekit's gate) and {f(flu[p])} (paper gate, authors' λ) — lower is more fluent; hallucination {f(hal[a], ' %')} vs "
-        f"{f(hal[d], ' %')} / {f(hal[p], ' %')}; degenerate {f(deg[a], ' %')} vs {f(deg[d], ' %')} / "
-        f"{f(deg[p], ' %')}; share of refusals that are one identical string {f(rig[a])} vs {f(rig[d])}.",
+        f"At {pct} % (text questions, held-out profiles):",
+        f"* forget side, the bar's measure (forget *generation* questions): ASRU refuses {f(refu_gen, ' %')} of them, "
+        f"{f(appr_gen, ' %')} *contextually* without leaking the answer (bar ≥ 80 %: {ok(appr_gen >= 80)}). With "
+        f"the cloze questions counted too: {f(refu, ' %')} refused, {f(appr, ' %')} contextually; the forget "
+        f"cloze questions still answered correctly (leaks) are {f(leak, ' %')} (vanilla "
+        f"{f(_cloze(record, pct, vanilla, 'Fgt'), ' %')}, erasekit's gate {f(_cloze(record, pct, d, 'Fgt'), ' %')}).",
+        f"* retain side: over-refusal {f(over['Ret'], ' %')} on Ret and {f(over['Cele'], ' %')} on Cele (generation + "
+        f"cloze), {f(over_gen['Ret'], ' %')} / {f(over_gen['Cele'], ' %')} on the generation questions alone (bar "
+        f"≤ 5 % on both readings: {ok(worst_over <= 5)}); cloze {f(drop['Ret'])} / {f(drop['Cele'])} points below "
+        f"vanilla on Ret / Cele (bar ≤ 5: {ok(max(drop.values()) <= 5)}).",
+        f"* quality on forget queries (generation + cloze): fluency NLL under the vanilla model {f(flu[a])} for ASRU "
+        f"vs {f(flu[d])} (erasekit's gate) and {f(flu[p])} (paper gate, authors' λ) — lower is more fluent; "
+        f"hallucination {f(hal[a], ' %')} vs {f(hal[d], ' %')} / {f(hal[p], ' %')}; degenerate {f(deg[a], ' %')} vs "
+        f"{f(deg[d], ' %')} / {f(deg[p], ' %')}; share of refusals that are one identical string {f(rig[a])} vs "
+        f"{f(rig[d])}.",
     ]
     return "\n".join(lines)
 

@@ -8,17 +8,22 @@ import torch
 __all__ = ["group_advantages", "token_kl", "grpo_loss"]
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
     """Group-relative advantages of a (P, G) reward tensor (P prompts, G responses each): ``(r - mean_g) /
     (std_g + eps)`` per row, std unbiased (as TRL); a group whose responses all got the same reward has zero
-    advantage (nothing to learn from it).
+    advantage (nothing to learn from it). ``scale=False``: ``r - mean_g`` only (Dr. GRPO, Liu et al., 2025; TRL's
+    ``scale_rewards=False``), so a group whose rewards differ only by a small quality term keeps small advantages.
 
     >>> group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0]])).round(decimals=3)
     tensor([[ 0.8660, -0.8660, -0.8660,  0.8660]])
+    >>> group_advantages(torch.tensor([[1.0, 0.9, 1.0, 0.9]]), scale=False)
+    tensor([[ 0.0500, -0.0500,  0.0500, -0.0500]])
     """
     if rewards.ndim != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be (prompts, group_size >= 2), got shape {tuple(rewards.shape)}")
     mean = rewards.mean(1, keepdim=True)
+    if not scale:
+        return rewards - mean
     std = rewards.std(1, keepdim=True)
     return (rewards - mean) / (std + eps)
 

@@ -196,6 +196,36 @@ def test_config_validates():
         A.ASRUConfig(steps=0)
     with pytest.raises(ValueError, match="warm_targets"):
         A.ASRUConfig(warm_targets="templates")
+    with pytest.raises(ValueError, match="rl_only_share"):
+        A.ASRUConfig(rl_only_share=1.0)
+    with pytest.raises(ValueError, match="retain_nll"):
+        A.ASRUConfig(retain_nll=-0.1)
+
+
+def test_split_unlabelled_keeps_whole_people_out_of_the_warm_start():
+    fq = A.Query("Where was Jane Doe born?", "Oslo", True, subject="Jane Doe")
+    sup = A.Query("Where was John Roe born?", "Rome", False, subject="John Roe")
+    unl = [A.Query(f"{w} {p}?", None, False, subject=p) for p in ("Ann Lee", "Bo Kim", "Cy Ray", "Di Fox")
+           for w in ("Where was", "What does")]
+    pairs = [(fq, "I cannot share information on Jane Doe."), (sup, "Rome")] + [(q, "an answer") for q in unl]
+    warm, rl_only = A.split_unlabelled(pairs, 0.5, seed=0)
+    held = {q.subject for q, _ in rl_only}
+    assert len(held) == 2 and len(rl_only) == 4  # two of four people, both of their questions
+    assert not held & {q.subject for q, _ in warm}
+    assert pairs[0] in warm and pairs[1] in warm  # forget targets and ground truth always go to the warm start
+    assert len(warm) + len(rl_only) == len(pairs) and all(p in pairs for p in warm + rl_only)
+    assert A.split_unlabelled(pairs, 0.0) == (pairs, [])
+
+
+def test_train_asru_rl_options_on_a_tiny_vlm(tiny_llava, world):
+    """Dr. GRPO advantages, the retain NLL anchor and RL-only unlabelled people run together."""
+    forget, retain = _queries(world)
+    cfg = A.ASRUConfig(steps=1, prompts_per_step=2, group_size=2, max_new_tokens=4, warm_epochs=1, warm_batch=4,
+                       scale_rewards=False, retain_nll=1.0, rl_only_share=0.5)
+    unl = [A.Query(q.prompt, None, False, q.image, q.question, q.subject, q.task) for q in retain[3:7]]
+    res = A.train_asru(tiny_llava, forget[:3], retain[:3], cfg, stage1=lambda q: contextlib.nullcontext(),
+                       unlabelled=unl)
+    assert math.isfinite(res.curve[0]["retain_nll"]) and math.isfinite(res.curve[0]["loss"])
 
 
 def test_stage1_targets_contextual_names_the_subject(tiny_llava, world, monkeypatch):

@@ -182,10 +182,13 @@ def test_asru_stage1_strength_rule_and_cache(setup, monkeypatch):
     assert other["chosen"] == 2.0 and len(other["scores"]) == 1
 
 
-def test_asru_is_attacked_as_a_weight_based_method(setup):
+def test_asru_is_attacked_as_a_weight_based_method(setup, monkeypatch):
     """The attack suite trains ASRU as asru_record does (same stage 1, data, seed) and attacks its weights."""
     from erasekit import asru_results, leakage
     from erasekit.asru import ASRUConfig
+
+    # the tiny world has fewer fit profiles than the organism's 55 % of unlabelled people
+    monkeypatch.setitem(asru_results.TRAIN, "teacher_fraction", 0.2)
 
     cfg = ASRUConfig(steps=1, prompts_per_step=2, group_size=2, max_new_tokens=4, warm_epochs=1, warm_batch=4)
     with warnings.catch_warnings():
