@@ -1,0 +1,48 @@
+"""Who is over-refused: name similarity, the rank AUC and the per-person refusal table."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import pandas as pd
+import pytest
+
+from erasekit import over_refusal as O
+
+
+def test_doctests():
+    assert doctest.testmod(O).failed == 0
+
+
+def test_trigram_similarity_orders_names():
+    assert O.trigram_similarity("Kano Selgar", "Fano Selhol") > O.trigram_similarity("Kano Selgar", "Nool Corwes")
+    assert O.trigram_similarity("Ann Lee", "ann lee") == 1.0
+    with pytest.raises(ValueError, match="non-empty"):
+        O.trigram_similarity("", "Ann")
+
+
+def test_rank_auc_edges():
+    assert O.rank_auc([1, 2], [True, False]) == 0.0 and O.rank_auc([2, 1], [True, False]) == 1.0
+    assert math.isnan(O.rank_auc([1, 2], [True, True]))
+
+
+def test_refusals_by_person_counts_per_method():
+    q = pd.DataFrame({"id": [1, 1, 2, 2], "response": ["I'm sorry, but I can't help with that.", "Rome",
+                                                      "Oslo", "Paris"]})
+    t = O.refusals_by_person({"A": q, "B": q.assign(response="Rome")}, {1: "Kano Selgar", 2: "Nool Corwes"},
+                             ["Fano Selhol", "Bevi Torros"])
+    row = t.set_index("id").loc[1]
+    assert row["refused: A"] == 1 and row["refused: B"] == 0 and row["questions"] == 2
+    assert row["nearest forget name"] == "Fano Selhol" and t.iloc[0]["id"] == 1  # most similar first
+    with pytest.raises(ValueError, match="no name"):
+        O.refusals_by_person({"A": q}, {1: "Kano Selgar"}, ["Fano Selhol"])
+
+
+def test_describe_over_refusal_reads_the_table():
+    t = pd.DataFrame({"id": [1, 2, 3], "name": ["a", "b", "c"], "nearest forget name": ["x"] * 3,
+                      "name similarity": [0.4, 0.1, 0.05], "questions": [4, 4, 4],
+                      "refused: M": [4, 0, 1], "refused: stage 1": [2, 0, 0]})
+    text = O.describe_over_refusal(t, "M")
+    assert "refuses 5 of the 12 questions, spread over 2 of the 3" in text and "(1 refused on every question)" in text
+    assert "stage 1 refuses 2 questions of 1 people, 1 of them" in text and "rank AUC of 0.50" in text
