@@ -22,7 +22,9 @@ ours, and why:
     but a distillation that sees only the ~24 supervision people learns "refuse people" rather than "refuse these
     people": the warm-start model alone refused 31.2 % of the tune-retain generation questions, 3.8 % with stage 1's
     answers on 72 unlabelled people added (tune profiles, never scored; ``scripts/asru_warm_start.py``, chapter 08).
-    With ``teacher_in_rl`` they also join GRPO's retain prompts, stage 1's answer as their answer key.
+    With ``teacher_in_rl`` they also join GRPO's retain prompts, stage 1's answer as their answer key, and
+    ``rl_only_share`` of their people are kept out of the warm start (:func:`split_unlabelled`; why:
+    :class:`ASRUConfig`).
 
   What RL then refines is *where* and *how* to refuse. Why not keep steering on during the
   rollouts: erasekit steers the prefill only (the authors' rule), so the teacher-forced pass that scores a sampled
@@ -102,14 +104,18 @@ class ASRUConfig:
     a question or two of 80, so the default share stayed. ``beta`` 0.2 / 1.0 gave 11.2 / 7.5 % at 100 / 95 %: by the
     rule "most contextual refusal minus tune-retain refusal" TRL's 0.04 stayed then (88.8 vs 88.8 / 87.5).
 
-    Why GRPO brings refusals of other people back: the sampled retain answers are nearly all correct (the warm start
-    fitted exactly those people), so retain groups have no advantage to learn from, while every forget group pushes
-    towards refusing. Tried on the same tune profiles, from that setting: advantages not divided by the group's std
-    (``scale_rewards=False``, Dr. GRPO) 18.8 %; an answer NLL on the retain targets in each update (``retain_nll``
-    1.0, PPO-ptx) 10.0 %; 20 steps instead of 60, 8.8 %. What helped: people the warm start never saw among the RL
-    retain prompts -- 130 unlabelled people (``asru_results.TRAIN``'s ``teacher_fraction`` 0.55), half of them kept
-    for the RL stage only (``rl_only_share`` 0.5): 7.5 % at 100 % contextual; with ``beta`` 1.0 too, 1.2 % at 95 %.
-    By the rule above (95 - 1.2 = 93.8 against 92.5 and, for the warm start alone, 91.2) the last is the default.
+    Why GRPO brought refusals of other people back: its sampled retain answers were nearly all correct (in 46 of the
+    60 steps of the 5 % record at that setting, all of them: the warm start had fitted exactly those people), so the
+    retain groups had almost no advantage to learn from, while every forget group pushed towards refusing. Tried on
+    the same tune profiles, from that setting: unscaled advantages (``scale_rewards=False``, TRL's option; Dr. GRPO
+    also drops the length normalisation) 18.8 %; an answer NLL on the retain targets in each update (``retain_nll``
+    1.0, PPO-ptx) 10.0 %, 10.0 % with retain share 0.5 too; 20 steps instead of 60, 8.8 %. 130 unlabelled people
+    (``asru_results.TRAIN``'s ``teacher_fraction`` 0.55) with half of them kept for the RL stage only
+    (``rl_only_share`` 0.5): 7.5 % at 100 % contextual (10.0 % with retain share 0.5, 10.0 % with lr 2e-4); with
+    ``beta`` 1.0 as well, 1.2 % at 95 %. Neither change alone went below 7.5 %, and which of them does what together
+    is not separated. By the rule above the last is the default: 95 - 1.2 = 93.8 against 92.5 for the runner-up and
+    91.2 for the warm start alone -- a margin of about one question of 80, on one seed (the seed rows of
+    ``data/results/asru_warm_start.json`` repeat the two leading settings).
     """
 
     # stage 2: GRPO
@@ -125,7 +131,7 @@ class ASRUConfig:
     retain_share: float = 0.375     # share of each step's prompts drawn from the retain supervision set
     quality_weight: float = 0.2
     quality_scale: float = 2.0      # nats per token below vanilla's own answer that cost the full quality reward
-    scale_rewards: bool = True      # advantages divided by the group's std (TRL's default); False: Dr. GRPO
+    scale_rewards: bool = True      # advantages divided by the group's std (TRL's default); False: unscaled
     retain_nll: float = 0.0         # weight of an answer NLL on the warm start's retain-side targets in each update
     rl_only_share: float = 0.5      # share of the unlabelled people kept out of the warm start: RL retain prompts only
     # stage 1 -> 2: warm start (stage 1 as the teacher of both sides + the supervision set's ground truth)
@@ -462,7 +468,8 @@ def train_asru(adapter: Any, forget: Sequence[Query], retain: Sequence[Query], c
         t0 = time.perf_counter()
         pairs = stage1_targets(adapter, list(forget) + list(retain) + list(unlabelled), stage1,
                                contextual=cfg.warm_targets == "contextual")
-        warm_pairs, _ = split_unlabelled(pairs, cfg.rl_only_share, cfg.seed)
+        # people kept for the RL stage only; without teacher_in_rl they would be in neither stage, so none are
+        warm_pairs, _ = split_unlabelled(pairs, cfg.rl_only_share if cfg.teacher_in_rl else 0.0, cfg.seed)
         model, warm_losses = warm_start(adapter, fresh_copy(adapter), warm_pairs, cfg)
         timings["warm_start"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -506,6 +513,7 @@ def train_asru(adapter: Any, forget: Sequence[Query], retain: Sequence[Query], c
                     ref_logp, _ = response_logprobs(policy, adapter, flat_q, flat_r)
             policy.train()
             parts = {}
+            # (drawn from the prompts' generator: with retain_nll > 0 the prompt sequence differs too)
             chunk = rng.sample(anchor, min(cfg.warm_batch, len(anchor))) if cfg.retain_nll > 0 and anchor else []
             for _ in range(cfg.updates_per_batch):
                 logp, _ = response_logprobs(policy, adapter, flat_q, flat_r)

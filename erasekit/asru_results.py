@@ -49,8 +49,8 @@ from .strengths import PAPER_STRENGTHS, TaskSteering
 
 __all__ = ["TRAIN", "ASRUData", "asru_queries", "stage1_strength", "asru_stage1", "asru_model", "asru_key",
            "warm_start_probe", "run_asru", "with_fluency", "method_scores", "asru_record", "ASRU_NAME", "PAPER_AUTHORS",
-           "boundary_frame", "probe_frame", "PROBE_RL_KEYS", "cost_frame", "response_examples", "plot_reward_curve", "describe_asru",
-           "contextual_examples"]
+           "boundary_frame", "probe_frame", "PROBE_RL_KEYS", "cost_frame", "response_examples", "plot_reward_curve",
+           "describe_asru", "contextual_examples"]
 
 ASRU_NAME = "ASRU (steering + GRPO)"
 # The recorded runs' data: 10 % labelled supervision (the issue's "small amount"), and unlabelled fit profiles that
@@ -73,7 +73,9 @@ class ASRUData:
 def asru_queries(session: Session, forget_pct: int, retain_fraction: float = 0.1, teacher_fraction: float = 0.0,
                  train_modes: Sequence[str] = ("QA",), tasks: Sequence[str] = ("generation", "cloze")) -> ASRUData:
     """See the module docstring. ``teacher_fraction``: unlabelled profiles, as a fraction of the retain split's size
-    (and of the celebrities), taken from the partition's ``fit`` profiles after the supervision ones."""
+    (and of the celebrities, capped by the fit celebrities left after the supervision ones: 25 of 28 on the
+    organism at 55 %), taken from the partition's ``fit`` profiles after the supervision ones; too few fit retain
+    profiles for the supervision and unlabelled ones, or fit celebrities for the supervision, is an error."""
     if not 0 < retain_fraction <= 1:
         raise ValueError(f"retain_fraction must be in (0, 1], got {retain_fraction}")
     if not 0 <= teacher_fraction <= 1:
@@ -84,9 +86,11 @@ def asru_queries(session: Session, forget_pct: int, retain_fraction: float = 0.1
     size_c = len(session.source.split("Retain_Set"))
     n_ret, n_cel = math.ceil(retain_fraction * size_r), math.ceil(retain_fraction * size_c)
     t_ret, t_cel = math.ceil(teacher_fraction * size_r), math.ceil(teacher_fraction * size_c)
-    if n_ret + t_ret > len(fit["Ret"]):
-        raise ValueError(f"{n_ret} supervision + {t_ret} unlabelled profiles asked, the partition has "
-                         f"{len(fit['Ret'])} fit profiles: lower retain_fraction / teacher_fraction")
+    for g, n, t in (("Ret", n_ret, t_ret), ("Cele", n_cel, 0)):
+        if n + t > len(fit[g]):
+            raise ValueError(f"{n} supervision + {t} unlabelled {g} profiles asked, the partition has "
+                             f"{len(fit[g])} fit {g} profiles: lower retain_fraction / teacher_fraction")
+    t_cel = min(t_cel, len(fit["Cele"]) - n_cel)  # the few fit celebrities cap their unlabelled share
     sup = fit["Ret"][:n_ret] + fit["Cele"][:n_cel]
     tea = fit["Ret"][n_ret:n_ret + t_ret] + fit["Cele"][n_cel:n_cel + t_cel]
     names = {r["ID"]: r.get("name") for r in fgt_rows + sup + tea}
@@ -185,14 +189,16 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
                      settings: Sequence[dict], n_tune: int | None = None) -> list[dict]:
     """Where over-refusal comes from: stage 1 + the warm start alone (no GRPO; with ``"grpo": True`` in a setting,
     the whole of ASRU) under each of ``settings`` (dicts of ``retain_fraction``, ``teacher_fraction``,
-    ``warm_epochs``, ``warm_targets`` and :data:`PROBE_RL_KEYS`; a GRPO row records every RL knob's value), read on the training forget
-    generation questions and on the ``tune`` retain profiles' generation questions (never scored; text).
+    ``warm_epochs``, ``warm_targets``, ``seed`` and :data:`PROBE_RL_KEYS`; a GRPO row records every RL knob's
+    value; a warm start alone reads ``rl_only_share`` too, as :func:`erasekit.asru.train_asru` splits its
+    targets), read on the training forget generation questions and on the ``tune`` retain profiles' generation
+    questions (never scored; text).
 
     Returns one dict per setting: the setting, the numbers of targets, the greedy refusal and contextual-refusal
     rates on the forget questions, the refusal rate on tune-retain questions (and the vanilla model's), seconds."""
     import time
 
-    from .asru import stage1_targets, warm_start
+    from .asru import split_unlabelled, stage1_targets, warm_start
     from .baselines.lora import fresh_copy
     from .eraser import _refusal_rate as rate
     from .generation import generate
@@ -206,8 +212,8 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
     out = []
     for st in settings:
         t0 = time.perf_counter()
-        cfg = dataclasses.replace(ASRUConfig(), **{k: st[k] for k in ("warm_epochs", "warm_targets") + PROBE_RL_KEYS
-                                                   if k in st})
+        cfg = dataclasses.replace(ASRUConfig(), **{k: st[k] for k in ("warm_epochs", "warm_targets", "seed")
+                                                   + PROBE_RL_KEYS if k in st})
         data = asru_queries(session, forget_pct, st.get("retain_fraction", TRAIN["retain_fraction"]),
                             st.get("teacher_fraction", TRAIN["teacher_fraction"]))
         if st.get("grpo"):  # the whole of ASRU (stage 1, warm start, GRPO), as run_asru trains it
@@ -217,6 +223,7 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
             pairs = stage1_targets(session.adapter, data.forget + data.retain + data.unlabelled,
                                    lambda q: stage1.context(session.adapter, ops),
                                    contextual=cfg.warm_targets == "contextual")
+            pairs, _ = split_unlabelled(pairs, st.get("rl_only_share", 0.0), cfg.seed)
             model, _ = warm_start(session.adapter, fresh_copy(session.adapter), pairs, cfg)
             n_forget_targets = sum(q.is_forget for q, _ in pairs)
             n_teacher_targets = sum(q.gold is None for q, _ in pairs)
@@ -460,15 +467,19 @@ _PROBE_NAMES = {"steps": "steps", "lr": "lr", "beta": "β", "retain_share": "ret
 def probe_frame(probe: dict) -> pd.DataFrame:
     """The table of ``scripts/asru_warm_start.py``'s record: one row per setting; a GRPO row's RL knobs are written
     as their differences from the record's ``base`` (the setting every GRPO row starts from)."""
-    base = probe.get("base", {})
-    rows = []
+    if "base" not in probe or any(k not in r for r in probe["rows"] if r.get("grpo") for k in PROBE_RL_KEYS):
+        raise ValueError("the probe record lacks its 'base' or a GRPO row's RL knobs: regenerate it with "
+                         "scripts/asru_warm_start.py")
+    base, rows = probe["base"], []
     for r in probe["rows"]:
         diff = [f"{_PROBE_NAMES[k]} {r[k]:g}" if isinstance(r[k], float) else f"{_PROBE_NAMES[k]} {r[k]}"
-                for k in PROBE_RL_KEYS if r.get("grpo") and k in r and r[k] != base.get(k)]
+                for k in PROBE_RL_KEYS if r.get("grpo") and r[k] != base.get(k)]
+        diff += [f"seed {r['seed']}"] if r.get("seed", 0) != base.get("seed", 0) else []
+        held = f"; {r['rl_only_share']:g} of the unlabelled people held out" if r.get("rl_only_share") else ""
         rows.append({"GRPO": bool(r.get("grpo")), "warm start (targets, epochs)": f"{r['warm_targets']}, "
                      f"{r['warm_epochs']}", "labelled profiles": r["supervision_profiles"],
                      "unlabelled profiles": r["unlabelled_profiles"],
-                     "RL setting": ("base" if not diff else "; ".join(diff)) if r.get("grpo") else "–",
+                     "RL setting": ("; ".join(diff) or "base") if r.get("grpo") else f"no RL{held}",
                      "forget refusal %": r["forget_refusal"], "forget contextual %": r["forget_contextual"],
                      "tune-retain refusal %": r["tune_retain_refusal"]})
     return pd.DataFrame(rows)
@@ -489,6 +500,9 @@ def describe_asru(record: dict, pct: int = 5, vanilla: str = "Vanilla") -> str:
     a, p, d = ASRU_NAME, PAPER_AUTHORS, GATE_NAMES["default"]
     f = lambda v, u="": "n/a" if math.isnan(v) else f"{v:.1f}{u}"  # noqa: E731
     appr, refu = _get(record, pct, a, "Fgt", "appropriate_refusal"), _get(record, pct, a, "Fgt", "refusal")
+    if "boundary_generation" not in record[str(pct)].get(a, {}):
+        raise ValueError("the record has no 'boundary_generation' (the issue's bar reads forget generation "
+                         "questions): regenerate it with `erasekit asru`")
     gen = lambda m, s, k: _get(record, pct, m, s, k, "boundary_generation")  # noqa: E731
     appr_gen, refu_gen = gen(a, "Fgt", "appropriate_refusal"), gen(a, "Fgt", "refusal")
     leak = _cloze(record, pct, a, "Fgt")
@@ -500,7 +514,7 @@ def describe_asru(record: dict, pct: int = 5, vanilla: str = "Vanilla") -> str:
     deg = {m: _get(record, pct, m, "Fgt", "degenerate") for m in (a, p, d)}
     rig = {m: _get(record, pct, m, "Fgt", "rigid_refusal_share") for m in (a, d)}
     ok = lambda c: "**met**" if c else "**not met**"  # noqa: E731
-    worst_over = max(list(over.values()) + list(over_gen.values()))
+    worst_over = max(list(over.values()) + list(over_gen.values()), key=lambda v: math.inf if math.isnan(v) else v)
     lines = [
         f"At {pct} % (text questions, held-out profiles):",
         f"* forget side, the bar's measure (forget *generation* questions): ASRU refuses {f(refu_gen, ' %')} of them, "

@@ -11,8 +11,9 @@ __all__ = ["group_advantages", "token_kl", "grpo_loss"]
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
     """Group-relative advantages of a (P, G) reward tensor (P prompts, G responses each): ``(r - mean_g) /
     (std_g + eps)`` per row, std unbiased (as TRL); a group whose responses all got the same reward has zero
-    advantage (nothing to learn from it). ``scale=False``: ``r - mean_g`` only (Dr. GRPO, Liu et al., 2025; TRL's
-    ``scale_rewards=False``), so a group whose rewards differ only by a small quality term keeps small advantages.
+    advantage (nothing to learn from it). ``scale=False``: ``r - mean_g`` only (TRL's ``scale_rewards=False``, one of
+    Dr. GRPO's two changes; Liu et al., 2025): a group whose rewards differ only by a small quality term keeps small
+    advantages.
 
     >>> group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0]])).round(decimals=3)
     tensor([[ 0.8660, -0.8660, -0.8660,  0.8660]])

@@ -228,6 +228,25 @@ def test_train_asru_rl_options_on_a_tiny_vlm(tiny_llava, world):
     assert math.isfinite(res.curve[0]["retain_nll"]) and math.isfinite(res.curve[0]["loss"])
 
 
+def test_train_asru_keeps_rl_only_people_out_of_the_warm_start(tiny_llava, world, monkeypatch):
+    forget, retain = _queries(world)
+    unl = [A.Query(q.prompt, None, False, q.image, q.question, q.subject, q.task) for q in retain[3:9]]
+    seen = []
+    real = A.warm_start
+    monkeypatch.setattr(A, "warm_start", lambda ad, m, pairs, cfg: seen.append(list(pairs)) or real(ad, m, pairs, cfg))
+    # stage 1 answers every unlabelled query (a teacher that never refuses), so all six are teacher pairs
+    monkeypatch.setattr(A, "generate", lambda ad, prompts, *a, **k: ["Rome"] * len(prompts))
+    for share, in_rl in ((0.0, True), (0.5, True), (0.5, False)):
+        cfg = A.ASRUConfig(steps=1, prompts_per_step=2, group_size=2, max_new_tokens=4, warm_epochs=1,
+                           warm_batch=4, quality_weight=0.0, rl_only_share=share, teacher_in_rl=in_rl)
+        A.train_asru(tiny_llava, forget[:2], retain[:3], cfg, stage1=lambda q: contextlib.nullcontext(),
+                     unlabelled=unl)
+    people = [{q.subject or q.prompt for q, _ in pairs if q.gold is None} for pairs in seen]
+    n_people = len({q.subject or q.prompt for q in unl})
+    assert len(people[0]) == n_people and len(people[1]) == n_people - round(0.5 * n_people)
+    assert people[2] == people[0]  # without teacher_in_rl nobody is held out (they would be in neither stage)
+
+
 def test_stage1_targets_contextual_names_the_subject(tiny_llava, world, monkeypatch):
     """Contextual warm-start targets keep stage 1's refusal and name the person asked about, which makes them
     contextual refusals by erasekit's definition; verbatim targets do not; retain targets are the ground truth."""

@@ -97,5 +97,25 @@ def test_probe_frame_names_what_a_row_changes():
     probe = {"base": base, "rows": [common, {**common, **base, "grpo": True},
                                     {**common, **base, "grpo": True, "beta": 1.0, "teacher_in_rl": False}]}
     f = R.probe_frame(probe)
-    assert list(f["RL setting"]) == ["–", "base", "β 1; unlabelled in RL False"]
+    assert list(f["RL setting"]) == ["no RL", "base", "β 1; unlabelled in RL False"]
     assert list(f["GRPO"]) == [False, True, True] and len(f.columns) <= 10
+    with pytest.raises(ValueError, match="regenerate"):
+        R.probe_frame({"rows": probe["rows"]})  # an old record: no base
+    with pytest.raises(ValueError, match="regenerate"):
+        R.probe_frame({"base": base, "rows": [{**common, "grpo": True, "beta": 1.0}]})  # a GRPO row without its knobs
+
+
+def test_describe_reads_the_generation_questions_for_the_forget_bar(record):
+    """Generation refused in context, cloze leaking: the bar (generation questions) is met, the cloze-inclusive
+    reading is reported beside it; a record without the generation-only reading is refused."""
+    rec, frame = record
+    f = frame[frame["method"] == R.ASRU_NAME].copy()
+    leak = (f["split"] == "Fgt") & (f["task"] == "cloze")
+    f.loc[leak, "response"], f.loc[leak, "correct"] = "Oslo", True
+    rec = {"5": {**rec["5"], R.ASRU_NAME: R.method_scores(f)}}
+    text = R.describe_asru(rec, 5)
+    assert "100.0 % *contextually* without leaking the answer (bar ≥ 80 %: **met**)" in text
+    assert "With the cloze questions counted too: 50.0 % refused, 50.0 % contextually" in text
+    del rec["5"][R.ASRU_NAME]["boundary_generation"]
+    with pytest.raises(ValueError, match="boundary_generation"):
+        R.describe_asru(rec, 5)

@@ -224,7 +224,7 @@ def test_asru_training_data_is_held_out(setup):
         assert not (used | unl) & {r["ID"] for rs in rows.values() for r in rs}
     assert all(q.gold is None and not q.is_forget for q in data.unlabelled)
     assert all(q.gold for q in data.retain) and all(q.is_forget for q in data.forget)
-    with pytest.raises(ValueError, match="fit profiles"):
+    with pytest.raises(ValueError, match="fit Ret profiles"):
         asru_results.asru_queries(s, 5, retain_fraction=0.5, teacher_fraction=0.9)
 
 
