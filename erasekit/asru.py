@@ -79,7 +79,7 @@ from .scoring import is_degenerate, is_refusal
 
 __all__ = ["ASRUConfig", "Query", "queries_from_items", "group_advantages", "token_kl", "grpo_loss",
            "sample_responses", "response_logprobs", "score_responses", "CONTEXT_CLAUSES", "contextualize",
-           "stage1_targets", "teacher_queries", "split_unlabelled", "warm_start", "ASRUResult",
+           "stage1_targets", "teacher_queries", "split_unlabelled", "warm_start", "distil_stage1", "ASRUResult",
            "train_asru"]
 
 
@@ -97,27 +97,17 @@ class ASRUConfig:
     training questions (stage 1 refused 38 of the 40 forget generation questions; greedy refusals after 3 epochs
     55 %, 17.5 % contextual; after 6, 95 %, 95 % contextual: ``data/results/asru_warm_start.json``).
 
-    ``teacher_in_rl`` (on) and ``retain_share`` (0.375) were read on the tune retain profiles after the whole of ASRU
-    at 5 % (same file): GRPO raises the warm start's tune-retain refusal of 3.8 % to 16.2 % without the unlabelled
-    prompts in the RL stage and 11.2 % with them; with them, retain shares 0.375 / 0.5 / 0.625 gave 11.2 / 8.8 /
-    10.0 % at 100 / 97.5 / 97.5 % contextual refusal of the training forget generation questions -- the same within
-    a question or two of 80, so the default share stayed. ``beta`` 0.2 / 1.0 gave 11.2 / 7.5 % at 100 / 95 %: by the
-    rule "most contextual refusal minus tune-retain refusal" TRL's 0.04 stayed then (88.8 vs 88.8 / 87.5).
-
-    Why GRPO brought refusals of other people back: its sampled retain answers were nearly all correct (in 46 of the
-    60 steps of the 5 % record at that setting, all of them: the warm start had fitted exactly those people), so the
-    retain groups had almost no advantage to learn from, while every forget group pushed towards refusing. Tried on
-    the same tune profiles, from that setting: unscaled advantages (``scale_rewards=False``, TRL's option; Dr. GRPO
-    also drops the length normalisation) 18.8 %; an answer NLL on the retain targets in each update (``retain_nll``
-    1.0, PPO-ptx) 10.0 %, 10.0 % with retain share 0.5 too; 20 steps instead of 60, 8.8 %. 130 unlabelled people
-    (``asru_results.TRAIN``'s ``teacher_fraction`` 0.55) with half of them kept for the RL stage only
-    (``rl_only_share`` 0.5): 7.5 % at 100 % contextual (10.0 % with retain share 0.5, 10.0 % with lr 2e-4); with
-    ``beta`` 1.0 as well, 1.2 % at 95 %. Neither change alone went below 7.5 %, and which of them does what together
-    is not separated. By the rule above the last is the default, and it stays so over three seeds: tune-retain
-    refusal 1.2 / 7.5 / 7.5 % at 95 / 97.5 / 97.5 % contextual (seeds 0 / 1 / 2; 91.3 by the rule on the mean)
-    against 7.5 / 13.8 / 13.8 % at 100 % for the runner-up without the β (88.3) -- seed 0's 1.2 % was a lucky draw.
-    ASRU's own warm start alone (no RL, seed 0) gives 92.5 / 1.2 %: at β = 1 GRPO adds a few forget refusals and
-    leaves the boundary about where the distillation puts it.
+    ``teacher_in_rl`` (on), ``retain_share`` (0.375), ``beta`` (1.0), ``rl_only_share`` (0.5) and the data's
+    ``teacher_fraction`` (0.55, ``asru_results.TRAIN``) were read on the tune retain profiles after the whole of ASRU
+    at 5 % (same file, every setting a row), by the rule "most contextual refusal of the training forget generation
+    questions minus tune-retain refusal". GRPO raised the warm start's 3.8 % to 7.5-19 % under every knob that kept
+    all unlabelled people in the warm start (retain share, β, 20 steps, unscaled advantages, ``retain_nll``): its
+    sampled retain answers were nearly all correct (in 46 of 60 steps at 5 %, all of them), so only the forget groups
+    had something to learn. Half of 130 unlabelled people kept for the RL stage only gave 7.5 %, β 1.0 alone 7.5 %,
+    both 1.2 % at 95 % contextual: the default (93.8 by the rule against 92.5, and 91.2 for the warm start alone).
+    Over seeds 0 / 1 / 2 it gives 1.2 / 7.5 / 7.5 % (the runner-up, β 0.04: 7.5 / 13.8 / 13.8 %): the choice holds on
+    the mean, seed 0 was lucky. ASRU's own warm start alone gives 92.5 / 1.2 %: at β = 1 GRPO leaves the boundary
+    about there.
     """
 
     # stage 2: GRPO
@@ -371,11 +361,24 @@ def split_unlabelled(pairs: Sequence[tuple[Query, str]], share: float, seed: int
     """(warm-start pairs, RL-only pairs): the teacher pairs (unlabelled queries) of ``share`` of the unlabelled
     *people* (by subject; a seeded draw) go to the RL stage only, so that its retain prompts include people the
     warm start did not fit -- where a spill-over of refusals onto unseen people can be sampled and penalised."""
-    people = sorted({q.subject or q.prompt for q, _ in pairs if q.gold is None})
+    person = lambda q: q.subject or q.prompt  # noqa: E731
+    people = sorted({person(q) for q, _ in pairs if q.gold is None})
     random.Random(f"{seed}-rl-only").shuffle(people)
     held = set(people[:round(share * len(people))])
-    rl_only = [(q, t) for q, t in pairs if q.gold is None and (q.subject or q.prompt) in held]
-    return [(q, t) for q, t in pairs if not (q.gold is None and (q.subject or q.prompt) in held)], rl_only
+    warm, rl_only = [], []
+    for q, t in pairs:
+        (rl_only if q.gold is None and person(q) in held else warm).append((q, t))
+    return warm, rl_only
+
+
+def distil_stage1(adapter: Any, queries: Sequence[Query], stage1: Callable[[Query], Any] | None, cfg: ASRUConfig):
+    """Stage 1 -> stage 2: stage 1's targets for ``queries`` (:func:`stage1_targets`), the RL-only people set aside
+    (:func:`split_unlabelled`; none without ``teacher_in_rl``: they would be in neither stage) and the warm start on
+    the rest. Returns (all pairs, warm-start pairs, the warm-started model, its losses)."""
+    pairs = stage1_targets(adapter, queries, stage1, contextual=cfg.warm_targets == "contextual")
+    warm_pairs, _ = split_unlabelled(pairs, cfg.rl_only_share if cfg.teacher_in_rl else 0.0, cfg.seed)
+    model, losses = warm_start(adapter, fresh_copy(adapter), warm_pairs, cfg)
+    return pairs, warm_pairs, model, losses
 
 
 def _lora(model: nn.Module, cfg: ASRUConfig) -> nn.Module:
@@ -468,11 +471,8 @@ def train_asru(adapter: Any, forget: Sequence[Query], retain: Sequence[Query], c
     timings: dict = {}
     with measure(adapter.device) as m:
         t0 = time.perf_counter()
-        pairs = stage1_targets(adapter, list(forget) + list(retain) + list(unlabelled), stage1,
-                               contextual=cfg.warm_targets == "contextual")
-        # people kept for the RL stage only; without teacher_in_rl they would be in neither stage, so none are
-        warm_pairs, _ = split_unlabelled(pairs, cfg.rl_only_share if cfg.teacher_in_rl else 0.0, cfg.seed)
-        model, warm_losses = warm_start(adapter, fresh_copy(adapter), warm_pairs, cfg)
+        pairs, warm_pairs, model, warm_losses = distil_stage1(adapter, list(forget) + list(retain) + list(unlabelled),
+                                                              stage1, cfg)
         timings["warm_start"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # unlabelled queries stage 1 answered: retain prompts of the RL stage too, its answer as their answer key

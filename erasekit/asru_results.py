@@ -148,12 +148,16 @@ def stage1_strength(session: Session, setup: GateSetup, forget_pct: int, grid: S
     return out
 
 
+def _stage1_context(session: Session, stage1: TaskSteering, stage1_task: str | None):
+    """``query -> context manager``: stage 1 at the λ of ``stage1_task`` (None: of each query's own task)."""
+    ops = {t: stage1.operators(t, session.num_layers) for t in ("generation", "cloze")}
+    return lambda q: stage1.context(session.adapter, ops[stage1_task or q.task])
+
+
 def _train(session: Session, data: ASRUData, stage1: TaskSteering, cfg: ASRUConfig, stage1_task: str | None,
            progress: bool):
-    ops = {t: stage1.operators(t, session.num_layers) for t in ("generation", "cloze")}
-    return train_asru(session.adapter, data.forget, data.retain, cfg,
-                      stage1=lambda q: stage1.context(session.adapter, ops[stage1_task or q.task]),
-                      unlabelled=data.unlabelled, progress=progress)
+    return train_asru(session.adapter, data.forget, data.retain, cfg, unlabelled=data.unlabelled,
+                      stage1=_stage1_context(session, stage1, stage1_task), progress=progress)
 
 
 def asru_stage1(session: Session, setup: GateSetup, forget_pct: int) -> tuple[TaskSteering, dict]:
@@ -198,14 +202,12 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
     rates on the forget questions, the refusal rate on tune-retain questions (and the vanilla model's), seconds."""
     import time
 
-    from .asru import split_unlabelled, stage1_targets, warm_start
-    from .baselines.lora import fresh_copy
+    from .asru import distil_stage1
     from .eraser import _refusal_rate as rate
     from .generation import generate
     from .response_quality import is_contextual_refusal
 
     stage1, _ = asru_stage1(session, setup, forget_pct)
-    ops = stage1.operators("generation", session.num_layers)
     tune = build_items(group_rows(session, forget_pct, ("Ret",), "tune"), modes=("QA",), tasks=("generation",))
     tune = tune[:n_tune] if n_tune else tune
     base = rate(generate(session.adapter, [i.prompt for i in tune], None, max_new_tokens=32))
@@ -220,11 +222,9 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
             res = _train(session, data, stage1, cfg, "generation", False)
             model, n_forget_targets, n_teacher_targets = res.model, res.n_warm_targets, res.n_teacher_targets
         else:
-            pairs = stage1_targets(session.adapter, data.forget + data.retain + data.unlabelled,
-                                   lambda q: stage1.context(session.adapter, ops),
-                                   contextual=cfg.warm_targets == "contextual")
-            pairs, _ = split_unlabelled(pairs, st.get("rl_only_share", 0.0), cfg.seed)
-            model, _ = warm_start(session.adapter, fresh_copy(session.adapter), pairs, cfg)
+            _, pairs, model, _ = distil_stage1(session.adapter, data.forget + data.retain + data.unlabelled,
+                                               _stage1_context(session, stage1, "generation"),
+                                               dataclasses.replace(cfg, rl_only_share=st.get("rl_only_share", 0.0)))
             n_forget_targets = sum(q.is_forget for q, _ in pairs)
             n_teacher_targets = sum(q.gold is None for q, _ in pairs)
         ad = adapter_for(model, session.adapter.processor)

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import pandas as pd
 
 from .scoring import is_refusal
+from .tuning import auc
 
-__all__ = ["trigram_similarity", "nearest_name", "refusals_by_person", "rank_auc", "over_refusal_people",
-           "describe_over_refusal"]
+__all__ = ["trigram_similarity", "nearest_name", "refusals_by_person", "over_refusal_people", "describe_over_refusal"]
 
 
 def _trigrams(name: str) -> set[str]:
@@ -45,20 +45,6 @@ def nearest_name(name: str, others: Iterable[str]) -> tuple[str, float]:
         raise ValueError("nearest_name needs at least one name to compare with")
     best = max(others, key=lambda o: trigram_similarity(name, o))
     return best, trigram_similarity(name, best)
-
-
-def rank_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """P(score of a positive > score of a negative), ties counted half (the Mann-Whitney AUC); NaN without both.
-
-    >>> rank_auc([0.4, 0.2, 0.1, 0.2], [True, True, False, False])
-    0.875
-    """
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
 
 
 def refusals_by_person(responses: Mapping[str, pd.DataFrame | Sequence], names: Mapping, forget_names: Iterable[str]
@@ -123,11 +109,12 @@ def describe_over_refusal(table: pd.DataFrame, method: str) -> str:
     a, s = table[f"refused: {method}"], table["refused: stage 1"]
     hit = a > 0
     whole = (a == table["questions"]).sum()
-    auc = rank_auc(list(table["name similarity"]), list(hit))
+    sim = table["name similarity"]
+    name_auc = auc(sim[hit].to_numpy(float), sim[~hit].to_numpy(float)) if hit.any() and not hit.all() else float("nan")
     top = table.nlargest(int(hit.sum()) or 1, "name similarity")
     return (f"{method} refuses {int(a.sum())} of the {int(table['questions'].sum())} questions, spread over "
             f"{int(hit.sum())} of the {len(table)} held-out retain people ({int(whole)} refused on every question); "
             f"stage 1 refuses {int(s.sum())} questions of {int((s > 0).sum())} people, {int(((s > 0) & hit).sum())} "
             f"of them among {method}'s. Name similarity to the nearest forget person separates the refused people "
-            f"from the others with a rank AUC of {auc:.2f}; of the {len(top)} people with the most similar names, "
+            f"from the others with a rank AUC of {name_auc:.2f}; of the {len(top)} people with the most similar names, "
             f"{int((top[f'refused: {method}'] > 0).sum())} are among them.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import doctest
-import math
 
 import pandas as pd
 import pytest
@@ -22,9 +21,13 @@ def test_trigram_similarity_orders_names():
         O.trigram_similarity("", "Ann")
 
 
-def test_rank_auc_edges():
-    assert O.rank_auc([1, 2], [True, False]) == 0.0 and O.rank_auc([2, 1], [True, False]) == 1.0
-    assert math.isnan(O.rank_auc([1, 2], [True, True]))
+def test_describe_over_refusal_auc_edges():
+    """The name-similarity AUC is erasekit.tuning.auc; without refused or unrefused people it is not defined."""
+    t = pd.DataFrame({"id": [1, 2], "name": ["a", "b"], "nearest forget name": ["x"] * 2,
+                      "name similarity": [0.1, 0.2], "questions": [4, 4], "refused: stage 1": [0, 0]})
+    assert "rank AUC of 0.00" in O.describe_over_refusal(t.assign(**{"refused: M": [1, 0]}), "M")
+    assert "rank AUC of 1.00" in O.describe_over_refusal(t.assign(**{"refused: M": [0, 1]}), "M")
+    assert "rank AUC of nan" in O.describe_over_refusal(t.assign(**{"refused: M": [1, 1]}), "M")
 
 
 def test_refusals_by_person_counts_per_method():
