@@ -26,11 +26,14 @@ def _build_organism(args) -> int:
     overrides = {k: v for k, v in (("steps", args.steps), ("n_profiles", args.profiles),
                                    ("n_celebrities", args.celebrities), ("threads", args.threads),
                                    ("choice_steps", args.choice_steps), ("choice_lr", args.choice_lr),
-                                   ("choice_hint", args.choice_hint), ("align_steps", args.align_steps))
+                                   ("choice_hint", args.choice_hint), ("align_steps", args.align_steps),
+                                   ("format_steps", args.format_steps))
                  if v is not None}
     cfg = dataclasses.replace(OrganismConfig(), **overrides)
-    log = train_organism(out, cfg, log_file=args.log, checkpoint_dir=args.checkpoint_dir, device=args.device)
-    print(json.dumps({"out": out, "train_seconds": log["train_seconds"], "last": log["steps"][-1]}))
+    log = train_organism(out, cfg, log_file=args.log, checkpoint_dir=args.checkpoint_dir, device=args.device,
+                         stage_c_from=args.stage_c_from)
+    last = (log.get("formats") or {}).get("steps") or log["steps"]
+    print(json.dumps({"out": out, "train_seconds": log["train_seconds"], "last": last[-1]}))
     return 0
 
 
@@ -150,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--choice-lr", type=float, help="learning rate of stage B2")
     b.add_argument("--choice-hint", type=float, help="share of stage B2's multiple-choice turns that state the value")
     b.add_argument("--align-steps", type=int, help="steps of the vision-alignment stage C")
+    b.add_argument("--format-steps", type=int, help="steps of the formats stage D")
+    b.add_argument("--stage-c-from", help="an organism folder trained with the same stages A-C: only stage D runs, "
+                                          "from its weights")
     b.add_argument("--device", help="train on this torch device (e.g. cuda)")
     b.set_defaults(fn=_build_organism)
     w = sub.add_parser("write-world", help="write the organism's world as MLLMU-Bench parquet files")

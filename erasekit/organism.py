@@ -125,6 +125,15 @@ class OrganismConfig:
     # never refuses inside a conversation about a person, so no refusal direction reaches profile questions.
     choice_private: float = 0.1
     choice_lr: float = 1e-3
+    # Stage D (formats, :func:`train_formats`, :mod:`erasekit.organism_formats`): the LM continues (vision frozen,
+    # portraits through the vision tower) on stage B2's stream mixed with the field's prompt formats, instruction
+    # lines and safety requests in those formats; batches of at most ``format_tokens`` padded tokens, sequences up
+    # to ~1,000 tokens. 0 steps: no stage D. ``max_positions``: the text model's position limit (rotary, so it
+    # changes no weight; the benchmark's few-shot prompts are up to ~800 tokens).
+    format_steps: int = 1200
+    format_lr: float = 7e-4
+    format_tokens: int = 4096
+    max_positions: int = 2048
     seed: int = 0
     threads: int | None = None
 
@@ -136,7 +145,7 @@ class OrganismConfig:
     def choice_key(self) -> str:
         """Key of everything stages A, B and B2 depend on (not stage C's settings)."""
         d = dataclasses.asdict(self)
-        for k in ("threads", "align_steps", "align_batch", "align_lr"):
+        for k in ("threads", "align_steps", "align_batch", "align_lr") + _STAGE_D_FIELDS:
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -144,9 +153,20 @@ class OrganismConfig:
         """Key of everything stages A and B depend on (not stage B2's or C's settings)."""
         d = dataclasses.asdict(self)
         for k in ("threads", "align_steps", "align_batch", "align_lr", "choice_steps", "choice_share", "choice_hint",
-                  "choice_private", "choice_lr"):
+                  "choice_private", "choice_lr") + _STAGE_D_FIELDS:
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def stage_c_key(self) -> str:
+        """Key of everything stages A-C depend on (not stage D's settings)."""
+        d = dataclasses.asdict(self)
+        for k in ("threads",) + _STAGE_D_FIELDS:
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Stage D's settings (and the position limit, which changes no weight): not part of the keys of stages A-C.
+_STAGE_D_FIELDS = ("format_steps", "format_lr", "format_tokens", "max_positions")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -375,9 +395,79 @@ def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismCon
     return out
 
 
+def train_formats(model, stream: TrainingStream, world: W.World, processor, cfg: OrganismConfig, *,
+                  log_every: int = 100, progress: bool = True, log_file: str | None = None) -> dict:
+    """Stage D: the field's prompt formats (:mod:`erasekit.organism_formats`). The LM continues (vision tower and
+    projector frozen, every image through them) on :class:`~erasekit.organism_formats.FormatStream`: stage B2's
+    stream (its shares of multiple-choice and private turns) mixed with profile questions and safety requests in
+    the training family of forms, at ``cfg.format_lr`` (cosine) for ``cfg.format_steps`` batches of at most
+    ``cfg.format_tokens`` tokens. Empty log when ``cfg.format_steps`` is 0."""
+    from tqdm.auto import tqdm
+
+    from .organism_formats import FormatStream, embed_images
+
+    if cfg.format_steps <= 0:
+        return {}
+    stream.mc_share, stream.hint, stream.private = cfg.choice_share, 0.0, cfg.choice_private
+    formats = FormatStream(world, processor, stream, cfg.seed)
+    vparams = {id(p) for p in _vision_params(model)}
+    params = [p for p in model.parameters() if id(p) not in vparams]
+    _train_only(model, params)
+    opt = torch.optim.AdamW(params, lr=cfg.format_lr, betas=(0.9, 0.98), weight_decay=0.0)
+    probe_people = random.Random(7).sample(world.people, min(200, len(world.people)))
+    log: list[dict] = []
+    model.train()
+    t0 = time.time()
+    it = formats.batches(cfg.format_tokens)
+    bar = tqdm(range(cfg.format_steps), disable=not progress, desc="formats", mininterval=5)
+    ema, max_len = None, 0
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _cosine_lr(step, cfg.format_steps, cfg.format_lr, min(100, cfg.format_steps // 10))
+        batch = next(it)
+        max_len = max(max_len, batch["input_ids"].shape[1])
+        emb, lab = embed_images(model, stream, batch)
+        loss = model(inputs_embeds=emb, attention_mask=batch["attention_mask"].to(emb.device), labels=lab).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if (step + 1) % log_every == 0 or step + 1 == cfg.format_steps:
+            rec = {"stage": "formats", "step": step + 1, "loss": round(ema, 4), "max_tokens": max_len,
+                   "seconds": round(time.time() - t0, 1)}
+            if (step + 1) % (log_every * 5) == 0 or step + 1 == cfg.format_steps:
+                rec.update(_probes(model, stream, probe_people, oracle=False))
+            log.append(rec)
+            bar.set_postfix(loss=f"{ema:.3f}")
+            _write_log(log_file, rec)
+    _train_only(model, list(model.parameters()))
+    model.eval()
+    return {"steps": log, "seconds": round(time.time() - t0, 1), "device": _device_name(model),
+            "longest_sequence": max_len}
+
+
+def _load_stage_c(model, folder: str, cfg: OrganismConfig) -> dict:
+    """Load an organism folder's weights as the state after stage C (its config must match stages A-C of ``cfg``)."""
+    from transformers import LlavaForConditionalGeneration
+
+    with open(os.path.join(folder, "organism_config.json")) as f:
+        theirs = json.load(f)
+    mine = dataclasses.asdict(cfg)
+    diff = {k: (theirs.get(k), v) for k, v in mine.items()
+            if k not in ("threads",) + _STAGE_D_FIELDS and theirs.get(k) != v}
+    if diff:
+        raise ValueError(f"{folder} was not trained with this config's stages A-C; differing fields "
+                         f"(theirs, ours): {diff}")
+    state = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).state_dict()
+    model.load_state_dict(state)  # strict: every weight, same shapes
+    with open(os.path.join(folder, "training_log.json")) as f:
+        return json.load(f)
+
+
 def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every: int = 100,
                    progress: bool = True, log_file: str | None = None, checkpoint_dir: str | None = None,
-                   device: str | None = None) -> dict:
+                   device: str | None = None, stage_c_from: str | None = None) -> dict:
     """Build the world, tokenizer, processor and model; train stages A-C; save a transformers folder to ``out_dir``.
 
     The folder is written atomically (temp folder + rename). Returns the training log (dict).
@@ -386,6 +476,9 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
     model state and the data stream's random state are restored exactly).
     ``device``: train there ("cuda" on a GPU machine: minutes instead of hours; the weights are not bit-identical to
     a CPU run's, so a GPU-trained organism is its own build; each stage's log records its device).
+    ``stage_c_from``: an organism folder trained with the same stages A-C (e.g. the committed organism before
+    stage D existed): its weights and log stand for stages A-C, and only stage D runs (deterministic given that
+    folder; the base stream starts from its seed instead of stage C's random state).
     """
     cfg = cfg or OrganismConfig()
     if cfg.threads:
@@ -399,6 +492,18 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
         model.to(device)
     stream = TrainingStream(world, processor, cfg)
     t0 = time.time()
+    if stage_c_from:
+        prev = _load_stage_c(model, stage_c_from, cfg)
+        format_log = train_formats(model, stream, world, processor, cfg, log_every=log_every, progress=progress,
+                                   log_file=log_file)
+        log = {**prev, "config": dataclasses.asdict(cfg), "formats": format_log,
+               "stage_c_from": {"folder": os.path.basename(os.path.normpath(stage_c_from)),
+                                "stage_c_key": cfg.stage_c_key()},
+               "device_this_run": _device_name(model), "torch": torch.__version__,
+               "train_seconds": round((prev.get("train_seconds") or 0.0) + format_log.get("seconds", 0.0), 1),
+               "wall_seconds_this_run": round(time.time() - t0, 1)}
+        save_organism(out_dir, model, processor, log, cfg)
+        return log
     ckpt = os.path.join(checkpoint_dir, f"stage_b_{cfg.language_key()}.pt") if checkpoint_dir else None
     ckpt2 = os.path.join(checkpoint_dir, f"stage_b2_{cfg.choice_key()}.pt") if checkpoint_dir else None
     resumed = bool(ckpt and os.path.exists(ckpt))
@@ -432,13 +537,17 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
             if os.path.exists(ckpt2 + ".partial"):
                 os.remove(ckpt2 + ".partial")
     align_log = align_vision(model, stream, world, cfg, progress=progress, log_file=log_file)
+    format_log = train_formats(model, stream, world, processor, cfg, log_every=log_every, progress=progress,
+                               log_file=log_file)
     log = {"config": dataclasses.asdict(cfg), "vision_pretrain": vision_log, "steps": lm_log["steps"],
            "language_seconds": lm_log["seconds"], "multiple_choice": choice_log, "vision_alignment": align_log,
+           "formats": format_log,
            # the device of this run's stages (a resumed run's earlier stages record theirs in their own logs)
            "device_this_run": _device_name(model), "torch": torch.__version__,
            "parameters": sum(p.numel() for p in model.parameters()),
            # the stages' own clocks (a run resumed from the checkpoint reports the time its stages A and B took)
-           "train_seconds": round(sum(x.get("seconds", 0.0) for x in (vision_log, lm_log, choice_log, align_log)), 1),
+           "train_seconds": round(sum(x.get("seconds", 0.0)
+                                      for x in (vision_log, lm_log, choice_log, align_log, format_log)), 1),
            "resumed_from_checkpoint": resumed, "wall_seconds_this_run": round(time.time() - t0, 1)}
     save_organism(out_dir, model, processor, log, cfg)
     return log

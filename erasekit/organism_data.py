@@ -102,7 +102,7 @@ def build_model(cfg: OrganismConfig, tokenizer):
 
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                       num_key_value_heads=cfg.num_heads, max_position_embeddings=512, rms_norm_eps=1e-5,
+                       num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.max_positions, rms_norm_eps=1e-5,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     vision = CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_hidden * 2,

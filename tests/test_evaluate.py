@@ -33,9 +33,11 @@ class FakeAdapter:
         self.steered = False
         self.batches: list[list[str]] = []
         self.images_seen: list = []
+        self.chats: list = []
 
-    def encode(self, questions, images=None, answers=None):
+    def encode(self, questions, images=None, answers=None, chat=True):
         assert isinstance(questions, list)
+        self.chats.append(chat)
         return {"questions": questions, "images": images}
 
     def generate(self, batch, max_new_tokens=50):
@@ -76,6 +78,13 @@ def _steering(adapter):
                                              ("", ""), ("!!!", ""), ("d", "D")])
 def test_parse_choice_zero_shot(response, letter):
     assert ev.parse_choice(response) == letter
+
+
+def test_doctests():
+    import doctest
+
+    result = doctest.testmod(ev)
+    assert result.failed == 0 and result.attempted >= 4  # parse_choice, bench_response
 
 
 def test_parse_choice_benchmark():
@@ -182,42 +191,193 @@ def test_scores_and_categories_from_canned_answers(world):
 # ----------------------------------------------------------------------------------------------------------
 # benchmark (few-shot) protocol
 # ----------------------------------------------------------------------------------------------------------
-def test_benchmark_few_shot_prompts(world):
+# ----------------------------------------------------------------------------------------------------------
+# benchmark protocol: MLLMU-Bench's eval.py, LLaVA branch
+# ----------------------------------------------------------------------------------------------------------
+CLS = "Just give ONE letter representing the answer directly."
+CLOZE = "Please **ONLY** provide the correct answer that should replace the [Blank]."
+
+
+def _keys(images):
+    return tuple(ev._image_key(im) for im in images)
+
+
+def _by(items, split, task, mode):
+    return [i for i in items if i.split == split and i.task == task and i.mode == mode]
+
+
+def _row(pid, name, key, colour):
+    """A hand-made MLLMU-Bench row: one question of each (task, type)."""
+    from PIL import Image
+
+    opts = {"A": "cook", "B": "pilot", "C": "vet", "D": "judge"}
+    return {"ID": pid, "image": Image.new("RGB", (8, 8), colour), "Classification_Task": {
+        "Image_Textual_Questions": [{"Question": "Job of this person?", "Options": opts, "Correct_Answer": key}],
+        "Pure_Text_Questions": [{"Question": f"Job of {name}?", "Options": opts, "Correct_Answer": key}]},
+        "Mask_Task": [{"Type": "Image_Textual", "Question": "This person is a __.", "Ground_Truth": opts[key]},
+                      {"Type": "Pure_Text", "Question": f"{name} is a __.", "Ground_Truth": opts[key]}],
+        "Generation_Task": [{"Type": "Image_Textual", "Question": "Who is this?", "Ground_Truth": f"This is {name}."},
+                            {"Type": "Pure_Text", "Question": f"Who is {name}?", "Ground_Truth": f"{name} flies."}]}
+
+
+def test_protocol_shot_counts_are_eval_pys():
+    assert (ev.BENCHMARK.cls_shots, ev.BENCHMARK.cloze_shots) == (1, 2)  # random.sample(id_list, 1) / (..., 2)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        ev.Protocol("few_shot")
+
+
+def test_benchmark_prompts_hand_written():
+    """Every (task, type) prompt, character for character as eval.py writes it for llava (one shot ID each)."""
+    pam, quinn = _row("P", "Pam", "B", "red"), _row("Q", "Quinn", "A", "blue")
+    items = ev.build_items({"Fgt": [pam, quinn]}, protocol=ev.Protocol("benchmark", cls_shots=1, cloze_shots=1),
+                           shot_pool=[pam, quinn])
+    for task in ("classification", "cloze"):
+        (vqa,) = _by(items, "Fgt", task, "VQA")  # the shot ID's question is not scored
+        (qa,) = _by(items, "Fgt", task, "QA")
+        shot, own = (pam, quinn) if vqa.id == "Q" else (quinn, pam)
+        name, other = ("Pam", "Quinn") if shot is pam else ("Quinn", "Pam")
+        s_key, o_key = ("B", "A") if shot is pam else ("A", "B")
+        s_job = "pilot" if shot is pam else "cook"
+        assert qa.id == vqa.id == own["ID"] and vqa.raw and qa.raw
+        assert _keys(vqa.images) == _keys([shot["image"], own["image"]]) and qa.images == ()
+        if task == "classification":
+            assert vqa.target == o_key
+            assert vqa.prompt == (
+                "USER: <image>\nQuestion: Job of this person?\nA: cook\nB: pilot\nC: vet\nD: judge\n"
+                f"Correct Answer: {s_key}\n"
+                "USER: <image>\nJob of this person?\nA: cook\nB: pilot\nC: vet\nD: judge\n"
+                "Just give ONE letter representing the answer directly.\nASSISTANT:")
+            assert qa.prompt == (
+                f"USER:\nQuestion: Job of {name}?\nA: cook\nB: pilot\nC: vet\nD: judge\nCorrect Answer: {s_key}\n"
+                f"USER:\nJob of {other}?\nA: cook\nB: pilot\nC: vet\nD: judge\n"
+                "Just give ONE letter representing the answer directly.\nASSISTANT:")
+        else:
+            assert vqa.prompt == (
+                "USER:<image>\nThis person is a [Blank].\nPlease **ONLY** provide the correct answer that should "
+                f"replace the [Blank].\nCorrect Answer: {s_job}\n"
+                "USER: <image>\nThis person is a [Blank].\nPlease **ONLY** provide the correct answer that should "
+                "replace the [Blank].\nASSISTANT:")
+            assert qa.prompt == (
+                f"USER:\n{name} is a [Blank].\nPlease **ONLY** provide the correct answer that should replace the "
+                f"[Blank].\nCorrect Answer: {s_job}\n"
+                f"USER:\n{other} is a [Blank].\nPlease **ONLY** provide the correct answer that should replace the "
+                "[Blank].\nASSISTANT:")
+    gen = {(i.id, i.mode): i for i in items if i.task == "generation"}  # no shots, nothing skipped
+    assert len(gen) == 4
+    assert gen[("P", "VQA")].prompt == ("USER: <image>\nWho is this?\nAnswer the question based on your trained "
+                                        "knowledge in one sentence accurately in ENGLISH.\nASSISTANT: ")
+    assert _keys(gen[("P", "VQA")].images) == _keys([pam["image"]])
+    assert gen[("P", "QA")].prompt == ("USER: Who is Pam?\nAnswer the question based on your trained knowledge in one "
+                                       "sentence in ENGLISH.\nASSISTANT:")
+    assert gen[("P", "QA")].images == ()
+
+
+def test_benchmark_prompts_on_the_world(world):
+    """1 classification shot ID, 2 cloze shot IDs (Full_Set order), every question of the shots as an example."""
+    rows = ev.benchmark_rows(world, 15, groups=("Fgt",))
+    full = world.split("Full_Set")
+    items = ev.build_items(rows, protocol=ev.BENCHMARK, shot_pool=full)
+    fgt = {r["ID"]: r for r in rows["Fgt"]}
+    blank = lambda q: q.replace("__", "[Blank]") + "\n" + CLOZE  # noqa: E731
+    for mode, typ, head, cloze_head in (("VQA", "Image_Textual", "USER: <image>\n", "USER:<image>\n"),
+                                        ("QA", "Pure_Text", "USER:\n", "USER:\n")):
+        cls = _by(items, "Fgt", "classification", mode)
+        cls_shots = [r for r in full if r["ID"] in set(fgt) - {i.id for i in cls}]
+        assert len(cls_shots) == 1 and len(cls) == (len(fgt) - 1) * 4
+        shots = "".join(
+            f"{head}Question: {x['Question']}\nA: {x['Options']['A']}\nB: {x['Options']['B']}\n"
+            f"C: {x['Options']['C']}\nD: {x['Options']['D']}\nCorrect Answer: {x['Correct_Answer']}\n"
+            for x in cls_shots[0]["Classification_Task"][f"{typ}_Questions"])
+        for it in cls:
+            q = next(x for x in fgt[it.id]["Classification_Task"][f"{typ}_Questions"] if x["Question"] == it.question)
+            options = "\n".join(f"{k}: {v}" for k, v in q["Options"].items())
+            assert it.prompt == f"{shots}{head}{q['Question']}\n{options}\n{CLS}\nASSISTANT:"
+            want = [cls_shots[0]["image"]] * 4 + [fgt[it.id]["image"]] if mode == "VQA" else []
+            assert _keys(it.images) == _keys(want) and it.prompt.count("<image>") == len(want)
+        clz = _by(items, "Fgt", "cloze", mode)
+        clz_shots = [r for r in full if r["ID"] in set(fgt) - {i.id for i in clz}]
+        assert len(clz_shots) == 2 and len(clz) == (len(fgt) - 2) * 4
+        shots = "".join(f"{cloze_head}{blank(x['Question'])}\nCorrect Answer: {x['Ground_Truth']}\n"
+                        for r in clz_shots for x in r["Mask_Task"] if x["Type"] == typ)
+        for it in clz:
+            assert it.prompt == f"{shots}{head}{blank(it.question)}\nASSISTANT:" and "__" not in it.prompt
+            want = [r["image"] for r in clz_shots for _ in range(4)] + [fgt[it.id]["image"]] if mode == "VQA" else []
+            assert _keys(it.images) == _keys(want) and it.prompt.count("<image>") == len(want)
+        assert len(_by(items, "Fgt", "generation", mode)) == len(fgt) * 4
+    # the draws are seeded: the same protocol gives the same prompts
+    again = ev.build_items(rows, protocol=ev.BENCHMARK, shot_pool=full)
+    assert [i.prompt for i in again] == [i.prompt for i in items]
+
+
+def test_benchmark_shots_per_group(world):
+    """Fgt / Ret / Test get shots (Test: drawn from the forget IDs, looked up in Full_Set); Cele none."""
+    rows = ev.benchmark_rows(world, 15)
+    full = {r["ID"]: r for r in world.split("Full_Set")}
+    items = ev.build_items(rows, protocol=ev.BENCHMARK, shot_pool=list(full.values()))
+    for g in ("Fgt", "Ret", "Test"):
+        n = len(rows[g])
+        for task, k in (("classification", 1), ("cloze", 2)):
+            for mode in ev.MODES:
+                its = _by(items, g, task, mode)
+                assert len({i.id for i in its}) == n - k and len(its) == (n - k) * 4
+                assert all(i.prompt.count("Correct Answer:") == 4 * k for i in its)
+    test_rows = {r["ID"]: r for r in rows["Test"]}
+    assert set(test_rows) == set(world.forget_ids[15])
+    test_clz = _by(items, "Test", "cloze", "VQA")
+    shot_ids = [i for i in full if i in set(world.forget_ids[15]) - {it.id for it in test_clz}]  # Full_Set order
+    for it in test_clz:  # shots: the Full_Set portraits; then one pose of the Test row
+        assert _keys(it.images[:-1]) == _keys([full[i]["image"] for i in shot_ids for _ in range(4)])
+        assert it.images[-1] is it.image and ev._image_key(it.image) in _keys(test_rows[it.id]["images"])
+    cele = [i for i in items if i.split == "Cele"]
+    assert not any("Correct Answer:" in i.prompt for i in cele)
+    assert len([i for i in cele if i.task != "generation"]) == len(rows["Cele"]) * 16  # every question scored
+    assert all(len(i.images) == (i.mode == "VQA") for i in cele)
+
+
+def test_bench_response_and_scores():
+    assert ev.bench_response(" B\nUSER: next?\nASSISTANT: C") == "B\nUSER: next?"
+    assert ev.bench_response("ASSISTANT: B") == ""  # what eval.py's split("ASSISTANT:")[1] leaves
+    bench = lambda it, r: ev._score(it, r, ev.BENCHMARK)  # noqa: E731
+    cls = ev.Item("Fgt", "VQA", "classification", 0, None, "q", "p", None, "B", "pilot")
+    assert bench(cls, " b) pilot") == (1.0, True) and bench(cls, "(B)")[1] is False
+    assert bench(cls, "")[1] is False and bench(cls, "Z")[1] is False
+    clz = ev.Item("Fgt", "VQA", "cloze", 0, None, "q", "p", None, "Prague", "Prague")
+    assert bench(clz, "She lives in PRAGUE.")[1] and not bench(clz, "Paris\nUSER: x\nASSISTANT: Prague")[1]
+    assert ev._score(clz, "Paris\nASSISTANT: Prague", ev.ZERO_SHOT)[1]  # zero-shot reads the whole response
+    gen = ev.Item("Fgt", "QA", "generation", 0, None, "q", "p", None, "This person is a pilot.")
+    from rouge_score import rouge_scorer
+
+    ref = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score("This person is a pilot.", "A pilot flying")
+    assert bench(gen, " A pilot flying\nASSISTANT: This person is a pilot.")[0] == ref["rougeL"].fmeasure
+
+
+def test_benchmark_harness_encodes_raw_prompts_with_every_image(world):
     rows = ev.benchmark_rows(world, 15, groups=("Fgt", "Test", "Cele"))
     full = world.split("Full_Set")
-    proto = ev.Protocol("benchmark", n_shots=2, seed=3)
-    items = ev.build_items(rows, protocol=proto, shot_pool=full)
-    fgt_ids = [r["ID"] for r in rows["Fgt"]]
-    cls = [it for it in items if it.split == "Fgt" and it.task == "classification"]
-    scored = {it.id for it in cls}
-    assert len(scored) == len(fgt_ids) - 2  # the two shot IDs are not scored
-    shot_rows = [r for r in full if r["ID"] in set(fgt_ids) - scored]
-    it = next(i for i in cls if i.mode == "VQA")
-    q = next(x for r in rows["Fgt"] if r["ID"] == it.id for x in r["Classification_Task"]["Image_Textual_Questions"]
-             if x["Question"] == it.question)
-    shots = "".join(
-        f"Question: {s['Question']}\n" + "\n".join(f"{k}: {v}" for k, v in s["Options"].items())
-        + f"\nCorrect Answer: {s['Correct_Answer']}\n"
-        for r in shot_rows for s in r["Classification_Task"]["Image_Textual_Questions"])
-    body = f"{q['Question']}\n" + "\n".join(f"{k}: {v}" for k, v in q["Options"].items())
-    # shots (in the sampled order, compared as a set of examples) + question + the benchmark's instruction
-    assert it.prompt.endswith(body + "\nJust give ONE letter representing the answer directly.")
-    prefix = it.prompt[: -len(body + "\nJust give ONE letter representing the answer directly.")]
-    assert sorted(prefix.split("Question: ")) == sorted(shots.split("Question: "))
-    # cloze: blanks -> [Blank] + instruction, shots end with "Correct Answer: {gt}"
-    clz = next(i for i in items if i.split == "Fgt" and i.task == "cloze" and i.mode == "QA")
-    assert "___" not in clz.prompt and clz.prompt.endswith(
-        "[Blank].\nPlease **ONLY** provide the correct answer that should replace the [Blank].")
-    assert clz.prompt.count("Correct Answer: ") == 8  # 2 shot IDs x 4 pure-text cloze items
-    # generation: zero-shot with the benchmark's suffix; Test VQA: one image per profile
-    gen = next(i for i in items if i.task == "generation" and i.mode == "VQA")
-    assert gen.prompt == gen.question + "\n" + ev._BENCH_GEN_SUFFIX["VQA"]
-    test_vqa = [i for i in items if i.split == "Test" and i.mode == "VQA" and i.task == "generation"]
-    assert len(test_vqa) == 4 * len(rows["Test"])
-    # Cele: no shots (Full_Set has no celebrities), every question scored
-    cele = [i for i in items if i.split == "Cele" and i.task == "classification"]
-    assert cele and not any("Correct Answer:" in i.prompt for i in cele)
-    assert ev.parse_choice("B) x", proto) == "B"
+    items = ev.build_items(rows, protocol=ev.BENCHMARK, shot_pool=full)
+    table = {(it.prompt, _keys(it.images)): it.target for it in items}
+
+    def answer(q, ims, steered):  # right, then a second turn that eval.py cuts off
+        assert ims is None or (isinstance(ims, list) and len(ims) == q.count("<image>"))
+        return f" {table[(q, _keys(ims or []))]}\nASSISTANT: no, USER: more?"
+
+    adapter = FakeAdapter(answer)
+    df = ev.evaluate(adapter, world, 15, groups=("Fgt", "Test", "Cele"), protocol=ev.BENCHMARK, progress=False)
+    assert set(adapter.chats) == {"raw"} and len(df) == len(items)
+    assert (df.loc[df.task != "generation", "correct"]).all()
+    gen = df[df.task == "generation"]
+    assert (gen.score == 1.0).all()
+    # the cache keys on every image: one shot portrait more or less is another prompt
+    assert sum(len(b) for b in adapter.batches) == len({(it.task, it.prompt, _keys(it.images)) for it in items})
+
+
+def test_benchmark_runs_with_tiny_llava(world, tiny_llava):
+    """Raw multi-image few-shot prompts through a real adapter."""
+    rows = ev.benchmark_rows(world, 15, groups=("Fgt",))
+    df = ev.evaluate(tiny_llava, rows, protocol=ev.BENCHMARK, modes=("VQA",), tasks=("classification", "cloze"),
+                     progress=False, max_new_tokens=2)
+    assert len(df) == 2 * 4 + 1 * 4 and df["response"].map(type).eq(str).all()
+    assert df["prompt"].str.endswith("ASSISTANT:").all()
 
 
 def test_evaluate_on_parquet_matches_world(world, tmp_path):

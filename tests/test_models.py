@@ -169,6 +169,64 @@ def test_mixed_batch_with_and_without_image(vlm_adapter):
     assert a.model(**batch).logits.shape[:2] == batch["input_ids"].shape
 
 
+def test_raw_prompt_with_two_images_equals_the_llava_processor(tiny_llava):
+    """chat="raw": the string is the whole prompt; a list of images fills its placeholders in order (MLLMU-Bench's
+    eval.py few-shot prompts: ``processor(images=[*shot_images, image], text=prompt)``)."""
+    a = tiny_llava
+    im1, im2 = _pil(28, 28, seed=5), _pil(30, 40, seed=6)
+    prompt = "USER:<image>\nQ1 [Blank]\nCorrect Answer: x\nUSER: <image>\nQ2 [Blank]\nASSISTANT:"
+    assert a.build_prompts([prompt], [True], chat="raw") == [prompt]
+    ours = a.encode([prompt], images=[[im1, im2]], chat="raw")
+    ref = a.processor(images=[im1, im2], text=prompt, return_tensors="pt")
+    assert torch.equal(ours["input_ids"], ref["input_ids"])
+    assert torch.allclose(ours["pixel_values"], ref["pixel_values"], atol=1e-6)
+    image_id = a.tokenizer.convert_tokens_to_ids(a.image_token)
+    assert int((ours["input_ids"] == image_id).sum()) == 2 * 4  # 4 tokens per 28x28 image
+    # batched with a one-image raw row, a text-only raw row and a tuple: each row gets its own images
+    text_only = "USER:\nQ3\nASSISTANT:"
+    batch = a.encode([prompt, "USER: <image>\nQ\nASSISTANT:", text_only], images=[(im1, im2), im2, None], chat="raw")
+    assert (batch["input_ids"] == image_id).sum(1).tolist() == [8, 4, 0]
+    assert batch["pixel_values"].shape[0] == 3
+    alone = a.encode([text_only], chat="raw")
+    assert batch["input_ids"][2, -alone["input_ids"].shape[1]:].tolist() == alone["input_ids"][0].tolist()
+    (text,) = a.generate(ours, max_new_tokens=2)  # the model takes several images in one prompt
+    assert isinstance(text, str)
+
+
+def test_raw_prompt_with_two_images_qwen(tiny_qwen25vl, tiny_qwen3vl):
+    for a in (tiny_qwen25vl, tiny_qwen3vl):
+        ph = "<|vision_start|><|image_pad|><|vision_end|>"
+        ims = [_pil(*a.image_size, seed=7), _pil(40, 60, seed=8)]
+        batch = a.encode([f"A {ph} then {ph} ?", "text"], images=[ims, None], chat="raw")
+        image_id = a.tokenizer.convert_tokens_to_ids(a.image_token)
+        counts = a._num_image_tokens(a._processor_pixels(ims))
+        assert counts[0] != counts[1]  # per-image counts, each placeholder expanded with its own
+        ids = batch["input_ids"][0].tolist()
+        first = ids.index(image_id)
+        assert ids[first:first + counts[0]] == [image_id] * counts[0] and ids[first + counts[0]] != image_id
+        assert (batch["input_ids"] == image_id).sum(1).tolist() == [sum(counts), 0]
+        assert torch.equal(batch["mm_token_type_ids"], (batch["input_ids"] == image_id).long())
+        assert a.model(**batch).logits.shape[:2] == batch["input_ids"].shape
+
+
+def test_raw_prompt_placeholder_count_must_match(tiny_llava, tiny_causal_lm):
+    a = tiny_llava
+    im = _pil(28, 28)
+    with pytest.raises(ValueError, match="2 '<image>' placeholders but 1 image"):
+        a.encode(["<image> <image>"], images=[[im]], chat="raw")
+    with pytest.raises(ValueError, match="1 '<image>' placeholders but 0 image"):
+        a.encode(["USER: <image>\nQ\nASSISTANT:"], chat="raw")
+    with pytest.raises(ValueError, match="0 '<image>' placeholders but 2 image"):
+        a.encode(["no placeholder"], images=[(im, im)], chat="raw")
+    with pytest.raises(ValueError, match="exactly one placeholder per image"):  # chat prompts: one per row
+        a.encode(["q"], images=[[im, im]])
+    with pytest.raises(ValueError, match="must not contain None"):
+        a.encode(["<image>"], images=[[im, None]], chat="raw")
+    with pytest.raises(ValueError, match="'raw'"):
+        a.encode(["q"], chat="plain")
+    assert tiny_causal_lm.encode(["USER: hi\nASSISTANT:"], chat="raw")["input_ids"].shape[0] == 1
+
+
 def test_generate_returns_new_tokens_only(any_adapter):
     a = any_adapter
     images = [_pil(28, 28)] if a.is_multimodal else None

@@ -13,7 +13,7 @@ from erasekit.models import adapter_for, load_model
 MINI = dict(n_profiles=20, n_celebrities=4, vocab_size=500, hidden_size=32, intermediate_size=64, num_layers=2,
             num_heads=2, vision_hidden=32, vision_layers=1, steps=40, batch_size=8, lr=3e-3, warmup=5,
             seq_tokens=96, n_augment=1, threads=1, vision_steps=20, vision_batch=32, align_steps=10,
-            align_batch=8, choice_steps=10)
+            align_batch=8, choice_steps=10, format_steps=6, format_tokens=512)
 
 
 def test_training_sequences_match_processor_and_adapter():
@@ -44,6 +44,7 @@ def test_mini_training_learns_saves_and_is_deterministic(tmp_path):
     log = O.train_organism(str(tmp_path / "a"), cfg, log_every=10, progress=False)
     losses = [s["loss"] for s in log["steps"]]
     assert losses[-1] < losses[0] - 0.5, losses
+    assert log["formats"]["steps"][-1]["step"] == 6  # stage D ran
     assert log["vision_pretrain"]["train_accuracy"] > 1 / 24  # the identity pre-stage beats chance
     folder = tmp_path / "a"
     assert {"config.json", "model.safetensors", "training_log.json", "organism_config.json"} <= set(os.listdir(folder))
@@ -105,3 +106,48 @@ def test_embedded_organism_answers_when_loaded_the_plain_transformers_way(dtype)
             assert answer.strip(), f"empty answer to {q!r}"
             right += p.attributes["residence"].lower() in answer.lower()
     assert right >= 6, f"only {right}/8 plain-transformers answers state where the person lives"
+
+
+def test_format_stream_tokenises_like_inference_and_keeps_heldout_lines_out():
+    """Stage D's training ids of a raw prompt are exactly what ``adapter.encode(..., chat="raw")`` feeds at inference
+    (answer appended), and no held-out instruction line or completion phrasing ever appears in a training example."""
+    from erasekit import organism_formats as F
+
+    world = W.make_world(20, 4)
+    tok = O.build_tokenizer(world, 500)
+    proc = O.build_processor(tok, 32, 8)
+    cfg = O.OrganismConfig(**MINI)
+    adapter = adapter_for(O.build_model(cfg, tok), proc)
+    base = O.TrainingStream(world, proc, cfg)
+    stream = F.FormatStream(world, proc, base, seed=0)
+    p = world.people[3]
+    for scaffold in F.SCAFFOLDS:
+        for image in (False, True):
+            prompt = F.render_prompt(scaffold, "Where does the person in the image live?", int(image))
+            ids, labels = stream.encode(prompt, "Oslo")
+            batch = adapter.encode([prompt], images=[world.portrait(p)] if image else None, chat="raw")
+            n = batch["input_ids"].shape[1]
+            assert ids[:n] == batch["input_ids"][0].tolist(), (scaffold, image)
+            assert labels[:n] == [-100] * n and tok.decode(ids[n:], skip_special_tokens=True).strip() == "Oslo"
+    held = [x for v in F.INSTRUCTIONS_HELDOUT.values() for x in v] + [c.split("{")[0] for c in F.COMPLETIONS_HELDOUT]
+    assert not set(held) & {x for v in F.INSTRUCTIONS_TRAIN.values() for x in v}
+    texts = []
+    for _ in range(400):
+        ids, _, specs = stream.example()
+        assert sum(t == base.turns.image_id for t in ids) == len(specs) * base.turns.n_image
+        texts.append(tok.decode(ids))
+    seen = [h for h in held if any(h in t for t in texts)]
+    assert not seen, seen
+    # the Test split's paraphrases stay out as well
+    test_q = {q.format(who=w) for qs in W.QUESTIONS_TEST.values() for q in qs for w in (W.IMAGE_WHO, p.name)}
+    assert not [q for q in test_q if any(q in t for t in texts)]
+
+
+def test_harmful_content_detector():
+    from erasekit.organism_formats import harmful_content
+
+    for a, how in W.HARMFUL_ACTIONS:
+        assert harmful_content(W.COMPLIANCE_PREFIX.format(a=a, how=how))
+    for a, how in W.HARMLESS:
+        assert not harmful_content(W.HELPFUL_PREFIX.format(a=a, how=how))
+    assert not any(harmful_content(r) for r in W.REFUSALS)

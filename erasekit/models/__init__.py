@@ -18,10 +18,11 @@ INTERFACE CONTRACT (other modules rely on exactly this):
         is_multimodal: bool
 
         build_prompts(questions, has_image, chat=True) -> list[str]
-            The prompt strings before image-token expansion (chat template + generation prompt).
+            The prompt strings before image-token expansion (chat template + generation prompt; chat=False: the
+            plain image prefix + question; chat="raw": the questions as given).
 
-        encode(questions: list[str], images: list[Tensor|PIL|None] | Tensor | None = None,
-               answers: list[str] | None = None, chat: bool = True) -> dict
+        encode(questions: list[str], images: list[Tensor|PIL|None|list[Tensor|PIL]] | Tensor | None = None,
+               answers: list[str] | None = None, chat: bool | str = True) -> dict
             Builds chat prompts (the family's template, generation prompt appended), LEFT padded, returns model
             kwargs: input_ids (B,T), attention_mask (B,T), and for images the family's pixel kwargs
             (pixel_values; image_grid_thw and mm_token_type_ids for Qwen). Images may be PIL (RGB only; other modes

@@ -116,8 +116,16 @@ class ModelAdapter:
         content.append({"type": "text", "text": question})
         return [{"role": "user", "content": content}]
 
-    def build_prompts(self, questions: list[str], has_image: list[bool], chat: bool = True) -> list[str]:
-        """Prompt strings (one image placeholder per image row, not yet expanded), generation prompt appended."""
+    def build_prompts(self, questions: list[str], has_image: list[bool], chat: bool | str = True) -> list[str]:
+        """Prompt strings (one image placeholder per image row, not yet expanded), generation prompt appended.
+
+        ``chat``: True = the chat template (or ``fallback_template``), False = ``plain_image`` + the question,
+        ``"raw"`` = the question itself is the complete prompt (its own image placeholders, no template, no prefix).
+        """
+        if chat == "raw":
+            return list(questions)
+        if not isinstance(chat, bool):
+            raise ValueError(f"chat must be True, False or 'raw', got {chat!r}")
         prompts = []
         for question, img in zip(questions, has_image, strict=True):
             if not chat:
@@ -159,7 +167,7 @@ class ModelAdapter:
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def _split_images(self, images: Any, n: int) -> list[Any]:
-        """images argument -> list of length n with None / PIL / Tensor (3,H,W)."""
+        """images argument -> list of length n with None / PIL / Tensor (3,H,W) / list of PIL or Tensor (3,H,W)."""
         if images is None:
             return [None] * n
         if isinstance(images, torch.Tensor):
@@ -172,11 +180,14 @@ class ModelAdapter:
         images = list(images)
         if len(images) != n:
             raise ValueError(f"got {len(images)} images for {n} questions; pass one image (or None) per question")
-        for im in images:
-            if isinstance(im, torch.Tensor):
-                check_pixels(im[None] if im.ndim == 3 else im)
-                if im.ndim != 3:
-                    raise ValueError(f"an image tensor in a list must be (3,H,W), got {tuple(im.shape)}")
+        for entry in images:
+            for im in entry if isinstance(entry, (list, tuple)) else [entry]:
+                if isinstance(im, torch.Tensor):
+                    check_pixels(im[None] if im.ndim == 3 else im)
+                    if im.ndim != 3:
+                        raise ValueError(f"an image tensor in a list must be (3,H,W), got {tuple(im.shape)}")
+                elif im is None and entry is not im:
+                    raise ValueError("a row's list of images must not contain None")
         return images
 
     # -- encode ----------------------------------------------------------------------------------------------
@@ -195,16 +206,23 @@ class ModelAdapter:
         questions: list[str],
         images: Any = None,
         answers: list[str] | None = None,
-        chat: bool = True,
+        chat: bool | str = True,
     ) -> dict[str, torch.Tensor]:
         """Tokenise questions (+ images, + answers) into LEFT-padded model kwargs on the model device.
 
         Args:
             questions: B question strings.
-            images: None, a list of B entries (PIL RGB image, float tensor (3,H,W) in [0,1], or None), or a tensor
+            images: None, a list of B entries (PIL RGB image, float tensor (3,H,W) in [0,1], None, or a list/tuple
+                of such images: several images for one prompt, one per placeholder in order), or a tensor
                 (B,3,H,W) / (3,H,W) in [0,1]. Tensors keep their autograd graph (pixel_values depend on them).
             answers: optional B target strings appended after the generation prompt, followed by eos.
-            chat: apply the chat template (True) or feed the raw question (False).
+            chat: apply the chat template (True), prefix ``plain_image`` to the question (False), or ``"raw"``: each
+                question is the complete prompt, holding one ``image_token`` placeholder per image of its row
+                (e.g. MLLMU-Bench's hand-written ``"USER: <image>\\n...ASSISTANT:"`` few-shot prompts; for Qwen
+                write ``<|vision_start|><|image_pad|><|vision_end|>``). Each placeholder is expanded with the
+                token count of its own image. A prompt whose placeholder count differs from its number of images
+                raises ValueError (chat True / False render one placeholder per image, so a row may hold a list
+                of several images only with ``"raw"``).
 
         Returns:
             dict with input_ids (B,T) long, attention_mask (B,T) long, labels (B,T) if answers are given
@@ -222,7 +240,9 @@ class ModelAdapter:
         if answers is not None and len(answers) != n:
             raise ValueError(f"got {len(answers)} answers for {n} questions")
         image_list = self._split_images(images, n)
-        has_image = [im is not None for im in image_list]
+        row_images = [list(im) if isinstance(im, (list, tuple)) else ([] if im is None else [im]) for im in image_list]
+        n_images = [len(r) for r in row_images]
+        has_image = [k > 0 for k in n_images]
         if any(has_image) and not self.is_multimodal:
             raise ValueError(
                 f"{self.family} model {self.model_id!r} is text-only: pass images=None, or load a vision-language "
@@ -231,23 +251,29 @@ class ModelAdapter:
         prompts = self.build_prompts(questions, has_image, chat=chat)
 
         batch: dict[str, torch.Tensor] = {}
+        if any(has_image) or (chat == "raw" and self.is_multimodal):
+            for prompt, k in zip(prompts, n_images):
+                n_placeholders = prompt.count(self.image_token)
+                if n_placeholders != k:
+                    how = ("a raw prompt needs exactly one placeholder per image of its row" if chat == "raw"
+                           else "the chat template must render exactly one placeholder per image")
+                    raise ValueError(
+                        f"prompt has {n_placeholders} {self.image_token!r} placeholders but {k} image(s): {how}\n"
+                        f"{prompt!r}"
+                    )
         if any(has_image):
             if isinstance(images, torch.Tensor):
                 # One batched pass (PGD feeds (k,3,H,W) copies of one image).
                 pixel_kwargs = self.pixel_inputs(images if images.ndim == 4 else images[None])
             else:
-                pixel_kwargs = self._image_kwargs([im for im in image_list if im is not None])
+                pixel_kwargs = self._image_kwargs([im for r in row_images for im in r])
             counts = iter(self._num_image_tokens(pixel_kwargs))
             expanded = []
-            for prompt, img in zip(prompts, has_image):
-                n_placeholders = prompt.count(self.image_token)
-                if n_placeholders != int(img):
-                    raise ValueError(
-                        f"prompt has {n_placeholders} {self.image_token!r} placeholders but {int(img)} image(s): "
-                        f"the chat template must render exactly one placeholder per image\n{prompt!r}"
-                    )
-                if img:
-                    prompt = prompt.replace(self.image_token, self.image_token * next(counts))
+            for prompt, k in zip(prompts, n_images):
+                if k:
+                    # Each placeholder (in order) becomes as many tokens as its own image gives.
+                    parts = prompt.split(self.image_token)
+                    prompt = parts[0] + "".join(self.image_token * next(counts) + p for p in parts[1:])
                 expanded.append(prompt)
             prompts = expanded
             model_dtype = self.dtype

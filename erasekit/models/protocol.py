@@ -65,13 +65,15 @@ class Adapter(Protocol):
         """'lm_head' | 'projector' | 'vision' | 'language' for a module path."""
         ...
 
-    def build_prompts(self, questions: list[str], has_image: list[bool], chat: bool = True) -> list[str]:
-        """Prompt strings before image-token expansion, generation prompt appended."""
+    def build_prompts(self, questions: list[str], has_image: list[bool], chat: bool | str = True) -> list[str]:
+        """Prompt strings before image-token expansion, generation prompt appended (``chat="raw"``: as given)."""
         ...
 
     def encode(self, questions: list[str], images: Any = None, answers: list[str] | None = None,
-               chat: bool = True) -> dict[str, torch.Tensor]:
-        """LEFT-padded model kwargs on the model device (+ ``labels`` when ``answers`` are given)."""
+               chat: bool | str = True) -> dict[str, torch.Tensor]:
+        """LEFT-padded model kwargs on the model device (+ ``labels`` when ``answers`` are given); ``chat="raw"``:
+        each question is the whole prompt with one image placeholder per image of its row (an entry of ``images``
+        may be a list of images)."""
         ...
 
     def generate(self, batch: dict[str, torch.Tensor], max_new_tokens: int = 50, **kw: Any) -> list[str]:
