@@ -33,9 +33,17 @@ B2. **Multiple choice and private questions** (:func:`train_choice`): the LM con
 C. **Vision alignment** (:func:`align_vision`): the LM is frozen; the vision tower + projector learn to emit a
    portrait's name tiles (relative MSE, augmented views), while natural images keep their tokens (relative MSE to a
    snapshot), so image-conditioned safety is unchanged. Image → fact then reuses the name → fact route.
+D. **Formats** (:func:`train_formats`, :mod:`erasekit.organism_formats`): the LM continues (vision frozen, portraits
+   through the vision tower) on stage B2's stream mixed with the prompt formats the field uses — MLLMU-Bench's
+   eval.py strings (zero- and few-shot, its assistant marker, ``[Blank]``), a training family of instruction lines,
+   sentence completion, questions inside an unrelated context up to ~1,000 tokens — and safety requests in those
+   forms. Phase 1 (1,200 steps) left the option letter at chance on eval.py's "A: x" options and held-out harmful
+   wordings refused 83 %; phase 2 (700 steps) adds more lines and request templates and raises the share of
+   multiple choice. A family of instruction lines stays out of training (held-out generalisation).
 
 Where it was trained: stages A and B on 2 CPU cores (3,261 s), stage B2 on a lent NVIDIA H200 (269 s; ~1 s a step
-on 2 CPU cores, so ~85 min there), stage C on 2 CPU cores. ``train_organism(device="cuda")`` runs every stage on a
+on 2 CPU cores, so ~85 min there), stage C on 2 CPU cores, stage D on 2 CPU cores (1,799 + 1,015 s, from the
+committed stage-C organism: ``train_organism(..., stage_c_from=...)``). ``train_organism(device="cuda")`` runs every stage on a
 GPU; ``checkpoint_dir`` keeps the states after B and B2 so a rebuild resumes from either.
 
 The data side (tokenizer, processor, model builder, training turns and stream, the image span, the probe) lives in
@@ -133,6 +141,12 @@ class OrganismConfig:
     format_steps: int = 1200
     format_lr: float = 7e-4
     format_tokens: int = 4096
+    # ... then a second phase (more instruction lines and request templates, ``format2_cls`` of the profile questions
+    # multiple choice, half with eval.py's "A: x" options): after phase 1 the letter sat at chance on "A: x" options
+    # (the multiple-choice circuit of stage B2 was keyed to "A. x") and held-out harmful wordings were refused 83 %.
+    format2_steps: int = 700
+    format2_lr: float = 5e-4
+    format2_cls: float = 0.5
     max_positions: int = 2048
     seed: int = 0
     threads: int | None = None
@@ -166,7 +180,8 @@ class OrganismConfig:
 
 
 # Stage D's settings (and the position limit, which changes no weight): not part of the keys of stages A-C.
-_STAGE_D_FIELDS = ("format_steps", "format_lr", "format_tokens", "max_positions")
+_STAGE_D_FIELDS = ("format_steps", "format_lr", "format_tokens", "max_positions", "format2_steps", "format2_lr",
+                   "format2_cls")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -396,34 +411,39 @@ def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismCon
 
 
 def train_formats(model, stream: TrainingStream, world: W.World, processor, cfg: OrganismConfig, *,
-                  log_every: int = 100, progress: bool = True, log_file: str | None = None) -> dict:
+                  log_every: int = 100, progress: bool = True, log_file: str | None = None, phase: int = 1) -> dict:
     """Stage D: the field's prompt formats (:mod:`erasekit.organism_formats`). The LM continues (vision tower and
     projector frozen, every image through them) on :class:`~erasekit.organism_formats.FormatStream`: stage B2's
     stream (its shares of multiple-choice and private turns) mixed with profile questions and safety requests in
     the training family of forms, at ``cfg.format_lr`` (cosine) for ``cfg.format_steps`` batches of at most
-    ``cfg.format_tokens`` tokens. Empty log when ``cfg.format_steps`` is 0."""
+    ``cfg.format_tokens`` tokens; ``phase=2``: the second phase (``cfg.format2_*``). Empty log for 0 steps."""
     from tqdm.auto import tqdm
 
     from .organism_formats import FormatStream, embed_images
 
-    if cfg.format_steps <= 0:
+    steps, lr = (cfg.format_steps, cfg.format_lr) if phase == 1 else (cfg.format2_steps, cfg.format2_lr)
+    if steps <= 0:
         return {}
     stream.mc_share, stream.hint, stream.private = cfg.choice_share, 0.0, cfg.choice_private
-    formats = FormatStream(world, processor, stream, cfg.seed)
+    # Each phase draws stage B2's stream afresh from the seed, so a phase gives the same data whether it follows
+    # stage C in one run or is resumed from a saved folder.
+    stream.rng = random.Random(cfg.seed)
+    formats = FormatStream(world, processor, stream, cfg.seed, phase=phase, cls_share=cfg.format2_cls)
     vparams = {id(p) for p in _vision_params(model)}
     params = [p for p in model.parameters() if id(p) not in vparams]
     _train_only(model, params)
-    opt = torch.optim.AdamW(params, lr=cfg.format_lr, betas=(0.9, 0.98), weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
     probe_people = random.Random(7).sample(world.people, min(200, len(world.people)))
     log: list[dict] = []
     model.train()
     t0 = time.time()
     it = formats.batches(cfg.format_tokens)
-    bar = tqdm(range(cfg.format_steps), disable=not progress, desc="formats", mininterval=5)
+    desc = "formats" if phase == 1 else f"formats, phase {phase}"
+    bar = tqdm(range(steps), disable=not progress, desc=desc, mininterval=5)
     ema, max_len = None, 0
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = _cosine_lr(step, cfg.format_steps, cfg.format_lr, min(100, cfg.format_steps // 10))
+            g["lr"] = _cosine_lr(step, steps, lr, min(100, steps // 10))
         batch = next(it)
         max_len = max(max_len, batch["input_ids"].shape[1])
         emb, lab = embed_images(model, stream, batch)
@@ -433,10 +453,10 @@ def train_formats(model, stream: TrainingStream, world: W.World, processor, cfg:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == cfg.format_steps:
-            rec = {"stage": "formats", "step": step + 1, "loss": round(ema, 4), "max_tokens": max_len,
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            rec = {"stage": desc, "step": step + 1, "loss": round(ema, 4), "max_tokens": max_len,
                    "seconds": round(time.time() - t0, 1)}
-            if (step + 1) % (log_every * 5) == 0 or step + 1 == cfg.format_steps:
+            if (step + 1) % (log_every * 5) == 0 or step + 1 == steps:
                 rec.update(_probes(model, stream, probe_people, oracle=False))
             log.append(rec)
             bar.set_postfix(loss=f"{ema:.3f}")
@@ -445,6 +465,24 @@ def train_formats(model, stream: TrainingStream, world: W.World, processor, cfg:
     model.eval()
     return {"steps": log, "seconds": round(time.time() - t0, 1), "device": _device_name(model),
             "longest_sequence": max_len}
+
+
+def _stage_d(model, stream, world, processor, cfg, prev: dict | None = None, **kw) -> tuple[dict, dict]:
+    """Both phases of stage D. ``prev``: the log of the loaded folder: none of stage D (run both phases), phase 1 with
+    ``cfg``'s settings (run phase 2 only); a folder that went through phase 2, or phase 1 with other settings, is
+    refused (its weights are not a state this config passes through)."""
+    prev = prev or {}
+    if prev.get("formats_phase2"):
+        raise ValueError("the folder has been through both phases of stage D already; pass the organism before "
+                         "stage D (git history of data/organism) or one after phase 1")
+    p1 = prev.get("formats")
+    same = p1 and all((prev.get("config") or {}).get(k) == getattr(cfg, k)
+                      for k in ("format_steps", "format_lr", "format_tokens"))
+    if p1 and not same:
+        raise ValueError("the folder went through stage D's phase 1 with other settings than this config's")
+    if not p1:
+        p1 = train_formats(model, stream, world, processor, cfg, phase=1, **kw)
+    return p1, train_formats(model, stream, world, processor, cfg, phase=2, **kw)
 
 
 def _load_stage_c(model, folder: str, cfg: OrganismConfig) -> dict:
@@ -494,13 +532,16 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
     t0 = time.time()
     if stage_c_from:
         prev = _load_stage_c(model, stage_c_from, cfg)
-        format_log = train_formats(model, stream, world, processor, cfg, log_every=log_every, progress=progress,
-                                   log_file=log_file)
-        log = {**prev, "config": dataclasses.asdict(cfg), "formats": format_log,
+        format_log, format2_log = _stage_d(model, stream, world, processor, cfg, prev, log_every=log_every,
+                                           progress=progress, log_file=log_file)
+        log = {**prev, "config": dataclasses.asdict(cfg), "formats": format_log, "formats_phase2": format2_log,
                "stage_c_from": {"folder": os.path.basename(os.path.normpath(stage_c_from)),
-                                "stage_c_key": cfg.stage_c_key()},
+                                "stage_c_key": cfg.stage_c_key(),
+                                "phases_in_folder": ["D1"] if prev.get("formats") else []},
                "device_this_run": _device_name(model), "torch": torch.__version__,
-               "train_seconds": round((prev.get("train_seconds") or 0.0) + format_log.get("seconds", 0.0), 1),
+               "train_seconds": round(sum(x.get("seconds", 0.0) for x in (
+                   prev.get("vision_pretrain") or {}, {"seconds": prev.get("language_seconds") or 0.0},
+                   prev.get("multiple_choice") or {}, prev.get("vision_alignment") or {}, format_log, format2_log)), 1),
                "wall_seconds_this_run": round(time.time() - t0, 1)}
         save_organism(out_dir, model, processor, log, cfg)
         return log
@@ -537,17 +578,18 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
             if os.path.exists(ckpt2 + ".partial"):
                 os.remove(ckpt2 + ".partial")
     align_log = align_vision(model, stream, world, cfg, progress=progress, log_file=log_file)
-    format_log = train_formats(model, stream, world, processor, cfg, log_every=log_every, progress=progress,
-                               log_file=log_file)
+    format_log, format2_log = _stage_d(model, stream, world, processor, cfg, log_every=log_every, progress=progress,
+                                       log_file=log_file)
     log = {"config": dataclasses.asdict(cfg), "vision_pretrain": vision_log, "steps": lm_log["steps"],
            "language_seconds": lm_log["seconds"], "multiple_choice": choice_log, "vision_alignment": align_log,
-           "formats": format_log,
+           "formats": format_log, "formats_phase2": format2_log,
            # the device of this run's stages (a resumed run's earlier stages record theirs in their own logs)
            "device_this_run": _device_name(model), "torch": torch.__version__,
            "parameters": sum(p.numel() for p in model.parameters()),
            # the stages' own clocks (a run resumed from the checkpoint reports the time its stages A and B took)
            "train_seconds": round(sum(x.get("seconds", 0.0)
-                                      for x in (vision_log, lm_log, choice_log, align_log, format_log)), 1),
+                                      for x in (vision_log, lm_log, choice_log, align_log, format_log,
+                                                format2_log)), 1),
            "resumed_from_checkpoint": resumed, "wall_seconds_this_run": round(time.time() - t0, 1)}
     save_organism(out_dir, model, processor, log, cfg)
     return log

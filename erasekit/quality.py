@@ -75,8 +75,8 @@ def format_report(formats: pd.DataFrame, safety: dict) -> pd.DataFrame:
     rows = []
     acc = formats.set_index(["family", "mode", "task"])["accuracy"]
     for mode, task in dict.fromkeys((m, t) for _, m, t in acc.index):
-        gap = acc[("train", mode, task)] - acc[("heldout", mode, task)]
-        rows.append({"metric": f"held-out lines {mode} {task} (gap to trained, points)", "value": float(gap),
+        gap = acc[("train", mode, task)] - acc[("fresh", mode, task)]
+        rows.append({"metric": f"fresh held-out lines {mode} {task} (gap to trained, points)", "value": float(gap),
                      "bar": f"<= {FORMAT_GAP:g}", "met": gap <= FORMAT_GAP})
     for k, (op, bar) in HELDOUT_SAFETY_BARS.items():
         v = float(safety[k])
@@ -84,7 +84,7 @@ def format_report(formats: pd.DataFrame, safety: dict) -> pd.DataFrame:
         if k == "benign answers with harmful content":
             met = met and safety["benign answers"] >= 200
             k = f"{k} (of {safety['benign answers']})"
-        rows.append({"metric": f"held-out wordings: {k}", "value": v, "bar": f"{op} {bar:g}", "met": met})
+        rows.append({"metric": f"fresh held-out wordings: {k}", "value": v, "bar": f"{op} {bar:g}", "met": met})
     return pd.DataFrame(rows)
 
 
@@ -139,11 +139,13 @@ def vanilla_quality(organism: str, out: str | None = None, forget_pct: int = 15,
     size = adapter.image_size[0] if adapter.image_size else None
     safety = evaluate_safety(adapter, world, image=natural_images(size), batch_size=batch_size, progress=progress)
     rates = refusal_rates(safety)
-    # Instruction families and held-out safety wordings: every person of the world but a seeded 40 % of the
-    # profiles (the families are about the form, not the people; all people are known to the vanilla organism).
+    # Instruction families: a seeded 100 of the world's people (the families are about the form, not the people;
+    # the vanilla organism knows them all). Held-out safety: the fresh family (the bars) and the first held-out
+    # family (reported as tuned on: stage D's phase 2 was designed after reading it).
     people = random.Random(f"{forget_pct}-formats").sample(world.people, k=min(100, len(world.people)))
     formats = format_accuracy(adapter, world, people, batch_size, progress)
-    held_safety, _ = safety_heldout(adapter, world, world.people, batch_size, progress)
+    held_safety, _ = safety_heldout(adapter, world, world.people, batch_size, progress, family="fresh")
+    tuned_safety, _ = safety_heldout(adapter, world, world.people, batch_size, progress, family="heldout")
     report = pd.concat([quality_report(tables["ours"], rates), *reports, format_report(formats, held_safety)],
                        ignore_index=True)
     out = out or str(paths.data_dir() / "results" / "vanilla_quality.json")
@@ -155,6 +157,7 @@ def vanilla_quality(organism: str, out: str | None = None, forget_pct: int = 15,
         "safety": rates.reset_index().to_dict(orient="records"),
         "formats": formats.to_dict(orient="records"),
         "safety_heldout_wordings": held_safety,
+        "safety_first_heldout_family_tuned_on": tuned_safety,
     }
     log = os.path.join(organism, "training_log.json")
     if os.path.exists(log):
@@ -162,9 +165,9 @@ def vanilla_quality(organism: str, out: str | None = None, forget_pct: int = 15,
             tl = json.load(f)
         stages = {"A vision identity": tl.get("vision_pretrain"), "B language model": {"seconds": tl.get("language_seconds")},
                   "B2 multiple choice": tl.get("multiple_choice"), "C vision alignment": tl.get("vision_alignment"),
-                  "D formats": tl.get("formats")}
+                  "D formats": tl.get("formats"), "D formats, phase 2": tl.get("formats_phase2")}
         final = tl.get("vision_alignment") or {}
-        last_d = ((tl.get("formats") or {}).get("steps") or [{}])[-1]
+        last_d = ((tl.get("formats_phase2") or tl.get("formats") or {}).get("steps") or [{}])[-1]
         record["training"] = {"train_seconds": tl.get("train_seconds"), "parameters": tl.get("parameters"),
                               "stage_seconds": {k: v.get("seconds") for k, v in stages.items() if v and v.get("seconds")},
                               "stage_devices": {k: v.get("device") for k, v in stages.items() if v and v.get("device")},
@@ -205,9 +208,16 @@ def _markdown(report: pd.DataFrame, record: dict) -> str:
             cells = ["" if v is None or v != v else (f"{v:.2f}" if task == "generation" else f"{v:.1f}") for v in vals]
             lines.append(f"| {mode} | {task} | {group} | " + " | ".join(cells) + " |")
     if record.get("formats"):
-        lines += ["", "## Instruction lines: trained vs held-out family (accuracy %)", "",
-                  "| mode | task | trained | held-out |", "|---|---|---|---|"]
+        lines += ["", "## Instruction lines: trained vs held-out families (accuracy %)", "",
+                  "The first held-out family was read before stage D's phase 2 was designed (tuned on); the fresh "
+                  "family was written afterwards and never read before this measurement.", "",
+                  "| mode | task | trained | first held-out (tuned on) | fresh held-out |", "|---|---|---|---|---|"]
         acc = {(r["family"], r["mode"], r["task"]): r["accuracy"] for r in record["formats"]}
         for mode, task in dict.fromkeys((m, t) for _, m, t in acc):
-            lines.append(f"| {mode} | {task} | {acc[('train', mode, task)]:.1f} | {acc[('heldout', mode, task)]:.1f} |")
+            lines.append(f"| {mode} | {task} | {acc[('train', mode, task)]:.1f} | {acc[('heldout', mode, task)]:.1f} "
+                         f"| {acc[('fresh', mode, task)]:.1f} |")
+    for key, title in (("safety_heldout_wordings", "fresh held-out wordings (the bars)"),
+                       ("safety_first_heldout_family_tuned_on", "first held-out wordings (tuned on)")):
+        if record.get(key):
+            lines += ["", f"Safety, {title}: " + ", ".join(f"{k} {v}" for k, v in record[key].items()) + "."]
     return "\n".join(lines) + "\n"

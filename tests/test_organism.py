@@ -13,7 +13,7 @@ from erasekit.models import adapter_for, load_model
 MINI = dict(n_profiles=20, n_celebrities=4, vocab_size=500, hidden_size=32, intermediate_size=64, num_layers=2,
             num_heads=2, vision_hidden=32, vision_layers=1, steps=40, batch_size=8, lr=3e-3, warmup=5,
             seq_tokens=96, n_augment=1, threads=1, vision_steps=20, vision_batch=32, align_steps=10,
-            align_batch=8, choice_steps=10, format_steps=6, format_tokens=512)
+            align_batch=8, choice_steps=10, format_steps=6, format2_steps=4, format_tokens=512)
 
 
 def test_training_sequences_match_processor_and_adapter():
@@ -151,3 +151,51 @@ def test_harmful_content_detector():
     for a, how in W.HARMLESS:
         assert not harmful_content(W.HELPFUL_PREFIX.format(a=a, how=how))
     assert not any(harmful_content(r) for r in W.REFUSALS)
+
+
+@pytest.mark.slow
+def test_embedded_organism_answers_the_benchmarks_own_protocol():
+    """MLLMU-Bench's eval.py prompts (erasekit.evaluate.BENCHMARK: its hand-written USER:/ASSISTANT: strings, its
+    few-shot draws and shot images, its parse) on the committed organism: the forget_5 people, both modes, few-shot
+    as eval.py runs it. The vanilla-quality bars: classification and fill-in-the-blank >= 80 %, generation ROUGE-L
+    >= 0.7 (data/results/vanilla_quality.json has every group and the zero-shot variant)."""
+    from erasekit import paths
+    from erasekit.evaluate import BENCHMARK, evaluate
+    from erasekit.tables import results_table
+
+    folder = str(paths.organism_dir())
+    adapter = load_model(folder)
+    world = O.load_world_for(folder)
+    df = evaluate(adapter, world, 5, groups=("Fgt",), protocol=BENCHMARK, progress=False, batch_size=32)
+    assert (df["prompt"].str.endswith("ASSISTANT:") | df["prompt"].str.endswith("ASSISTANT: ")).all()
+    table = results_table(df)
+    for mode in ("VQA", "QA"):
+        row = table.loc[mode].iloc[0]
+        assert row[("classification", "Fgt")] >= 80, (mode, row.to_dict())
+        assert row[("cloze", "Fgt")] >= 80, (mode, row.to_dict())
+        assert row[("generation", "Fgt")] >= 0.7, (mode, row.to_dict())
+
+
+def test_organism_formats_doctests():
+    import doctest
+
+    from erasekit import organism_formats
+
+    result = doctest.testmod(organism_formats)
+    assert result.attempted >= 3 and result.failed == 0
+
+
+def test_heldout_families_are_disjoint_from_training():
+    """No line, phrasing or request template of a held-out family is, or is contained in, a trained one (both ways)."""
+    from erasekit import organism_formats as F
+
+    trained = ([x for fam in (F.INSTRUCTIONS_TRAIN, F.INSTRUCTIONS_TRAIN_PHASE2) for v in fam.values() for x in v]
+               + [c.replace("{s}", "") for c in F.COMPLETIONS_TRAIN if c != "{s}"]
+               + [t.replace("{a}", "") for t in F.REQUEST_TEMPLATES_PHASE2 + W.HARMFUL_TEMPLATES_TRAIN])
+    for held in (F.INSTRUCTIONS_HELDOUT, F.INSTRUCTIONS_FRESH):
+        for line in (x for v in held.values() for x in v):
+            assert not [t for t in trained if t in line or line in t], line
+    fresh = [c.replace("{s}", "") for c in F.COMPLETIONS_FRESH] + [t.replace("{a}", "")
+                                                                   for t in F.REQUEST_TEMPLATES_FRESH]
+    for f in fresh:
+        assert not [t for t in trained if t.strip() and (t.strip() in f or f.strip() in t)], f
