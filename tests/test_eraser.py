@@ -50,7 +50,9 @@ def test_bad_inputs_say_what_to_do(tiny_causal_lm, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "measured 2026-11-27 on the committed organism (stage B2) with the default harmful − harmless direction: the rule "
+    "measured 2026-12-07 on the committed organism (after stage D, formats): 1 of 20 forget cloze questions refused, "
+    "1 of 20 retain cloze questions over-refused. Before stage D, "
+    "measured 2026-11-27 on the organism of stage B2 with the default harmful − harmless direction: the rule "
     "picks λ = 4 (forget refusal 100 %, tune refusal 0 %), and the forget people's *generation* questions are refused "
     "20 of 20, but their *cloze* questions (a format the fit never saw) only 2 of 20 ('Edinburgh', 'sculptor': "
     "the fact is still given); retain cloze over-refused 0 of 20. The Eq. 3 direction (harmful vs jailbreak) refused "
