@@ -269,6 +269,16 @@ def _probes(model, stream: TrainingStream, people: list[W.Person], oracle: bool)
             "probe_mc_hint": probe_accuracy(model, stream, people, False, task="classification", hint=True)}
 
 
+def _lm_step(model, opt, params, emb, labels, attention_mask, ema: float | None) -> float:
+    """One language-model step (loss on the labels, gradient clipped at 1); returns the loss's running average."""
+    loss = model(inputs_embeds=emb, attention_mask=attention_mask.to(emb.device), labels=labels).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+
+
 def train_language(model, stream: TrainingStream, world: W.World, cfg: OrganismConfig, *, log_every: int = 100,
                    progress: bool = True, log_file: str | None = None, desc: str = "language model",
                    seed_offset: int = 1, snapshot: str | None = None) -> dict:
@@ -293,12 +303,7 @@ def train_language(model, stream: TrainingStream, world: W.World, cfg: OrganismC
             g["lr"] = _cosine_lr(step, steps, lr, warmup)
         batch = next(it)
         emb, lab = embed_batch(model, stream, batch, oracle=True, noise=cfg.oracle_noise, gen=gen)
-        loss = model(inputs_embeds=emb, attention_mask=batch["attention_mask"].to(emb.device), labels=lab).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        ema = _lm_step(model, opt, params, emb, lab, batch["attention_mask"], ema)
         if (step + 1) % log_every == 0 or step + 1 == steps:
             rec = {"stage": desc, "step": step + 1, "loss": round(ema, 4), "seconds": round(time.time() - t0, 1)}
             if (step + 1) % (log_every * 5) == 0 or step + 1 == steps:
@@ -447,12 +452,7 @@ def train_formats(model, stream: TrainingStream, world: W.World, processor, cfg:
         batch = next(it)
         max_len = max(max_len, batch["input_ids"].shape[1])
         emb, lab = embed_images(model, stream, batch)
-        loss = model(inputs_embeds=emb, attention_mask=batch["attention_mask"].to(emb.device), labels=lab).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        ema = _lm_step(model, opt, params, emb, lab, batch["attention_mask"], ema)
         if (step + 1) % log_every == 0 or step + 1 == steps:
             rec = {"stage": desc, "step": step + 1, "loss": round(ema, 4), "max_tokens": max_len,
                    "seconds": round(time.time() - t0, 1)}

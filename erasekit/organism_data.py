@@ -270,16 +270,20 @@ class TrainingStream:
                 pool = sorted((make() for _ in range(8 * bs)), key=lambda e: len(e[0]))
                 pending = [pool[k : k + bs] for k in range(0, len(pool), bs)]
                 self.rng.shuffle(pending)
-            ex = pending.pop()
-            T = max(len(e[0]) for e in ex)
-            ids = torch.full((len(ex), T), pad, dtype=torch.long)
-            lab = torch.full((len(ex), T), -100, dtype=torch.long)
-            att = torch.zeros((len(ex), T), dtype=torch.long)
-            for j, (a, b, _) in enumerate(ex):
-                ids[j, : len(a)] = torch.tensor(a)
-                lab[j, : len(b)] = torch.tensor(b)
-                att[j, : len(a)] = 1
-            yield {"input_ids": ids, "labels": lab, "attention_mask": att, "images": [e[2] for e in ex]}
+            yield collate(pending.pop(), pad)
+
+
+def collate(examples: list, pad: int) -> dict:
+    """Right-padded batch of ``(input_ids, labels, images)`` examples: ids, labels (-100 on padding), mask, images."""
+    T = max(len(e[0]) for e in examples)
+    ids = torch.full((len(examples), T), pad, dtype=torch.long)
+    lab = torch.full((len(examples), T), -100, dtype=torch.long)
+    att = torch.zeros((len(examples), T), dtype=torch.long)
+    for j, (a, b, _) in enumerate(examples):
+        ids[j, : len(a)] = torch.tensor(a)
+        lab[j, : len(b)] = torch.tensor(b)
+        att[j, : len(a)] = 1
+    return {"input_ids": ids, "labels": lab, "attention_mask": att, "images": [e[2] for e in examples]}
 
 
 def name_tiles(model, name_ids: list[int], n: int) -> torch.Tensor:

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from . import world as W
-from .organism_data import PRIVATE_QUESTIONS, TrainingStream, mc_answer
+from .organism_data import PRIVATE_QUESTIONS, TrainingStream, collate, mc_answer
 
 __all__ = ["INSTRUCTIONS_TRAIN", "INSTRUCTIONS_HELDOUT", "COMPLETIONS_TRAIN", "COMPLETIONS_HELDOUT", "SCAFFOLDS",
            "CONTEXT_SENTENCES", "INSTRUCTIONS_FRESH", "COMPLETIONS_FRESH", "REQUEST_TEMPLATES_FRESH",
@@ -340,16 +340,7 @@ class FormatStream:
                     pending.append(pool[k:k + n])
                     k += n
                 self.rng.shuffle(pending)
-            ex = pending.pop()
-            T = max(len(e[0]) for e in ex)
-            ids = torch.full((len(ex), T), pad, dtype=torch.long)
-            lab = torch.full((len(ex), T), -100, dtype=torch.long)
-            att = torch.zeros((len(ex), T), dtype=torch.long)
-            for j, (a, b, _) in enumerate(ex):
-                ids[j, :len(a)] = torch.tensor(a)
-                lab[j, :len(b)] = torch.tensor(b)
-                att[j, :len(a)] = 1
-            yield {"input_ids": ids, "labels": lab, "attention_mask": att, "images": [e[2] for e in ex]}
+            yield collate(pending.pop(), pad)
 
 
 def _record_tasks(world: W.World, p: W.Person) -> dict[str, Any]:
