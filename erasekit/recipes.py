@@ -186,8 +186,10 @@ def gate_selectivity(session: Session, setup: GateSetup | None = None, forget_pc
         if gate == "paper":
             params["null_space"] = st.meta.get("null_space")
         else:
-            params.update(alpha=st.meta.get("alpha"), floors=st.floors,
-                          selection_rule=st.meta.get("selection", {}).get("rule"))
+            sel = st.meta.get("selection", {})
+            params.update(alpha=st.meta.get("alpha"), floors=st.floors, selection_rule=sel.get("rule"),
+                          # the held-out gate AUC per gamma and layer the rule chose from (why these layers)
+                          layer_auc=sel.get("auc"))
         record[gate] = {"name": GATE_NAMES[gate], "params": params, **score_summary(frame)}
     if "paper" in setup.strengths:  # the paper's gate at the authors' λ, for the record (not chosen by a rule)
         frame = runs.evaluate_steering(session, pct, setup.steering("paper", pct, strengths=dict(PAPER_STRENGTHS)),
