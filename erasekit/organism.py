@@ -486,7 +486,8 @@ def _stage_d(model, stream, world, processor, cfg, prev: dict | None = None, **k
 
 
 def _load_stage_c(model, folder: str, cfg: OrganismConfig) -> dict:
-    """Load an organism folder's weights as the state after stage C (its config must match stages A-C of ``cfg``)."""
+    """Load an organism folder's weights as the starting state of stage D (its config must match stages A-C of
+    ``cfg``): the state after stage C, or after stage D's phase 1 (:func:`_stage_d` reads its log to decide)."""
     from transformers import LlavaForConditionalGeneration
 
     with open(os.path.join(folder, "organism_config.json")) as f:
@@ -515,8 +516,8 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
     ``device``: train there ("cuda" on a GPU machine: minutes instead of hours; the weights are not bit-identical to
     a CPU run's, so a GPU-trained organism is its own build; each stage's log records its device).
     ``stage_c_from``: an organism folder trained with the same stages A-C (e.g. the committed organism before
-    stage D existed): its weights and log stand for stages A-C, and only stage D runs (deterministic given that
-    folder; the base stream starts from its seed instead of stage C's random state).
+    stage D existed, or one after stage D's phase 1): its weights and log stand for the stages it went through, and
+    only the rest of stage D runs (deterministic given that folder: each phase draws its streams from the seed).
     """
     cfg = cfg or OrganismConfig()
     if cfg.threads:
