@@ -32,7 +32,7 @@ def _build_organism(args) -> int:
     cfg = dataclasses.replace(OrganismConfig(), **overrides)
     log = train_organism(out, cfg, log_file=args.log, checkpoint_dir=args.checkpoint_dir, device=args.device,
                          stage_c_from=args.stage_c_from)
-    last = (log.get("formats") or {}).get("steps") or log["steps"]
+    last = (log.get("formats_phase2") or log.get("formats") or {}).get("steps") or log["steps"]
     print(json.dumps({"out": out, "train_seconds": log["train_seconds"], "last": last[-1]}))
     return 0
 
@@ -153,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--choice-lr", type=float, help="learning rate of stage B2")
     b.add_argument("--choice-hint", type=float, help="share of stage B2's multiple-choice turns that state the value")
     b.add_argument("--align-steps", type=int, help="steps of the vision-alignment stage C")
-    b.add_argument("--format-steps", type=int, help="steps of the formats stage D")
-    b.add_argument("--stage-c-from", help="an organism folder trained with the same stages A-C: only stage D runs, "
-                                          "from its weights")
+    b.add_argument("--format-steps", type=int, help="steps of phase 1 of the formats stage D")
+    b.add_argument("--stage-c-from", help="an organism folder trained with the same stages A-C (or after "
+                                          "stage D's phase 1): only the rest of stage D runs, from its weights")
     b.add_argument("--device", help="train on this torch device (e.g. cuda)")
     b.set_defaults(fn=_build_organism)
     w = sub.add_parser("write-world", help="write the organism's world as MLLMU-Bench parquet files")

@@ -151,32 +151,27 @@ class OrganismConfig:
     seed: int = 0
     threads: int | None = None
 
-    def key(self) -> str:
+    def _hash_without(self, *fields: str) -> str:
         d = dataclasses.asdict(self)
-        d.pop("threads")
+        for k in ("threads",) + fields:
+            d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def key(self) -> str:
+        return self._hash_without()
 
     def choice_key(self) -> str:
         """Key of everything stages A, B and B2 depend on (not stage C's settings)."""
-        d = dataclasses.asdict(self)
-        for k in ("threads", "align_steps", "align_batch", "align_lr") + _STAGE_D_FIELDS:
-            d.pop(k)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return self._hash_without("align_steps", "align_batch", "align_lr", *_STAGE_D_FIELDS)
 
     def language_key(self) -> str:
         """Key of everything stages A and B depend on (not stage B2's or C's settings)."""
-        d = dataclasses.asdict(self)
-        for k in ("threads", "align_steps", "align_batch", "align_lr", "choice_steps", "choice_share", "choice_hint",
-                  "choice_private", "choice_lr") + _STAGE_D_FIELDS:
-            d.pop(k)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return self._hash_without("align_steps", "align_batch", "align_lr", "choice_steps", "choice_share",
+                                  "choice_hint", "choice_private", "choice_lr", *_STAGE_D_FIELDS)
 
     def stage_c_key(self) -> str:
         """Key of everything stages A-C depend on (not stage D's settings)."""
-        d = dataclasses.asdict(self)
-        for k in ("threads",) + _STAGE_D_FIELDS:
-            d.pop(k)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return self._hash_without(*_STAGE_D_FIELDS)
 
 
 # Stage D's settings (and the position limit, which changes no weight): not part of the keys of stages A-C.

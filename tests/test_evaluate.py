@@ -429,3 +429,19 @@ def test_runs_with_tiny_llava(world, tiny_llava):
 # ----------------------------------------------------------------------------------------------------------
 # names kept importable from here while pipeline.py (and a script) still import them from erasekit.evaluate
 # ----------------------------------------------------------------------------------------------------------
+
+
+def test_benchmark_generation_prompts_do_not_depend_on_shots():
+    """vanilla-quality reuses the few-shot run's generation rows for the zero-shot variant: eval.py's generation
+    prompts carry no shots, so both protocols must build the very same generation items."""
+    from erasekit.evaluate import BENCHMARK, Protocol, benchmark_rows, build_items
+    from erasekit.world import make_world
+
+    world = make_world(20, 5)
+    rows = benchmark_rows(world, 15)
+    pool = world.split("Full_Set")
+    few = build_items(rows, tasks=("generation",), protocol=BENCHMARK, shot_pool=pool)
+    zero = build_items(rows, tasks=("generation",), protocol=Protocol("benchmark", cls_shots=0, cloze_shots=0),
+                       shot_pool=pool)
+    assert few and [(i.prompt, i.id, i.mode, i.image_index) for i in few] == \
+        [(i.prompt, i.id, i.mode, i.image_index) for i in zero]

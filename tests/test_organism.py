@@ -144,7 +144,7 @@ def test_format_stream_tokenises_like_inference_and_keeps_heldout_lines_out():
 
 
 def test_harmful_content_detector():
-    from erasekit.organism_formats import harmful_content
+    from erasekit.format_checks import harmful_content
 
     for a, how in W.HARMFUL_ACTIONS:
         assert harmful_content(W.COMPLIANCE_PREFIX.format(a=a, how=how))
@@ -195,12 +195,12 @@ def test_embedded_organism_answers_the_benchmarks_classification_prompts():
         assert table.loc[mode].iloc[0][("classification", "Fgt")] >= 80, (mode, table.to_dict())
 
 
-def test_organism_formats_doctests():
+def test_format_checks_doctests():
     import doctest
 
-    from erasekit import organism_formats
+    from erasekit import format_checks
 
-    result = doctest.testmod(organism_formats)
+    result = doctest.testmod(format_checks)
     assert result.attempted >= 3 and result.failed == 0
 
 
