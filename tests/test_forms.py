@@ -1,0 +1,114 @@
+"""Forms as data (erasekit.forms), the front door fitted on facts, and leave-one-form-out's disjointness."""
+
+from __future__ import annotations
+
+import pytest
+
+import erasekit as ek
+from erasekit import forms as F
+from erasekit.world import make_world
+
+
+def _world_facts(n=6):
+    w = make_world(20, 1, seed=0)
+    return F.organism_facts(w.people[:n])
+
+
+def test_every_family_renders_and_never_shows_the_value():
+    facts = F.capital_facts()[:8]
+    ps = F.render(facts, pool=facts)
+    fams = {p.family for p in ps}
+    assert fams == set(F.FAMILIES) - {"portrait"}  # no images: no portrait prompts
+    for p in ps:
+        value_shown = p.fact.value.lower() in p.text.lower()
+        assert value_shown == (p.family == "choice"), (p.family, p.text)  # only options name values
+    choice = [p for p in ps if p.family == "choice"]
+    assert all(p.letter in "ABCD" and f"{p.letter}. {p.fact.value}" in p.text for p in choice)
+    # a fact renders the same whatever else is rendered with it (per-fact seeds)
+    assert [p.text for p in F.render(facts[:1], pool=facts)] == [p.text for p in ps if p.fact == facts[0]]
+
+
+def test_portrait_family_attaches_the_image_and_hides_the_name():
+    img = object()
+    f = F.Fact("Cali Linmor", F.organism_relations()["residence"], "Edinburgh", image=img)
+    ps = F.render([f], ["portrait", "question"])
+    portrait = [p for p in ps if p.family == "portrait"]
+    assert portrait and all(p.image is img and "Cali" not in p.text for p in portrait)
+    assert all(p.image is None for p in ps if p.family == "question")
+    assert portrait[0].prompt == (portrait[0].text, img)
+
+
+def test_answered_rule():
+    f = F.capital_facts(["France"])[0]
+    q = F.FormPrompt("", None, "question", f)
+    assert F.answered(q, "It is Paris.") and not F.answered(q, "I cannot share that.")
+    assert not F.answered(q, "Parisian food")  # whole word
+    c = F.FormPrompt("", None, "choice", f, "C")
+    assert F.answered(c, "C") and not F.answered(c, "A. Rome")
+
+
+def test_bad_relations_and_families_say_what_is_wrong():
+    with pytest.raises(ValueError, match="end with"):
+        F.Relation("x", ("What is {s}?",), "{v} is {s}.")
+    with pytest.raises(ValueError, match="must contain"):
+        F.Relation("x", ("What is it?",), "{s} is {v}.")
+    with pytest.raises(ValueError, match="unknown form families"):
+        F.render(F.capital_facts()[:2], ["riddle"])
+    with pytest.raises(ValueError, match="no built-in capital"):
+        F.capital_facts(["Atlantis"])
+
+
+def test_split_subjects_holds_out_whole_people():
+    facts = _world_facts(8)
+    kept, held = F.split_subjects(facts)
+    assert held and kept
+    assert not {f.subject for f in kept} & {f.subject for f in held}
+    subjects = list(dict.fromkeys(f.subject for f in facts))
+    assert {f.subject for f in held} == {subjects[3], subjects[7]}  # every fourth person, all 8 facts of each
+    assert len(held) == 2 * 8
+
+
+def test_front_door_takes_facts_renders_forms_and_tunes_on_other_people(tiny_causal_lm):
+    facts = F.capital_facts()[:12]
+    forget, retain = facts[:4], facts[4:]
+    er = ek.fit_eraser(tiny_causal_lm, forget, retain, forms=("question", "cloze"), strength=1.0, progress=False)
+    m = er.steerer.meta
+    assert m["forms"] == ["question", "cloze"]
+    assert m["n_forget"] == 4 * (2 + 2)  # 4 facts x (2 questions + 2 cloze templates)
+    # retain: 8 subjects, every fourth held out for the rules -> 2 subjects tune, 6 fit (4 prompts each)
+    assert m["n_tune"] == 2 * 4 and m["n_retain"] == 6 * 4
+    with pytest.raises(TypeError, match="not a mix"):
+        ek.fit_eraser(tiny_causal_lm, forget + ["What is X?"], retain, progress=False)
+    with pytest.raises(ValueError, match="gate must be one of"):
+        ek.fit_eraser(tiny_causal_lm, forget, retain, gate="magic", progress=False)
+
+
+def test_paper_gate_route_reads_steered_states(tiny_causal_lm):
+    facts = F.capital_facts()[:12]
+    er = ek.fit_eraser(tiny_causal_lm, facts[:4], facts[4:], forms=("question",), gate="paper", strength=1.0,
+                       progress=False)
+    assert er.read == "steered" and er.steerer.meta["gate"] == "nullspace"
+    assert er.steerer.layers == list(range(1, tiny_causal_lm.num_layers))
+
+
+def test_leave_one_form_out_never_fits_the_scored_family(tiny_causal_lm, monkeypatch):
+    from erasekit import form_transfer as T
+
+    seen = []
+    real = T.fit_eraser
+
+    def spy(adapter, forget, retain, **kw):
+        seen.append(tuple(kw["forms"]))
+        return real(adapter, forget, retain, **kw)
+
+    monkeypatch.setattr(T, "fit_eraser", spy)
+    facts = F.capital_facts()[:16]
+    rec = T.leave_one_form_out(tiny_causal_lm, facts[:4], facts[4:12], {"retain": facts[12:]},
+                               families=("question", "cloze", "completion"), gates=("default",),
+                               harmless=["How do I bake bread?"] * 2, fit_kw={"strength": 1.0},
+                               max_new_tokens=2, progress=False)
+    assert set(rec["default"]) == {"question", "cloze", "completion"}
+    for fam, forms in zip(("question", "cloze", "completion"), seen):
+        assert fam not in forms and rec["default"][fam]["fit_forms"] == list(forms)
+    r = rec["default"]["cloze"]
+    assert {"forget_leak", "forget_vanilla", "retain", "retain_vanilla", "harmless_refusal"} <= set(r)
