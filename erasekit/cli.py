@@ -1,5 +1,5 @@
 """Command-line entry points: ``erasekit build-organism``, ``write-world``, ``vanilla-quality``,
-``gate-selectivity``, ``asru``, ``attacks``."""
+``gate-selectivity``, ``asru``, ``attacks``, ``form-transfer``."""
 
 from __future__ import annotations
 
@@ -65,6 +65,41 @@ def _gate_selectivity(args) -> int:
     write_json(record, out)
     print(json.dumps({g: {m: record[g].get(m, {}).get("cloze") for m in ("QA", "VQA")} for g in
                       ("vanilla", "paper", "default")}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+def _form_transfer(args) -> int:
+    import time
+
+    import torch
+
+    from .form_transfer import organism_transfer, smollm2_transfer
+    from .recipes import write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or str(paths.data_dir() / "results" / "form_transfer.json")
+    record = json.loads(open(out).read()) if os.path.exists(out) else {}
+    for model in args.models:
+        t0 = time.perf_counter()
+        if model == "organism":
+            from .session import load_session
+
+            record["organism"] = organism_transfer(load_session(args.organism, None), args.forget_pct)
+        else:
+            from .models import load_model
+            from .models.smollm2 import smollm2_dir
+
+            folder = smollm2_dir()
+            if folder is None:
+                print("SmolLM2 is not fetched (python -m erasekit.models.smollm2); skipping it", file=sys.stderr)
+                continue
+            record["smollm2"] = smollm2_transfer(load_model(str(folder)))
+        record.setdefault("_meta", {})[model] = {"seconds": round(time.perf_counter() - t0, 1),
+                                                 "threads": torch.get_num_threads(),
+                                                 "forget_pct": args.forget_pct if model == "organism" else None}
+        write_json(record, out)
     print(f"wrote {out}")
     return 0
 
@@ -181,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the shared 2-core machine)")
     a.add_argument("--out", help="JSON file to write (default: data/results/asru.json)")
     a.set_defaults(fn=_asru)
+    t = sub.add_parser("form-transfer", help="leave-one-form-out: fit the front door on every form family but one, "
+                                             "score that one; record data/results/form_transfer.json")
+    t.add_argument("--models", nargs="+", choices=("organism", "smollm2"), default=["organism", "smollm2"])
+    t.add_argument("--organism")
+    t.add_argument("--forget-pct", type=int, default=5)
+    t.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    t.add_argument("--out", help="JSON file to write (default: data/results/form_transfer.json)")
+    t.set_defaults(fn=_form_transfer)
     k = sub.add_parser("attacks", help="run the extraction attacks on every method and record "
                                        "data/results/attacks.json (issue #15)")
     k.add_argument("--organism")

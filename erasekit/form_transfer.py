@@ -26,7 +26,12 @@ from .forms import FAMILIES, Fact, FormPrompt, answered, render
 from .generation import generate
 from .scoring import is_refusal
 
-__all__ = ["family_scores", "leave_one_form_out", "organism_form_facts", "harmless_heldout", "transfer_rows"]
+__all__ = ["family_scores", "leave_one_form_out", "organism_form_facts", "harmless_heldout", "transfer_rows",
+           "organism_transfer", "smollm2_transfer", "known_facts", "FIT_KW"]
+
+# The λ rule of every fit here: at most 96 forget and 96 tune prompts, 16 new tokens (refusal shows in the first
+# words); everything else the front door's defaults.
+FIT_KW = {"rule_prompts": 96, "max_new_tokens": 16}
 
 
 def harmless_heldout(n: int = 40) -> list[str]:
@@ -132,3 +137,50 @@ def organism_form_facts(session, forget_pct: int = 5, n_scored: int | None = 20)
     ev = pl.group_rows(session, forget_pct, ("Ret", "Cele"), "eval", n_scored, n_scored)
     return {"forget": facts(fit["Fgt"]), "retain": facts(fit["Ret"] + fit["Cele"]), "tune": facts(tune["Ret"]),
             "retain_scored": facts(ev["Ret"]), "cele": facts(ev["Cele"])}
+
+
+def organism_transfer(session, forget_pct: int = 5, n_fit: int = 24, n_scored: int = 20,
+                      gates: Sequence[str] = ("default", "paper"), families: Sequence[str] = FAMILIES,
+                      progress: bool = True) -> dict:
+    """:func:`leave_one_form_out` on the organism: forget = the forget split's facts, H_r = the facts of the first
+    ``n_fit`` ``fit`` profiles, the rules tune on the ``tune`` profiles, scored = ``n_scored`` ``eval`` retain
+    people and celebrities; each gate with the book's direction for it (:func:`erasekit.recipes.gate_setup`)."""
+    from .recipes import gate_setup
+
+    setup = gate_setup(session)
+    facts = organism_form_facts(session, forget_pct, n_scored)
+    fit = facts["retain"][: 8 * n_fit]  # 8 attributes a profile
+    return leave_one_form_out(session.adapter, facts["forget"], fit,
+                              {"retain": facts["retain_scored"], "cele": facts["cele"]}, tune=facts["tune"],
+                              families=families, gates=gates, directions=setup.directions, fit_kw=FIT_KW,
+                              progress=progress)
+
+
+def known_facts(adapter, facts: Sequence[Fact], max_new_tokens: int = 16, batch_size: int = 32) -> list[Fact]:
+    """The facts ``adapter`` answers correctly to EVERY direct question (greedy): the facts it knows."""
+    ps = render(facts, ["question"])
+    answers = _answers(adapter, ps, None, max_new_tokens, batch_size)
+    ok: dict[Fact, bool] = {}
+    for p, a in zip(ps, answers):
+        ok[p.fact] = ok.get(p.fact, True) and answered(p, a)
+    return [f for f in facts if ok.get(f)]
+
+
+def smollm2_transfer(adapter, n_forget: int = 12, n_fit: int = 16, gates: Sequence[str] = ("default", "paper"),
+                     families: Sequence[str] = tuple(f for f in FAMILIES if f != "portrait"),
+                     progress: bool = True) -> dict:
+    """:func:`leave_one_form_out` on a pretrained LM with the built-in capitals it knows (:func:`known_facts`):
+    the first ``n_forget`` forget, the next ``n_fit`` retain (every fourth country tunes the rules), the rest
+    scored; the front door's default direction (no celebrities)."""
+    from .forms import capital_facts
+
+    known = known_facts(adapter, capital_facts())
+    if len(known) < n_forget + n_fit + 4:
+        raise ValueError(f"the model knows {len(known)} of the built-in capitals; need {n_forget + n_fit + 4}")
+    rec = leave_one_form_out(adapter, known[:n_forget], known[n_forget:n_forget + n_fit],
+                             {"retain": known[n_forget + n_fit:]}, families=families, gates=gates, fit_kw=FIT_KW,
+                             progress=progress)
+    rec["_facts"] = {"known": len(known), "forget": [f.subject for f in known[:n_forget]],
+                     "fit": [f.subject for f in known[n_forget:n_forget + n_fit]],
+                     "scored": [f.subject for f in known[n_forget + n_fit:]]}
+    return rec
