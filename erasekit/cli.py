@@ -80,13 +80,12 @@ def _form_transfer(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or str(paths.data_dir() / "results" / "form_transfer.json")
-    record = json.loads(open(out).read()) if os.path.exists(out) else {}
     for model in args.models:
         t0 = time.perf_counter()
         if model == "organism":
             from .session import load_session
 
-            record["organism"] = organism_transfer(load_session(args.organism, None), args.forget_pct)
+            result = organism_transfer(load_session(args.organism, None), args.forget_pct)
         else:
             from .models import load_model
             from .models.smollm2 import smollm2_dir
@@ -95,10 +94,14 @@ def _form_transfer(args) -> int:
             if folder is None:
                 print("SmolLM2 is not fetched (python -m erasekit.models.smollm2); skipping it", file=sys.stderr)
                 continue
-            record["smollm2"] = smollm2_transfer(load_model(str(folder)))
+            result = smollm2_transfer(load_model(str(folder)))
+        # re-read just before writing: another model's run may have written its key meanwhile
+        record = json.loads(open(out).read()) if os.path.exists(out) else {}
+        record[model] = result
         record.setdefault("_meta", {})[model] = {"seconds": round(time.perf_counter() - t0, 1),
                                                  "threads": torch.get_num_threads(),
-                                                 "forget_pct": args.forget_pct if model == "organism" else None}
+                                                 "forget_pct": args.forget_pct if model == "organism" else None,
+                                                 "command": "erasekit form-transfer --models " + model}
         write_json(record, out)
     print(f"wrote {out}")
     return 0

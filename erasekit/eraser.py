@@ -164,6 +164,36 @@ def refusal_strength(scores: Sequence[Sequence[float]], base: float, max_retain_
             "chosen": float(lam)}
 
 
+def _subject_states(adapter, forget, retain, tune, subjects: dict, layers, batch_size: int):
+    """H_f, H_r at the subject's last token of each prompt; the per-layer locators fitted on every position of the
+    forget and retain prompts; H_t at the tune prompts' LOCATED positions (what the gate will read there)."""
+    import torch
+
+    from .locate import fit_locator, subject_index, token_states
+
+    def states(txt, im):
+        H, off = token_states(adapter, txt, im, layers, batch_size)
+        ends = [off[i + 1] - 1 - subject_index(adapter, t, subjects.get((t, im is not None and im[i] is not None),
+                                                                       ""), im is not None and im[i] is not None)
+                for i, t in enumerate(txt)]
+        return H, off, ends
+
+    (Hf, of, ef), (Hr, orr, er) = states(*forget), states(*retain)
+    Ht, ot, _ = states(*tune)
+    locators, H_f, H_r, H_t = {}, {}, {}, {}
+    for l in layers:
+        X = torch.cat([Hf[l], Hr[l]])
+        y = torch.zeros(X.shape[0], dtype=torch.bool)
+        y[torch.tensor(ef)] = True
+        y[Hf[l].shape[0] + torch.tensor(er)] = True
+        loc = fit_locator(X, y)
+        H_f[l], H_r[l] = Hf[l][torch.tensor(ef)], Hr[l][torch.tensor(er)]
+        H_t[l] = torch.stack([Ht[l][ot[i]:ot[i + 1]][int(loc.scores(Ht[l][ot[i]:ot[i + 1]]).argmax())]
+                              for i in range(len(ot) - 1)])
+        locators[l] = loc
+    return H_f, H_r, H_t, locators
+
+
 def _sample(texts: list[str], images: list | None, n: int | None) -> tuple[list[str], list | None]:
     """At most ``n`` of the prompts, evenly spread over the list (deterministic); all when ``n`` is None."""
     if n is None or len(texts) <= n:
@@ -182,7 +212,8 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
                strength: float | str = "auto", strength_grid: Sequence[float] = STRENGTH_GRID,
                max_retain_refusal: float = 0.1, gammas: Sequence[float] = GAMMA_GRID, alpha: float = 1.0,
                margin: float = LAYER_AUC_MARGIN, floor_quantile: float | None = 0.9, max_new_tokens: int = 32,
-               forms: Sequence[str] = FAMILIES, gate: str = "default", rule_prompts: int | None = None,
+               forms: Sequence[str] = FAMILIES, gate: str = "default", read_at: str = "auto",
+               rule_prompts: int | None = None,
                batch_size: int = 16,
                progress: bool = True) -> Eraser:
     """Fit an :class:`Eraser` on any supported adapter from forget and retain prompts (see the module docstring).
@@ -199,6 +230,10 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
         forms: the form families facts are rendered in (default: all built-in ones).
         gate: ``"default"`` (erasekit's gate) or ``"paper"`` (MLLMEraser's null-space gate, :data:`PAPER_GATE`,
             every candidate layer, steered reading); λ by the same rule for both.
+        read_at: where erasekit's gate reads a prompt: ``"last"`` (its last token, the paper's rule), ``"subject"``
+            (a fitted :class:`erasekit.locate.Locator` finds the subject's last token; needs facts: their subjects
+            mark the positions it learns), ``"auto"``: ``"subject"`` when forget and retain are facts, else
+            ``"last"``. The paper gate always reads the last token.
         rule_prompts: the λ rule generates for at most this many forget and tune prompts each (a seeded, evenly
             spread sample; None: all).
         direction: the erasure direction; default: from ``refuse`` − ``comply`` prompts.
@@ -211,7 +246,16 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
         raise ValueError(f"strength must be a number or 'auto', got {strength!r}")
     if gate not in GATES:
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
-    fact_meta = {}
+    if read_at not in ("auto", "last", "subject"):
+        raise ValueError(f"read_at must be 'auto', 'last' or 'subject', got {read_at!r}")
+    if read_at == "auto":
+        read_at = "subject" if gate == "default" and _facts(forget) and _facts(retain) else "last"
+    if read_at == "subject" and not (_facts(forget) and _facts(retain) and (tune is None or _facts(tune))):
+        raise ValueError("read_at='subject' needs forget, retain (and tune) given as erasekit.forms.Fact: the "
+                         "subjects mark the tokens the locator learns")
+    if read_at == "subject" and gate == "paper":
+        raise ValueError("the paper gate reads the last token; use gate='default' with read_at='subject'")
+    fact_meta, subjects, families = {}, {}, {}
     if _facts(forget) or _facts(retain) or (tune is not None and _facts(tune)):
         if not forms:
             raise ValueError("forms is empty: name at least one family of erasekit.forms.FAMILIES")
@@ -223,7 +267,15 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
         fact_meta = {"forms": list(forms), "n_forget_facts": len(forget) if _facts(forget) else None}
 
         def as_prompts(items):
-            return [p.prompt for p in render(items, forms, pool=pool)] if _facts(items) else items
+            if not _facts(items):
+                return items
+            ps = render(items, forms, pool=pool)
+            for p in ps:
+                families[p.text, p.image is not None] = p.family
+                # a subject shown in an image: its identity is in the image tokens; read the last one
+                subjects[p.text, p.image is not None] = getattr(adapter, "image_token", None) \
+                    if p.family == "portrait" else p.fact.subject
+            return [p.prompt for p in ps]
 
         forget, retain = as_prompts(forget), as_prompts(retain)
         tune = None if tune is None else as_prompts(tune)
@@ -250,13 +302,27 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
         direction = diff_in_means(collect_activations(adapter, pos_t, pos_i, **kw),
                                   collect_activations(adapter, neg_t, neg_i, **kw),
                                   meta={"kind": "refuse_minus_comply", "n_refuse": len(pos_t), "n_comply": len(neg_t)})
-    H_f = collect_activations(adapter, f_txt, f_im, **kw)
-    H_r = collect_activations(adapter, r_txt, r_im, **kw)
-    H_t = collect_activations(adapter, t_txt, t_im, **kw)
+    locators = {}
+    if read_at == "subject":
+        H_f, H_r, H_t, locators = _subject_states(adapter, (f_txt, f_im), (r_txt, r_im), (t_txt, t_im), subjects,
+                                                  layers, batch_size)
+    else:
+        H_f = collect_activations(adapter, f_txt, f_im, **kw)
+        H_r = collect_activations(adapter, r_txt, r_im, **kw)
+        H_t = collect_activations(adapter, t_txt, t_im, **kw)
     if gate == "paper":
         steerer = fit_steerer(H_f, H_r, direction, PAPER_GATE["gamma"], PAPER_GATE["null_space"], layers=layers)
     else:
-        steerer = choose_gate(H_f, H_r, H_t, direction, layers, gammas, alpha, margin, floor_quantile)
+        groups = None
+        if families and len(set(families.values())) > 1:  # facts in several forms: hold out a form at a time
+            def fam(txt, im):
+                return [families.get((t, im is not None and im[i] is not None)) for i, t in enumerate(txt)]
+            groups = (fam(f_txt, f_im), fam(r_txt, r_im), fam(t_txt, t_im))
+        steerer = choose_gate(H_f, H_r, H_t, direction, layers, gammas, alpha, margin, floor_quantile,
+                              groups=groups)
+        if locators:
+            steerer = dataclasses.replace(steerer, locators={l: locators[l] for l in steerer.layers})
+    fact_meta["read_at"] = read_at
     steerer.meta.update(model_id=str(getattr(adapter, "model_id", "")), n_forget=len(f_txt), n_retain=len(r_txt),
                         n_tune=len(t_txt), **fact_meta)
     read = "steered" if gate == "paper" else "frozen"

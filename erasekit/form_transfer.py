@@ -71,22 +71,28 @@ def leave_one_form_out(adapter, forget: Sequence[Fact], retain: Sequence[Fact], 
                        *, families: Sequence[str] = FAMILIES, gates: Sequence[str] = ("default", "paper"),
                        directions: Mapping[str, Any] | None = None, harmless: Sequence[str] | None = None,
                        tune: Sequence[Fact] | None = None, fit_kw: Mapping[str, Any] | None = None,
-                       max_new_tokens: int = 24, batch_size: int = 32, progress: bool = True) -> dict:
+                       max_new_tokens: int = 24, batch_size: int = 32, only: Sequence[str] | None = None,
+                       progress: bool = True) -> dict:
     """``{gate: {held-out family: scores}}`` (module docstring) for each front-door gate in ``gates``.
 
     ``retain``: facts of the fit people (H_r; every fourth subject tunes the rules unless ``tune`` is given);
     ``scored``: ``{"retain": facts, "cele": facts}`` of people in neither (``cele`` optional);
     ``directions``: ``{gate: ErasureDirection}`` (default: the front door's refusal contrast);
     ``fit_kw``: more arguments of :func:`erasekit.eraser.fit_eraser`.
-    Families that render nothing for these facts (e.g. ``portrait`` without images) are skipped.
+    Families that render nothing for these facts (e.g. ``portrait`` without images) are skipped; ``only``: hold
+    out just these families (each still fitted on all the others of ``families``).
     """
     from tqdm.auto import tqdm
 
     harmless = list(harmless if harmless is not None else harmless_heldout())
     pool = [*forget, *retain, *(tune or ()), *(f for fs in scored.values() for f in fs)]
+    held = list(families if only is None else only)
+    bad = [f for f in held if f not in families]
+    if bad:
+        raise ValueError(f"only={bad} are not among families={list(families)}")
     rendered = {fam: {"forget": render(forget, [fam], pool=pool),
-                      **{k: render(v, [fam], pool=pool) for k, v in scored.items()}} for fam in families}
-    fams = [f for f in families if rendered[f]["forget"]]
+                      **{k: render(v, [fam], pool=pool) for k, v in scored.items()}} for fam in held}
+    fams = [f for f in held if rendered[f]["forget"]]
     kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
     vanilla = {fam: {k: family_scores(adapter, ps, None, **kw) for k, ps in rendered[fam].items()} for fam in fams}
     base_harmless = _refused(adapter, harmless, None, **kw)

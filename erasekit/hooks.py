@@ -293,7 +293,18 @@ def steer(
                             "InputAwareSteerer.operators)")
     # Gate values outside their fitted range are collected as device tensors and checked once, when the context
     # exits: a check per layer and pass would force a device synchronisation at every steered layer.
-    state = {"inner": False, "frozen": {}, "anchor": None, "outside": [], "held": {}}
+    state = {"inner": False, "frozen": {}, "anchor": None, "outside": [], "held": {}, "mask": None}
+    located = any(getattr(o, "locator", None) is not None for o in ops.values())
+
+    def read_state(op, h: Tensor) -> Tensor:
+        """The state a gate reads: the last prompt token, or its locator's position (erasekit.locate)."""
+        loc = getattr(op, "locator", None)
+        if loc is None:
+            return h[:, -1, :]
+        mask = state["mask"]
+        if mask is not None and mask.shape != h.shape[:2]:
+            mask = None
+        return loc.read(h, mask)
 
     def check_range(op, s: Tensor, l: int) -> None:
         if record is not None and not state["inner"]:
@@ -320,7 +331,7 @@ def steer(
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             h = _get_hidden(args, kwargs)
             if state["inner"]:  # the extra unsteered pass of read="frozen": record, do not touch
-                state["frozen"][l] = h[:, -1, :]
+                state["frozen"][l] = read_state(op, h)
                 if l == layer_ids[-1]:
                     raise _StopForward
                 return None
@@ -330,7 +341,7 @@ def steer(
                     if held is None or held.shape[0] != h.shape[0]:
                         return None
                     return _set_hidden(args, kwargs, h + held.to(h.dtype))
-                last = h[:, -1, :]
+                last = read_state(op, h) if read != "frozen" else None
                 if read == "frozen":
                     last = state["frozen"][l]
                 if hasattr(op, "gate_value"):
@@ -380,7 +391,16 @@ def steer(
             state["inner"] = False
         return None
 
+    def remember_mask(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        # a located read skips left padding: keep the prefill's attention mask (B, T)
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, Tensor) and mask.ndim == 2 and mask.shape[1] > 1 and not state["inner"]:
+            state["mask"] = mask
+        return None
+
     def handles():
+        if located:
+            yield adapter.model.register_forward_pre_hook(remember_mask, with_kwargs=True)
         if read == "frozen":
             yield adapter.model.register_forward_pre_hook(frozen_pass, with_kwargs=True)
         for l in layer_ids:

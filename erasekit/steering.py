@@ -24,6 +24,7 @@ from .directions import ErasureDirection
 from .gates import (GATES, InputAwareMap, check_fit_inputs, compute_dtype, dense_gate_reference,
                     fit_contrastive_gate, fit_gate, fit_input_aware, resolve_projector)
 from .hooks import Operator
+from .locate import Locator
 from .nullspace import NullSpaceProjector
 
 __all__ = [
@@ -173,11 +174,16 @@ class InputAwareSteerer:
 
     maps: dict[int, InputAwareMap | MLPMap]
     meta: dict = field(default_factory=dict)
+    locators: dict[int, Locator] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.maps:
             raise ValueError("InputAwareSteerer needs at least one layer")
         self.maps = {int(l): m for l, m in sorted(self.maps.items())}
+        self.locators = {int(l): c for l, c in self.locators.items()}
+        extra = set(self.locators) - set(self.maps)
+        if extra:
+            raise ValueError(f"locators at layers {sorted(extra)} that have no map")
 
     @property
     def layers(self) -> list[int]:
@@ -205,7 +211,7 @@ class InputAwareSteerer:
             lam = scale.get(l) if isinstance(scale, Mapping) else scale
             if lam is None:
                 continue
-            out[l] = _scaled(m, float(lam), self.floors.get(l))
+            out[l] = _scaled(m, float(lam), self.floors.get(l), self.locators.get(l))
         return out
 
     @property
@@ -234,7 +240,8 @@ class InputAwareSteerer:
             floors[str(l)] = min(float(torch.quantile(s.double(), quantile)), 0.9)
         # A cache key in meta describes the steerer without these floors: drop it (the copy is keyed by value).
         meta = {k: v for k, v in self.meta.items() if k != "cache_key"}
-        return InputAwareSteerer(dict(self.maps), {**meta, "floors": floors, "floor_quantile": quantile})
+        return InputAwareSteerer(dict(self.maps), {**meta, "floors": floors, "floor_quantile": quantile},
+                                 dict(self.locators))
 
     def gate_values(self, acts: Mapping[int, Tensor]) -> dict[int, Tensor]:
         """``{layer: g_l . h}`` for activations ``{layer: (..., d)}`` (rank-one maps only): a per-query diagnostic."""
@@ -246,7 +253,8 @@ class InputAwareSteerer:
         return out
 
     def to(self, *args, **kwargs) -> "InputAwareSteerer":
-        return InputAwareSteerer({l: m.to(*args, **kwargs) for l, m in self.maps.items()}, dict(self.meta))
+        return InputAwareSteerer({l: m.to(*args, **kwargs) for l, m in self.maps.items()}, dict(self.meta),
+                                 {l: c.to(*args, **kwargs) for l, c in self.locators.items()})
 
     def state_bytes(self) -> int:
         """Bytes held by the fitted state (rank one: two d-vectors per layer)."""
@@ -271,7 +279,12 @@ def _encode_steerer(steerer: InputAwareSteerer) -> Encoded:
             raise TypeError(f"layer {l}: cannot save a map of type {type(m).__name__}")
         tensors.update({f"layer.{l}.{name}": t for name, t in m.tensors().items()})
         maps[str(l)] = {"kind": kind, "meta": m.meta}
-    return Encoded(tensors, {"meta": steerer.meta, "maps": maps}, steerer.layers)
+    locators = {}
+    for l, c in steerer.locators.items():
+        tensors.update({f"locator.{l}.{name}": t for name, t in c.tensors().items()})
+        locators[str(l)] = c.meta
+    side = {"meta": steerer.meta, "maps": maps, **({"locators": locators} if locators else {})}
+    return Encoded(tensors, side, steerer.layers)
 
 
 def _decode_steerer(tensors: dict[str, Tensor], side: Mapping) -> InputAwareSteerer:
@@ -281,7 +294,9 @@ def _decode_steerer(tensors: dict[str, Tensor], side: Mapping) -> InputAwareStee
             raise ArtifactError(f"layer {l_str}: unknown map kind {info['kind']!r} (expected {sorted(_MAP_KINDS)})")
         cls, names = _MAP_KINDS[info["kind"]]
         maps[int(l_str)] = cls(meta=info["meta"], **{name: tensors[f"layer.{l_str}.{name}"] for name in names})
-    return InputAwareSteerer(maps, side.get("meta", {}))
+    locators = {int(l): Locator(tensors[f"locator.{l}.weight"], tensors[f"locator.{l}.mean"], meta)
+                for l, meta in side.get("locators", {}).items()}
+    return InputAwareSteerer(maps, side.get("meta", {}), locators)
 
 
 register_artifact("steerer", InputAwareSteerer, _encode_steerer, _decode_steerer)
@@ -300,6 +315,7 @@ class GatedOperator:
     strength: float
     gate_range: tuple[float, float] | None = None
     floor: float | None = None
+    locator: Locator | None = None  # read the gate at the locator's position instead of the last prompt token
 
     def raw_gate(self, h: Tensor) -> Tensor:
         """s(h) = g . h, before the floor."""
@@ -332,9 +348,10 @@ def _gate_range(meta: Mapping, widen: float = 0.5) -> tuple[float, float] | None
     return lo - widen * span, hi + widen * span
 
 
-def _scaled(fn: Callable[[Tensor], Tensor], lam: float, floor: float | None = None) -> Operator:
+def _scaled(fn: Callable[[Tensor], Tensor], lam: float, floor: float | None = None,
+            locator: Locator | None = None) -> Operator:
     if isinstance(fn, InputAwareMap):
-        return GatedOperator(fn, lam, _gate_range(fn.meta), floor)
+        return GatedOperator(fn, lam, _gate_range(fn.meta), floor, locator)
 
     def op(h: Tensor) -> Tensor:
         return fn(h) * lam

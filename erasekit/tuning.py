@@ -50,8 +50,14 @@ def auc(pos, neg) -> float:
 
 def heldout_gate_auc(H_forget: Mapping[int, Tensor], H_retain: Mapping[int, Tensor],
                      H_tune: Mapping[int, Tensor], direction, layers: Sequence[int] | None = None,
-                     folds: int = 4, seed: int = 0, **gate_kwargs) -> dict[int, float]:
+                     folds: int = 4, seed: int = 0, groups: tuple[Sequence, Sequence, Sequence] | None = None,
+                     **gate_kwargs) -> dict[int, float]:
     """``{layer: AUC}`` of the gate on held-out forget questions (k-fold) against tune retain questions.
+
+    ``groups``: ``(forget labels, retain labels, tune labels)``, one label per row (e.g. each prompt's form
+    family): then each fold is one label, held out of the fit on BOTH sides (forget and H_r rows with that label
+    are left out), scored on its forget rows against its tune rows; the AUC is the mean over labels (labels
+    without forget or tune rows are skipped). The rule then prefers what transfers to a form the gate never saw.
 
     Args:
         H_forget: ``{layer: (N_f, d)}`` forget activations; H_retain: ``{layer: (N_r, d)}`` (H_r of the fit);
@@ -62,6 +68,21 @@ def heldout_gate_auc(H_forget: Mapping[int, Tensor], H_retain: Mapping[int, Tens
     """
     layers = sorted(H_forget) if layers is None else [int(l) for l in layers]
     out = {}
+    if groups is not None:
+        fg, rg, tg = (list(g) for g in groups)
+        labels = [g for g in dict.fromkeys(fg) if g in set(tg) and sum(x != g for x in fg) > 0]
+        if len(labels) < 2:
+            raise ValueError(f"groups need at least 2 labels with forget and tune rows, got {labels}")
+        for l in layers:
+            scores = []
+            for g in labels:
+                kf = torch.tensor([x != g for x in fg])
+                kr = torch.tensor([x != g for x in rg])
+                m = fit_gate(H_forget[l][kf], H_retain[l][kr], direction[l], **gate_kwargs)
+                scores.append(auc(m.gate_value(H_forget[l][~kf]), m.gate_value(H_tune[l][torch.tensor(
+                    [x == g for x in tg])])))
+            out[l] = sum(scores) / len(scores)
+        return out
     for l in layers:
         n = H_forget[l].shape[0]
         if n < folds:
@@ -95,7 +116,7 @@ def select_layers(aucs: Mapping[int, float], margin: float = LAYER_AUC_MARGIN,
 def choose_gate(H_forget: Mapping[int, Tensor], H_retain: Mapping[int, Tensor], H_tune: Mapping[int, Tensor],
                 direction, layers: Sequence[int] | None = None, gammas: Sequence[float] = GAMMA_GRID,
                 alpha: float = 1.0, margin: float = LAYER_AUC_MARGIN, floor_quantile: float | None = 0.9,
-                folds: int = 4) -> InputAwareSteerer:
+                folds: int = 4, groups: tuple[Sequence, Sequence, Sequence] | None = None) -> InputAwareSteerer:
     """erasekit's default steerer, every choice by a stated rule on tuning data (no scored profile, no Test row).
 
     1. For each relative ridge gamma in ``gammas``: the held-out gate AUC per layer (:func:`heldout_gate_auc`).
@@ -109,15 +130,17 @@ def choose_gate(H_forget: Mapping[int, Tensor], H_retain: Mapping[int, Tensor], 
     """
     layers = sorted(H_forget) if layers is None else [int(l) for l in layers]
     layers = [l for l in layers if bool(direction[l].abs().max() > 0)]
-    table = {float(g): heldout_gate_auc(H_forget, H_retain, H_tune, direction, layers, folds, gate="contrastive",
-                                        gamma=g, gamma_scale="relative", alpha=alpha) for g in gammas}
+    table = {float(g): heldout_gate_auc(H_forget, H_retain, H_tune, direction, layers, folds, groups=groups,
+                                        gate="contrastive", gamma=g, gamma_scale="relative", alpha=alpha)
+             for g in gammas}
     gamma = max(sorted(table, reverse=True), key=lambda g: max(table[g].values()))
     chosen = select_layers(table[gamma], margin)
     st = fit_steerer(H_forget, H_retain, direction, gamma, layers=chosen, gate="contrastive",
                      gamma_scale="relative", alpha=alpha)
     if floor_quantile is not None:
         st = st.with_floors(H_tune, floor_quantile)
-    st.meta["selection"] = {"rule": f"gamma: best-layer held-out AUC over {list(map(float, gammas))}; layers: AUC >= "
+    st.meta["selection"] = {"folds": "one form family at a time" if groups is not None else f"{folds} random",
+                            "rule": f"gamma: best-layer held-out AUC over {list(map(float, gammas))}; layers: AUC >= "
                                     f"best - {margin}; floor: q{floor_quantile} of tune retain gates",
                             "auc": {str(g): {str(l): a for l, a in t.items()} for g, t in table.items()},
                             "gamma": gamma, "layers": chosen, "margin": margin}

@@ -112,3 +112,44 @@ def test_leave_one_form_out_never_fits_the_scored_family(tiny_causal_lm, monkeyp
         assert fam not in forms and rec["default"][fam]["fit_forms"] == list(forms)
     r = rec["default"]["cloze"]
     assert {"forget_leak", "forget_vanilla", "retain", "retain_vanilla", "harmless_refusal"} <= set(r)
+
+
+def test_locator_reads_the_subject_position_and_survives_save_load(tiny_causal_lm, tmp_path):
+    import torch
+
+    from erasekit.locate import Locator, fit_locator, subject_index, token_states
+
+    ad = tiny_causal_lm
+    texts = ["Where does Alice Smith live?", "Tell me about Bob Jones please."]
+    H, off = token_states(ad, texts, None, [1], batch_size=2)
+    ends = [off[i + 1] - 1 - subject_index(ad, t, s) for i, (t, s) in enumerate(zip(texts, ["Alice Smith",
+                                                                                         "Bob Jones"]))]
+    tail = ad.tokenizer(" please.", add_special_tokens=False)["input_ids"]
+    assert ends[1] < off[2] - 1 - len(tail) + 1  # the subject ends before " please."
+    y = torch.zeros(H[1].shape[0], dtype=torch.bool)
+    y[torch.tensor(ends)] = True
+    loc = fit_locator(H[1], y, ridge=1e-6)
+    # left-padded batch: the locator's argmax over real tokens is the subject's last token
+    h = torch.stack([torch.nn.functional.pad(H[1][off[i]:off[i + 1]], (0, 0, T - (off[i + 1] - off[i]), 0))
+                     for i, T in enumerate([max(off[1], off[2] - off[1])] * 2)])
+    mask = torch.stack([torch.arange(h.shape[1]) >= h.shape[1] - (off[i + 1] - off[i]) for i in range(2)])
+    pos = loc.position(h, mask)
+    assert [int(p) - (h.shape[1] - (off[i + 1] - off[i])) for i, p in enumerate(pos)] == \
+        [e - off[i] for i, e in enumerate(ends)]
+    facts = F.capital_facts()[:12]
+    er = ek.fit_eraser(ad, facts[:4], facts[4:], forms=("question", "cloze"), strength=1.0, progress=False)
+    assert er.steerer.meta["read_at"] == "subject" and set(er.steerer.locators) == set(er.steerer.layers)
+    er.save(tmp_path / "e")
+    back = ek.Eraser.load(tmp_path / "e")
+    assert all(torch.equal(back.steerer.locators[l].weight, er.steerer.locators[l].weight) for l in er.steerer.layers)
+    prompts = [p.text for p in F.render(facts[:2], ["question"])]
+    assert back.generate(ad, prompts, max_new_tokens=3, progress=False) == \
+        er.generate(ad, prompts, max_new_tokens=3, progress=False)
+    # the hook reads the gate at the located position: the recorded gate equals the gate of that state
+    vals = er.gate_values(ad, prompts[:1])
+    l0 = er.steerer.layers[0]
+    Hq, oq = token_states(ad, prompts[:1], None, [l0])
+    at = er.steerer.locators[l0].read(Hq[l0][None], None)
+    assert torch.allclose(vals[l0], er.steerer[l0].gate_value(at), atol=1e-5)
+    with pytest.raises(ValueError, match="needs forget, retain"):
+        ek.fit_eraser(ad, ["a"] * 4, ["b"] * 4, read_at="subject", progress=False)

@@ -46,3 +46,29 @@ def test_choose_gate_states_its_choices():
     sel = st.meta["selection"]
     assert st.layers == [2] == sel["layers"] and sel["gamma"] in (1e-3, 1e-1)
     assert set(sel["auc"]) == {"0.001", "0.1"} and st.floors and st.meta["gate"] == "contrastive"
+
+
+def test_heldout_auc_by_groups_holds_each_label_out_of_both_sides(monkeypatch):
+    import torch
+
+    from erasekit import tuning
+    from erasekit.directions import ErasureDirection
+
+    g = torch.Generator().manual_seed(0)
+    d = 6
+    Hf, Hr, Ht = torch.randn(12, d, generator=g) + 2, torch.randn(12, d, generator=g), torch.randn(6, d, generator=g)
+    fg, rg, tg = ["a", "b", "c"] * 4, ["a", "b", "c"] * 4, ["a", "b", "c"] * 2
+    direction = ErasureDirection({1: torch.ones(d)}, {})
+    seen = []
+    real = tuning.fit_gate
+
+    def spy(H_forget, H_retain, *a, **k):
+        seen.append((H_forget.shape[0], H_retain.shape[0]))
+        return real(H_forget, H_retain, *a, **k)
+
+    monkeypatch.setattr(tuning, "fit_gate", spy)
+    out = tuning.heldout_gate_auc({1: Hf}, {1: Hr}, {1: Ht}, direction, [1], groups=(fg, rg, tg), gamma=1e-2)
+    assert seen == [(8, 8)] * 3  # each fit leaves one label's 4 forget and 4 retain rows out
+    assert 0.5 < out[1] <= 1.0
+    with pytest.raises(ValueError, match="at least 2 labels"):
+        tuning.heldout_gate_auc({1: Hf}, {1: Hr}, {1: Ht}, direction, [1], groups=(["a"] * 12, rg, ["a"] * 6))
