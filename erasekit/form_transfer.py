@@ -27,7 +27,8 @@ from .generation import generate
 from .scoring import is_refusal
 
 __all__ = ["family_scores", "leave_one_form_out", "organism_form_facts", "harmless_heldout", "transfer_rows",
-           "organism_transfer", "smollm2_transfer", "known_facts", "FIT_KW"]
+           "organism_transfer", "smollm2_transfer", "known_facts", "FIT_KW", "transfer_table", "transfer_verdict",
+           "describe_transfer"]
 
 # The λ rule of every fit here: at most 96 forget and 96 tune prompts, 16 new tokens (refusal shows in the first
 # words); everything else the front door's defaults.
@@ -190,3 +191,73 @@ def smollm2_transfer(adapter, n_forget: int = 12, n_fit: int = 16, gates: Sequen
                      "fit": [f.subject for f in known[n_forget:n_forget + n_fit]],
                      "scored": [f.subject for f in known[n_forget + n_fit:]]}
     return rec
+
+
+LEAK_BAR, RETAIN_DROP_BAR, HARMLESS_BAR = 20.0, 5.0, 5.0  # issue "erasure across forms": per held-out form
+
+
+def transfer_table(record: Mapping[str, Mapping[str, Mapping]]):
+    """One model's record as a DataFrame: rows = held-out form, columns = (method, metric) with forget leak,
+    vanilla forget, retain (and celebrity) accuracy beside vanilla's, harmless refusal, λ."""
+    import pandas as pd
+
+    cols = {"forget_leak": "leak %", "forget_vanilla": "vanilla %", "retain": "retain %",
+            "retain_vanilla": "retain vanilla %", "cele": "cele %", "cele_vanilla": "cele vanilla %",
+            "harmless_refusal": "harmless refused %", "strength": "λ"}
+    frames = {}
+    for method, fams in record.items():
+        if method.startswith("_"):
+            continue
+        rows = {fam: {label: r.get(k) for k, label in cols.items() if k in r} for fam, r in fams.items()}
+        frames[method] = pd.DataFrame(rows).T
+    return pd.concat(frames, axis=1)
+
+
+def transfer_verdict(record: Mapping[str, Mapping[str, Mapping]], method: str) -> dict:
+    """The bars per held-out form for one method: ``{"met": [...], "missed": {form: [reasons]}, "worst_leak":
+    (form, %), "worst_retain_drop": (form, points)}``."""
+    fams = record[method]
+    missed: dict[str, list[str]] = {}
+    drops = {}
+    for fam, r in fams.items():
+        why = []
+        if r["forget_leak"] > LEAK_BAR:
+            why.append(f"leak {r['forget_leak']:.0f} %")
+        for k in ("retain", "cele"):
+            if r.get(k) is not None and r.get(f"{k}_vanilla") is not None:
+                drop = r[f"{k}_vanilla"] - r[k]
+                drops[(fam, k)] = drop
+                if drop > RETAIN_DROP_BAR:
+                    why.append(f"{k} -{drop:.0f} points")
+        if r["harmless_refusal"] > HARMLESS_BAR:
+            why.append(f"harmless refused {r['harmless_refusal']:.0f} %")
+        if why:
+            missed[fam] = why
+    worst = max(fams, key=lambda f: fams[f]["forget_leak"])
+    wd = max(drops, key=drops.get) if drops else None
+    return {"met": [f for f in fams if f not in missed], "missed": missed,
+            "worst_leak": (worst, fams[worst]["forget_leak"]),
+            "worst_retain_drop": None if wd is None else (f"{wd[0]} ({wd[1]})", drops[wd])}
+
+
+def describe_transfer(record: Mapping[str, Mapping[str, Mapping]], method: str, label: str) -> str:
+    """One paragraph, every number from ``record`` (one model's :func:`leave_one_form_out` result)."""
+    v = transfer_verdict(record, method)
+    fams = record[method]
+    leaks = [r["forget_leak"] for r in fams.values()]
+    van = [r["forget_vanilla"] for r in fams.values()]
+    n = len(fams)
+    text = (f"**{label}**, fitted on every form but the one scored: forget facts leak {min(leaks):.0f}–"
+            f"{max(leaks):.0f} % on the held-out form (vanilla answers {min(van):.0f}–{max(van):.0f} %); worst: "
+            f"{v['worst_leak'][0]} at {v['worst_leak'][1]:.0f} %.")
+    if v["worst_retain_drop"] is not None:
+        text += f" The largest accuracy loss on held-out people: {v['worst_retain_drop'][1]:.0f} points " \
+                f"({v['worst_retain_drop'][0]})."
+    if not v["missed"]:
+        text += f" Every bar (leak ≤ {LEAK_BAR:.0f} %, retain within {RETAIN_DROP_BAR:.0f} points, harmless " \
+                f"refusal ≤ {HARMLESS_BAR:.0f} %) is met on all {n} forms."
+    else:
+        text += f" The bars (leak ≤ {LEAK_BAR:.0f} %, retain within {RETAIN_DROP_BAR:.0f} points, harmless " \
+                f"refusal ≤ {HARMLESS_BAR:.0f} %) are met on {len(v['met'])} of {n} forms; missed: " + "; ".join(
+                    f"{f} ({', '.join(w)})" for f, w in v["missed"].items()) + "."
+    return text

@@ -43,7 +43,7 @@ def states(adapter, facts, families, pool):
 
 
 def main(heldout) -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     session = ek.load_session()
     direction = recipes.gate_setup(session).directions["default"]
     facts = organism_form_facts(session, 5, 20)

@@ -153,3 +153,52 @@ def test_locator_reads_the_subject_position_and_survives_save_load(tiny_causal_l
     assert torch.allclose(vals[l0], er.steerer[l0].gate_value(at), atol=1e-5)
     with pytest.raises(ValueError, match="needs forget, retain"):
         ek.fit_eraser(ad, ["a"] * 4, ["b"] * 4, read_at="subject", progress=False)
+
+
+def test_transfer_verdict_and_text_follow_the_numbers():
+    from erasekit.form_transfer import describe_transfer, transfer_table, transfer_verdict
+
+    def r(leak, ret, harmless=0.0):
+        return {"forget_leak": leak, "forget_vanilla": 100.0, "retain": ret, "retain_vanilla": 90.0,
+                "harmless_refusal": harmless, "strength": 2.0}
+
+    rec = {"default": {"cloze": r(10.0, 88.0), "context": r(60.0, 70.0, 10.0)}}
+    v = transfer_verdict(rec, "default")
+    assert v["met"] == ["cloze"] and set(v["missed"]["context"]) == {"leak 60 %", "retain -20 points",
+                                                                     "harmless refused 10 %"}
+    text = describe_transfer(rec, "default", "erasekit")
+    assert "10–60 %" in text and "met on 1 of 2 forms" in text and "context at 60 %" in text
+    rec["default"]["context"] = r(5.0, 89.0)
+    assert "is met on all 2 forms" in describe_transfer(rec, "default", "erasekit")
+    t = transfer_table(rec)
+    assert t.loc["context", ("default", "leak %")] == 5.0
+
+
+@pytest.mark.slow
+def test_smollm2_locator_finds_the_country_in_a_form_it_never_saw():
+    """SmolLM2-135M-Instruct (setup fetches it; skipped where absent): fitted on question and cloze forms of 12
+    capitals, the located read lands on the country's last token in completion and indirect prompts."""
+    import torch
+
+    from erasekit.locate import subject_index, token_states
+    from erasekit.models.smollm2 import smollm2_dir
+
+    folder = smollm2_dir()
+    if folder is None:
+        pytest.skip("SmolLM2 not fetched (python -m erasekit.models.smollm2)")
+    torch.set_num_threads(2)
+    ad = ek.load_model(str(folder))
+    facts = F.capital_facts()[:16]
+    er = ek.fit_eraser(ad, facts[:6], facts[6:], forms=("question", "cloze"), strength=1.0, progress=False,
+                       layers=[4, 8, 12])
+    assert er.steerer.meta["read_at"] == "subject"
+    ps = F.render(facts[:8], ["completion", "indirect"])
+    texts = [p.text for p in ps]
+    hits = []
+    for l in er.steerer.layers:
+        H, off = token_states(ad, texts, None, [l])
+        for i, p in enumerate(ps):
+            rows = H[l][off[i]:off[i + 1]]
+            at = int(er.steerer.locators[l].scores(rows).argmax())
+            hits.append(at == (off[i + 1] - off[i]) - 1 - subject_index(ad, p.text, p.fact.subject))
+    assert sum(hits) / len(hits) >= 0.8, sum(hits) / len(hits)
