@@ -82,14 +82,16 @@ def subject_index(adapter: Any, text: str, subject: str, has_image: bool = False
     Counted from the end so that image placeholders expanded before the text do not matter.
     """
     full = adapter.build_prompts([text], [has_image])[0]
-    at = full.rfind(subject)
+    at = full.rfind(subject) if subject else -1
     if at < 0:
         return 0
-    tail = full[at + len(subject):]
-    if not tail:
-        return 0
-    n_after = len(adapter.tokenizer(tail, add_special_tokens=False)["input_ids"])
-    return n_after
+    end = at + len(subject)
+    # Tokenise the prompt up to the subject's end: a prefix of the whole prompt's tokens when the subject ends at a
+    # token boundary (tokenising the tail alone would not do: "?" alone gets a leading-space token).
+    ids, pre = adapter._tokenize(full), adapter._tokenize(full[:end])
+    if ids[:len(pre)] == pre:
+        return len(ids) - len(pre)
+    return len(adapter.tokenizer(full[end:], add_special_tokens=False)["input_ids"])  # no boundary: best effort
 
 
 def token_states(adapter: Any, texts: Sequence[str], images: Sequence[Any] | None, layers: Sequence[int],

@@ -202,3 +202,18 @@ def test_smollm2_locator_finds_the_country_in_a_form_it_never_saw():
             at = int(er.steerer.locators[l].scores(rows).argmax())
             hits.append(at == (off[i + 1] - off[i]) - 1 - subject_index(ad, p.text, p.fact.subject))
     assert sum(hits) / len(hits) >= 0.8, sum(hits) / len(hits)
+
+
+def test_subject_index_is_the_names_last_token_before_punctuation():
+    from erasekit import paths
+    from erasekit.locate import subject_index
+    from erasekit.models import load_model
+
+    ad = load_model(str(paths.organism_dir()))
+    for text in ("Remind me: what is the job of Loca Pervan?", "What was the job of Loca Pervan again?",
+                 "Fill in the blank: Loca Pervan works as a __."):
+        full = ad.build_prompts([text], [False])[0]
+        ids = ad._tokenize(full)
+        k = subject_index(ad, text, "Loca Pervan")
+        assert ad.tokenizer.convert_ids_to_tokens([ids[len(ids) - 1 - k]])[0].endswith("Pervan"), text
+    assert subject_index(ad, "Who is he?", "Loca Pervan") == 0  # absent: the last token
