@@ -20,10 +20,16 @@ What :func:`fit_eraser` does, each step a stated rule (METHOD.md; notebooks 02�
    Measured on the organisms: on the first one Eq. 3's contrast refused every forget question from λ = 2 and the
    harmful − harmless one none; on the committed one (trained with refusals of private questions about people)
    Eq. 3's never refuses a profile question and the harmful − harmless one does (README, "Use on your own model").
-2. H_f = the forget prompts' activations, H_r = the retain prompts', both at the last prompt token.
-3. erasekit's contrastive gate with γ, layers and floors chosen by :func:`erasekit.tuning.choose_gate` on
-   ``tune`` prompts (default: every fourth retain prompt, held out of H_r).
-4. λ: a number, or ``"auto"``: on the forget prompts and the tune prompts, the smallest λ of ``strength_grid``
+2. Forget and retain given as facts (:class:`erasekit.forms.Fact`) are rendered in the SAME form families
+   (``forms=``, default all of :data:`erasekit.forms.FAMILIES`), so the gate contrasts people, not phrasings; the
+   tune set is then every fourth retain SUBJECT with all its facts. Prompts given as strings are used as they are.
+3. H_f = the forget prompts' activations, H_r = the retain prompts'; at the last prompt token, or with facts
+   (``read_at="auto"``) at the subject's last token, where a fitted :class:`erasekit.locate.Locator` also finds it
+   at inference (a portrait's subject: the last image token).
+4. erasekit's contrastive gate with γ, layers and floors chosen by :func:`erasekit.tuning.choose_gate` on the
+   ``tune`` prompts, its held-out AUC computed one form family at a time when the prompts come in several families
+   (a rule that prefers what transfers to a form the gate never saw). ``gate="paper"``: MLLMEraser's gate instead.
+5. λ: a number, or ``"auto"``: on the forget prompts and the tune prompts, the smallest λ of ``strength_grid``
    that reaches the highest forget refusal rate among those keeping the tune prompts' refusal rate within
    ``max_retain_refusal`` of the vanilla model's (no λ qualifies: the smallest λ).
 

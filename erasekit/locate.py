@@ -1,11 +1,11 @@
 """Read the gate at the subject, not at the last token.
 
-Measured on the organism (``scripts/gate_positions.py``, ``data/results/gate_positions.json``): in a form no fit
-saw, forget and held-out retain people separate at the last token of the subject's name (gate AUC 0.84-1.0 at
-layers 1-4) far better than at the prompt's last token (0.45-0.81), where the form dominates. A rank-one gate
-read at every position and max-pooled does not work (0.40-0.73: other positions fire). What does: a second linear
-probe, the :class:`Locator`, that scores "this is the last token of the subject" at every position; the gate reads
-the state at the best-scoring position of each prompt.
+Why (measured by ``scripts/gate_positions.py`` into ``data/results/gate_positions.json``, shown in chapter 09): in
+a form no fit saw, forget and held-out retain people separate better at the last token of the subject's name than
+at the prompt's last token, where the form dominates; a rank-one gate read at every position and max-pooled does
+not recover it (other positions fire). What does: a second linear probe, the :class:`Locator`, that scores "this is
+the last token of the subject" at every position; the gate reads the state at the best-scoring position of each
+prompt. A subject shown only in an image is read at the last image token.
 
 :func:`subject_index` finds that token in a prompt (from the subject's text, for fitting); :func:`token_states`
 collects every position's state with per-prompt offsets; :func:`fit_locator` fits the probe (ridge regression on
