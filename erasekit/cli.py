@@ -85,7 +85,7 @@ def _form_transfer(args) -> int:
         if model == "organism":
             from .session import load_session
 
-            result = organism_transfer(load_session(args.organism, None), args.forget_pct)
+            result = organism_transfer(load_session(args.organism, None), args.forget_pct, gates=args.gates)
         else:
             from .models import load_model
             from .models.smollm2 import smollm2_dir
@@ -94,14 +94,17 @@ def _form_transfer(args) -> int:
             if folder is None:
                 print("SmolLM2 is not fetched (python -m erasekit.models.smollm2); skipping it", file=sys.stderr)
                 continue
-            result = smollm2_transfer(load_model(str(folder)))
+            result = smollm2_transfer(load_model(str(folder)), gates=args.gates, only=args.held_out)
         # re-read just before writing: another model's run may have written its key meanwhile
         record = json.loads(open(out).read()) if os.path.exists(out) else {}
-        record[model] = result
-        record.setdefault("_meta", {})[model] = {"seconds": round(time.perf_counter() - t0, 1),
+        record[model] = {**record.get(model, {}), **result}  # a run of some gates keeps the others' results
+        record.setdefault("_meta", {})[f"{model} " + " ".join(args.gates)] = {"seconds": round(time.perf_counter() - t0, 1),
                                                  "threads": torch.get_num_threads(),
                                                  "forget_pct": args.forget_pct if model == "organism" else None,
-                                                 "command": "erasekit form-transfer --models " + model}
+                                                 "command": "erasekit form-transfer --models " + model +
+                                                 " --gates " + " ".join(args.gates) + (
+                                                     " --held-out " + " ".join(args.held_out)
+                                                     if args.held_out and model == "smollm2" else "")}
         write_json(record, out)
     print(f"wrote {out}")
     return 0
@@ -225,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--organism")
     t.add_argument("--forget-pct", type=int, default=5)
     t.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    t.add_argument("--gates", nargs="+", choices=("default", "paper"), default=["default", "paper"],
+                   help="the gates to run (the record keeps the others' earlier results)")
+    t.add_argument("--held-out", nargs="+", help="smollm2 only: score just these families (each fitted on the rest)")
     t.add_argument("--out", help="JSON file to write (default: data/results/form_transfer.json)")
     t.set_defaults(fn=_form_transfer)
     k = sub.add_parser("attacks", help="run the extraction attacks on every method and record "

@@ -170,9 +170,15 @@ def refusal_strength(scores: Sequence[Sequence[float]], base: float, max_retain_
             "chosen": float(lam)}
 
 
-def _subject_states(adapter, forget, retain, tune, subjects: dict, layers, batch_size: int):
+def _subject_states(adapter, forget, retain, tune, subjects: dict, layers, batch_size: int,
+                    generic: Sequence[str] = ()):
     """H_f, H_r at the subject's last token of each prompt; the per-layer locators fitted on every position of the
-    forget and retain prompts; H_t at the tune prompts' LOCATED positions (what the gate will read there)."""
+    forget and retain prompts; H_t at the tune prompts' LOCATED positions (what the gate will read there).
+
+    ``generic``: prompts about no one (e.g. harmless requests). Even-numbered ones join the locator's negatives
+    (every position 0) and H_r at their located position, odd-numbered ones H_t at theirs: a prompt without a
+    subject is read wherever the locator points, and the gate and its floors must see such readings.
+    Returns (H_f, H_r, H_t, locators, rows of generic prompts appended to H_r, appended to H_t)."""
     import torch
 
     from .locate import fit_locator, subject_index, token_states
@@ -186,18 +192,27 @@ def _subject_states(adapter, forget, retain, tune, subjects: dict, layers, batch
 
     (Hf, of, ef), (Hr, orr, er) = states(*forget), states(*retain)
     Ht, ot, _ = states(*tune)
+    g_fit, g_tune = list(generic[0::2]), list(generic[1::2])
+    Hg, og = token_states(adapter, g_fit, None, layers, batch_size) if g_fit else ({}, [0])
+    Hgt, ogt = token_states(adapter, g_tune, None, layers, batch_size) if g_tune else ({}, [0])
+
+    def located(H, off, loc, l):
+        return [H[l][off[i]:off[i + 1]][int(loc.scores(H[l][off[i]:off[i + 1]]).argmax())]
+                for i in range(len(off) - 1)]
+
     locators, H_f, H_r, H_t = {}, {}, {}, {}
     for l in layers:
-        X = torch.cat([Hf[l], Hr[l]])
+        parts = [Hf[l], Hr[l]] + ([Hg[l]] if g_fit else [])
+        X = torch.cat(parts)
         y = torch.zeros(X.shape[0], dtype=torch.bool)
         y[torch.tensor(ef)] = True
         y[Hf[l].shape[0] + torch.tensor(er)] = True
         loc = fit_locator(X, y)
-        H_f[l], H_r[l] = Hf[l][torch.tensor(ef)], Hr[l][torch.tensor(er)]
-        H_t[l] = torch.stack([Ht[l][ot[i]:ot[i + 1]][int(loc.scores(Ht[l][ot[i]:ot[i + 1]]).argmax())]
-                              for i in range(len(ot) - 1)])
+        H_f[l] = Hf[l][torch.tensor(ef)]
+        H_r[l] = torch.stack([*Hr[l][torch.tensor(er)], *(located(Hg, og, loc, l) if g_fit else [])])
+        H_t[l] = torch.stack(located(Ht, ot, loc, l) + (located(Hgt, ogt, loc, l) if g_tune else []))
         locators[l] = loc
-    return H_f, H_r, H_t, locators
+    return H_f, H_r, H_t, locators, len(g_fit), len(g_tune)
 
 
 def _sample(texts: list[str], images: list | None, n: int | None) -> tuple[list[str], list | None]:
@@ -310,8 +325,11 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
                                   meta={"kind": "refuse_minus_comply", "n_refuse": len(pos_t), "n_comply": len(neg_t)})
     locators = {}
     if read_at == "subject":
-        H_f, H_r, H_t, locators = _subject_states(adapter, (f_txt, f_im), (r_txt, r_im), (t_txt, t_im), subjects,
-                                                  layers, batch_size)
+        generic = list(comply if comply is not None else default_refusal_prompts()[1])
+        generic = [g for g in generic if isinstance(g, str)]
+        H_f, H_r, H_t, locators, n_gr, n_gt = _subject_states(adapter, (f_txt, f_im), (r_txt, r_im),
+                                                               (t_txt, t_im), subjects, layers, batch_size, generic)
+        fact_meta.update(n_generic_retain=n_gr, n_generic_tune=n_gt)
     else:
         H_f = collect_activations(adapter, f_txt, f_im, **kw)
         H_r = collect_activations(adapter, r_txt, r_im, **kw)
@@ -323,7 +341,9 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
         if families and len(set(families.values())) > 1:  # facts in several forms: hold out a form at a time
             def fam(txt, im):
                 return [families.get((t, im is not None and im[i] is not None)) for i, t in enumerate(txt)]
-            groups = (fam(f_txt, f_im), fam(r_txt, r_im), fam(t_txt, t_im))
+            # generic prompts (located reads of subject-less prompts) belong to no family: always fitted, never a fold
+            groups = (fam(f_txt, f_im), fam(r_txt, r_im) + [None] * fact_meta.get("n_generic_retain", 0),
+                      fam(t_txt, t_im) + [None] * fact_meta.get("n_generic_tune", 0))
         steerer = choose_gate(H_f, H_r, H_t, direction, layers, gammas, alpha, margin, floor_quantile,
                               groups=groups)
         if locators:
