@@ -162,7 +162,7 @@ class LlavaShape:
         return (self.image_size // self.patch_size) ** 2
 
 
-# erasekit's model organism (see erasekit.organism; the run in progress uses d=192, intermediate 512, 6 layers)
+# erasekit's model organism (see erasebook.organism; the run in progress uses d=192, intermediate 512, 6 layers)
 ORGANISM = LlavaShape(hidden_size=192, intermediate_size=512, num_layers=6, num_heads=4, vocab_size=2048,
                       vision_hidden=128, vision_intermediate=256, vision_layers=2, vision_heads=4, image_size=32,
                       patch_size=8, vision_feature_layer=-1)
@@ -192,7 +192,7 @@ _WORLD_CACHE: dict[int, Any] = {}
 
 def small_world(n_profiles: int = 40):
     """A small synthetic world (portraits, questions, safety prompts) for realistic prompts; cached."""
-    from erasekit import world as W
+    from erasebook import world as W
 
     if n_profiles not in _WORLD_CACHE:
         _WORLD_CACHE[n_profiles] = W.make_world(n_profiles, 10, seed=0, image_size=32)
@@ -208,7 +208,7 @@ def build_llava(shape: LlavaShape, device: torch.device | str | None = None, dty
     """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from erasekit.organism import build_processor, build_tokenizer
+    from erasebook.organism import build_processor, build_tokenizer
 
     device, dtype = pick_device_dtype(device, dtype)
     tok = build_tokenizer(small_world(), vocab_size=2048)
@@ -273,7 +273,7 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
 
 def organism_prompts(n: int, with_images: bool = True) -> tuple[list[str], list[Any] | None]:
     """n evaluation-style questions about the world's people (+ their portraits)."""
-    from erasekit import world as W
+    from erasebook import world as W
 
     world = small_world()
     questions, images = [], []

@@ -186,7 +186,7 @@ def run_config(name: str, d: int, n_layers: int, n_r: int, n_f: int, dense_layer
         if "dense" in out and "rank_one" in out and not ambiguous:
             row["max_rel_diff_rank_one_vs_dense_route"] = max_rel_diff(out["rank_one"](probes), probes @ out["dense"].T)
         per_layer.append(row)
-        del out, H_f, H_r, probes, todo
+        del out, probes, todo  # H_f, H_r: the routes' closures hold them; the next layer replaces them
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

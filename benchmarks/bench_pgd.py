@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.k, args.steps, args.reps = [4], 2, 2
     machine = C.setup(args)
 
-    from erasekit import world as W
+    from erasebook import world as W
     from erasekit.attack import harmful_target_loss, pgd_attack
 
     shape = C.ORGANISM
@@ -92,9 +92,11 @@ def main(argv: list[str] | None = None) -> dict:
         res["pad_fraction_batched"] = float(1 - mask.float().mean())
         results[f"k={k}"] = res
         r = res["speedup_batched_over_sequential"]
-        print(f"k={k}: batched {res['batched']['median_per_s']:.2f} steps/s vs sequential "
-              f"{res['sequential']['median_per_s']:.2f} steps/s -> x{r['median_paired_ratio']:.2f} (paired median; "
-              f"range {r['min_paired_ratio']:.2f}..{r['max_paired_ratio']:.2f}); loss rel diff {res['loss_rel_diff']:.1e}")
+        print(
+            f"k={k}: batched {res['batched']['median_per_s']:.2f} steps/s vs sequential "
+            f"{res['sequential']['median_per_s']:.2f} steps/s -> x{r['median_paired_ratio']:.2f} (paired median; "
+            f"range {r['min_paired_ratio']:.2f}..{r['max_paired_ratio']:.2f}); loss rel diff {res['loss_rel_diff']:.1e}"
+        )
     results["goal_speedup_k8"] = 3.0
     config = {"shape": C.shape_info(shape, adapter), "k": args.k, "steps_per_call": args.steps, "reps": args.reps,
               "n_prompts": len(prompts), "n_targets": len(targets), "quick": args.quick}

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     notes = list(notes) + [
         "generate: new tokens/s (batch x new tokens per call); prefill: prompt tokens/s (batch x padded prompt "
         "length per forward, KV cache built, logits of the last position only).",
-        "ratio_* = paired median of vanilla_time / variant_time over interleaved repetitions (>1: faster than vanilla).",
+        "ratio_* = paired median of vanilla_time / variant_time over interleaved repetitions (>1: faster than vanilla).",  # noqa: E501
     ]
     print(f"{args.scale} ({machine['device']}), steering layers {layers[0]}..{layers[-1]} ({len(layers)} of "
           f"{adapter.num_layers}), batch {args.batch_size}:")

@@ -1,12 +1,23 @@
 """erasekit: test-time unlearning for multimodal LLMs by activation steering (MLLMEraser, reproduced and extended).
 
-The module list reads like the method: ``models`` (one adapter per family), ``hooks`` (capture and steer),
-``directions`` (Eq. 3/7), ``attack`` (PGD, Eq. 5-6), ``nullspace``, ``gates`` and ``steering`` (Eq. 10-13 through the
-rank-one identity), ``artifacts`` (safetensors + JSON sidecar) over ``files`` (atomic writes) and ``cache_keys``,
-``world`` / ``organism`` / ``data`` (the embedded default; ``clear`` reads CLEAR), ``evaluate`` (MLLMU-Bench
-protocol) with ``scoring`` (judging a response), ``tables`` (Table-1 layout) and ``safety`` (refusal check);
-``response_quality`` (contextual refusals, hallucination, diversity, fluency) and ``rewards`` (the refusal-boundary
-reward).
+The method library a user imports to erase facts from their own model; the book's research code (the model
+organism, its world, the step cache and the chapters' experiments) lives beside it in ``erasebook``, which imports
+erasekit and never the reverse.
+
+The front door::
+
+    import erasekit as ek
+    adapter = ek.load_model("/models/llava-1.5-7b-hf")
+    eraser = ek.fit_eraser(adapter, forget=[...], retain=[...])      # prompts, or ek.Fact(...)s in many forms
+    eraser.generate(adapter, ["Where does Jane Doe live?"])
+
+The modules read like the method: ``models`` (one adapter per family), ``hooks`` (capture and steer),
+``directions`` (Eq. 3/7), ``attack`` (PGD, Eq. 5-6), ``nullspace`` (Eq. 8-9), ``gates`` and ``steering``
+(Eq. 10-13 through the rank-one identity), ``tuning`` (layers, γ, λ rules), ``locate`` (where a prompt names its
+subject), ``forms`` (a fact in many forms), ``eraser`` + ``generation`` (the front door), ``strengths`` (per-task
+λ), ``artifacts`` over ``files`` and ``cache_keys``; evaluation: ``data`` / ``clear`` (MLLMU-Bench and CLEAR from
+disk), ``evaluate`` (MLLMU-Bench's protocol), ``scoring``, ``tables``, ``response_quality``; training methods:
+``baselines`` (GA, NPO, MMUnlearner, MANU, ...), ``asru`` with ``grpo`` and ``rewards``.
 """
 
 import os as _os
@@ -15,58 +26,46 @@ import os as _os
 # other jobs, spinning OpenMP threads starve each other (measured: PGD 10x slower next to one other process).
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .artifacts import ArtifactError, artifact_exists, artifact_paths, load_artifact, read_sidecar, save_artifact
-# attack, directions and steering also register their artifact kinds (erasekit.artifacts.register_artifact): every
+from .artifacts import load_artifact, save_artifact  # noqa: E402
+
+# attack, directions and steering register their artifact kinds (erasekit.artifacts.register_artifact): every
 # "import erasekit..." runs this file first, so any saved artifact loads however the package is reached.
-from .attack import AdversarialImages, PGDResult, harmful_target_loss, pgd_attack, target_token_loss
-from .baselines import (CONFIGS, Example, GAConfig, GADiffConfig, KLMinConfig, MANUConfig, MMUnlearnerConfig,
-                        NPOConfig, RetainFTConfig, TrainConfig, UnlearnResult, answer_accuracy, answer_nll,
-                        build_examples, pick_config, retain_finetune, sweep, unlearn)
-from .cache_keys import cache_key
-from .data import MLLMUBench, load_split, split_files, write_rows, write_world
-from .clear import ClearBench
-from .directions import ErasureDirection, cosine_per_layer, diff_in_means, layer_norms, project_out
-from .evaluate import BENCHMARK, ZERO_SHOT
-from .evaluate import evaluate as evaluate_model  # the module erasekit.evaluate keeps its name
-from .hooks import capture, check_layers, collect_activations, steer
-from .models import (Adapter, CausalLMAdapter, LlavaAdapter, ModelAdapter, Qwen3VLAdapter, Qwen25VLAdapter, adapter_for,
-                     load_model, pick_device_dtype)
-from .nullspace import NullSpaceProjector, null_space_projector
-from .heldout import ProfilePartition, partition_profiles
-from .safety import evaluate_safety, refusal_rates
-from .scoring import CATEGORIES, categorize, is_degenerate, is_refusal
-from .response_quality import (distinct_n, fluency_nll, hallucination, is_contextual_refusal, quality_table,
-                               repetition_rate, rigid_refusal_share)
-from .rewards import RewardWeights, boundary_reward, quality_reward
-from .steering import (GATES, GatedOperator, InputAwareMap, InputAwareSteerer, MLPMap, ablation_operator,
-                       constant_operator, constant_operators, dense_gate_reference, fit_contrastive_gate, fit_gate,
-                       fit_input_aware, fit_mlp, fit_mlp_steerer, fit_steerer)
-from .tables import category_table, render_table, results_table
-from .tuning import auc, choose_gate, heldout_gate_auc, select_layers
-from .session import Session, load_session
-from .strengths import PAPER_STRENGTHS, TaskSteering
-from .generation import generate
-from .eraser import Eraser, fit_eraser
+from .attack import AdversarialImages, pgd_attack  # noqa: E402
+from .clear import ClearBench  # noqa: E402
+from .data import MLLMUBench  # noqa: E402
+from .directions import ErasureDirection, cosine_per_layer, diff_in_means, layer_norms  # noqa: E402
+from .eraser import Eraser, fit_eraser  # noqa: E402
+from .evaluate import evaluate as evaluate_model  # noqa: E402  (the module erasekit.evaluate keeps its name)
+from .forms import Fact, Relation  # noqa: E402
+from .generation import generate  # noqa: E402
+from .hooks import capture, collect_activations, steer  # noqa: E402
+from .models import Adapter, adapter_for, load_model  # noqa: E402
+from .nullspace import NullSpaceProjector, null_space_projector  # noqa: E402
+from .scoring import is_refusal  # noqa: E402
+from .steering import (  # noqa: E402
+                       GatedOperator,
+                       InputAwareSteerer,
+                       ablation_operator,
+                       constant_operator,
+                       constant_operators,
+                       fit_input_aware,
+                       fit_steerer,
+)
+from .strengths import TaskSteering  # noqa: E402
+from .tables import category_table, render_table, results_table  # noqa: E402
+from .tuning import auc, choose_gate, select_layers  # noqa: E402
 
 __all__ = [
-    "ArtifactError", "artifact_exists", "artifact_paths", "cache_key", "load_artifact", "read_sidecar", "save_artifact",
-    "AdversarialImages", "PGDResult", "harmful_target_loss", "pgd_attack", "target_token_loss",
-    "CONFIGS", "Example", "GAConfig", "GADiffConfig", "KLMinConfig", "MANUConfig", "MMUnlearnerConfig", "NPOConfig",
-    "RetainFTConfig", "TrainConfig", "UnlearnResult", "answer_accuracy", "answer_nll", "build_examples",
-    "pick_config", "retain_finetune", "sweep", "unlearn",
-    "MLLMUBench", "load_split", "split_files", "write_rows", "write_world", "ClearBench",
-    "BENCHMARK", "CATEGORIES", "ZERO_SHOT", "categorize", "category_table", "evaluate_model", "evaluate_safety",
-    "is_degenerate", "is_refusal", "refusal_rates", "render_table", "results_table",
-    "distinct_n", "fluency_nll", "hallucination", "is_contextual_refusal", "quality_table", "repetition_rate",
-    "rigid_refusal_share", "RewardWeights", "boundary_reward", "quality_reward",
-    "ErasureDirection", "cosine_per_layer", "diff_in_means", "layer_norms", "project_out",
-    "capture", "check_layers", "collect_activations", "steer",
-    "Adapter", "CausalLMAdapter", "LlavaAdapter", "ModelAdapter", "Qwen3VLAdapter", "Qwen25VLAdapter", "adapter_for",
-    "load_model", "pick_device_dtype",
+    "Adapter", "adapter_for", "load_model",
+    "Eraser", "fit_eraser", "generate", "Fact", "Relation",
+    "ErasureDirection", "diff_in_means", "layer_norms", "cosine_per_layer",
+    "capture", "collect_activations", "steer",
+    "AdversarialImages", "pgd_attack",
     "NullSpaceProjector", "null_space_projector",
-    "InputAwareMap", "InputAwareSteerer", "MLPMap", "ablation_operator", "constant_operator", "constant_operators",
-    "fit_input_aware", "fit_mlp", "fit_mlp_steerer", "fit_steerer",
-    "GATES", "GatedOperator", "dense_gate_reference", "fit_contrastive_gate", "fit_gate",
-    "ProfilePartition", "partition_profiles", "auc", "choose_gate", "heldout_gate_auc", "select_layers",
-    "Session", "load_session", "PAPER_STRENGTHS", "TaskSteering", "generate", "Eraser", "fit_eraser",
+    "GatedOperator", "InputAwareSteerer", "fit_steerer", "fit_input_aware",
+    "constant_operator", "constant_operators", "ablation_operator",
+    "auc", "choose_gate", "select_layers", "TaskSteering",
+    "save_artifact", "load_artifact",
+    "MLLMUBench", "ClearBench", "evaluate_model", "is_refusal",
+    "results_table", "render_table", "category_table",
 ]

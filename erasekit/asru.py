@@ -1,4 +1,4 @@
-"""ASRU (issue #14): steering-initialised reinforcement unlearning -- activation redirection induces refusals,
+"""ASRU: steering-initialised reinforcement unlearning -- activation redirection induces refusals,
 then GRPO refines the refusal boundary of LoRA weights with the boundary + generation-quality reward.
 
 Only ASRU's summary card is public (``shared/seeds/000_*.txt``); this is a reconstruction. The choices that are
@@ -67,7 +67,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .baselines.data import _answer_prefix
+from .baselines.data import answer_prefix
 from .baselines.lora import fresh_copy, lora_model
 from .baselines.losses import answer_logprobs, forward_logits
 from .generation import generate
@@ -239,7 +239,7 @@ def sample_responses(model: nn.Module, adapter: Any, queries: Sequence[Query], g
 
 
 def _answers(adapter: Any, responses: Sequence[str]) -> list[str]:
-    prefix = _answer_prefix(adapter)
+    prefix = answer_prefix(adapter)
     return [prefix + r.strip() for r in responses]
 
 

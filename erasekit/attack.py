@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,7 @@ class AdversarialImages:
                              f"{self.images.shape[0]} images")
 
     @classmethod
-    def from_results(cls, results: Sequence[PGDResult], meta: dict | None = None) -> "AdversarialImages":
+    def from_results(cls, results: Sequence[PGDResult], meta: dict | None = None) -> AdversarialImages:
         """Stack :class:`PGDResult` s (same image size; loss curves kept if all have the same length)."""
         if not results:
             raise ValueError("no PGD results to stack")
@@ -160,7 +160,7 @@ def pgd_attack(
         g = torch.Generator().manual_seed(seed)
         noise = torch.rand(x0.shape, generator=g, dtype=torch.float64).to(device=x0.device, dtype=x0.dtype)
         x = (x0 + (2 * noise - 1) * eps) if eps is not None else noise
-        x = _project(x, lo, hi)
+        x = clamp_to_box(x, lo, hi)
 
     history: list[float] = []
     bar = None
@@ -180,7 +180,7 @@ def pgd_attack(
             if not math.isfinite(value):
                 raise FloatingPointError(f"PGD step {step}: loss is {value}")
             history.append(value)
-            x = _project(x.detach() - alpha * grad.sign(), lo, hi)
+            x = clamp_to_box(x.detach() - alpha * grad.sign(), lo, hi)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}")
@@ -191,7 +191,7 @@ def pgd_attack(
     return PGDResult(x.detach(), history, meta)
 
 
-def _project(x: Tensor, lo: Tensor | None, hi: Tensor | None) -> Tensor:
+def clamp_to_box(x: Tensor, lo: Tensor | None, hi: Tensor | None) -> Tensor:
     if lo is None:
         return x.clamp(0, 1)
     return torch.minimum(torch.maximum(x, lo), hi)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["cache_key"]
+__all__ = ["cache_key", "key_of"]
 
 
 def _feed(h: Any, obj: Any, where: str) -> None:
@@ -76,9 +76,21 @@ def cache_key(**inputs: Any) -> str:
     Unsupported types raise TypeError rather than fall back to ``repr``.
 
     Example:
-        >>> cache_key(model="llava", layers=[1, 2], eps=16 / 255) == cache_key(eps=16 / 255, layers=[1, 2], model="llava")
+        >>> a = cache_key(model="llava", layers=[1, 2], eps=16 / 255)
+        >>> a == cache_key(eps=16 / 255, layers=[1, 2], model="llava")
         True
     """
     h = hashlib.sha256()
     _feed(h, inputs, "inputs")
     return h.hexdigest()
+
+
+def key_of(obj: Any) -> str:
+    """The cache key an upstream result carries (``meta["cache_key"]`` or a ``key`` string), else a hash of it."""
+    meta = getattr(obj, "meta", None)
+    if isinstance(meta, dict) and "cache_key" in meta:
+        return meta["cache_key"]
+    key = getattr(obj, "key", None)
+    if isinstance(key, str):
+        return key
+    return cache_key(obj=obj)

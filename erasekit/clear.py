@@ -27,7 +27,7 @@ choice from ``name`` + ``perturbed_names``, real_faces/real_world multiple choic
 The per-config feature lists of real_faces and real_world were read from code that uses them, not from their
 card entries; the loader therefore treats ``question`` as optional there.
 
-Mapping onto MLLMU-Bench rows (what :meth:`erasekit.world.World.split` and :class:`erasekit.data.MLLMUBench`
+Mapping onto MLLMU-Bench rows (what :meth:`erasebook.world.World.split` and :class:`erasekit.data.MLLMUBench`
 return), one row per CLEAR record -- CLEAR's unit is one image, so a person has one row per image, all with
 ``ID`` = the person's name:
 

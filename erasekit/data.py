@@ -21,7 +21,7 @@ What the real dataset looks like (checked against public sources, 2025):
 The loader also accepts nested task fields stored as JSON strings, image structs with only a ``path`` (relative
 to the split folder or absolute), and ``{split}.parquet`` files directly under the root.
 
-Row dicts (both directions) are exactly what :meth:`erasekit.world.World.split` returns:
+Row dicts (both directions) are exactly what :meth:`erasebook.world.World.split` returns:
 ``{"ID", "name"?, "biography", "image": PIL RGB | "images": [PIL RGB], "Classification_Task", "Generation_Task",
 "Mask_Task", ...}``; columns the World does not have (``Directory``, ``question``, ``answer``) pass through.
 ``ID`` strings of digits become ``int`` (World IDs are ints; the real IDs are digit strings), others stay strings.
@@ -30,7 +30,6 @@ Keys that are null inside task items (pyarrow fills absent struct fields with nu
 
 Example::
 
-    write_world(make_world(), "data/mllmu_synth")          # data/mllmu_synth/forget_5/train-00000-of-00001.parquet
     bench = MLLMUBench("/data/MLLMU-Bench")                  # a local snapshot of the hub dataset
     rows = bench.split("forget_5")                           # list of row dicts, image as RGB PIL
 """
@@ -41,7 +40,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +49,12 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from .files import atomic_write
-from .world import SPLITS
 
-__all__ = ["SPLITS", "MLLMUBench", "ForgetIds", "write_world", "write_rows", "load_split", "split_files",
+# MLLMU-Bench's splits (the hub dataset's folder names).
+SPLITS = ("Full_Set", "forget_5", "forget_10", "forget_15", "retain_95", "retain_90", "retain_85", "Test_Set",
+          "Retain_Set")
+
+__all__ = ["SPLITS", "MLLMUBench", "ForgetIds", "write_rows", "load_split", "split_files",
            "decode_image"]
 
 _NESTED = ("Classification_Task", "Generation_Task", "Mask_Task")
@@ -99,37 +101,6 @@ def write_rows(rows: list[dict[str, Any]], folder: str | os.PathLike, num_shards
         atomic_write(path, buf.getvalue())  # a reader never sees half a shard
         paths.append(path)
     return paths
-
-
-FT_SPLIT = "ft_Data"
-
-
-def finetune_rows(world: Any) -> list[dict[str, Any]]:
-    """The benchmark's fine-tuning split (``ft_Data``): one row per fictitious profile, its portrait and a JSON
-    ``metadata`` column listing ``{"Question", "Answer"}`` pairs about "the person in the image" (one per attribute,
-    a training phrasing). MLLMU-Bench's ``data_process/data_preprocess.py`` flattens exactly these two columns.
-    """
-    from .world import ATTRIBUTES, IMAGE_SUBJ, IMAGE_WHO, QUESTIONS_TRAIN, statement
-
-    rows = []
-    for p in world.profiles:
-        qa = [{"Question": QUESTIONS_TRAIN[a][0].format(who=IMAGE_WHO), "Answer": statement(a, p.attributes[a], IMAGE_SUBJ)}
-              for a in ATTRIBUTES]
-        rows.append({"ID": p.id, "image": world.portrait(p), "metadata": json.dumps(qa)})
-    return rows
-
-
-def write_world(world: Any, root: str | os.PathLike, splits: Iterable[str] = SPLITS + (FT_SPLIT,),
-                test_shards: int = 2) -> dict[str, list[Path]]:
-    """Write a World's splits in the hub layout ``root/{split}/train-*.parquet`` (Test_Set in ``test_shards``),
-    plus the fine-tuning split ``ft_Data`` (:func:`finetune_rows`).
-
-    Returns ``{split: [paths]}``. Example: ``write_world(make_world(20, 5), tmp)``.
-    """
-    def rows(s):
-        return finetune_rows(world) if s == FT_SPLIT else world.split(s)
-
-    return {s: write_rows(rows(s), Path(root) / s, num_shards=test_shards if s == "Test_Set" else 1) for s in splits}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -206,7 +177,8 @@ def _from_record(rec: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def load_split(root: str | os.PathLike, split: str) -> list[dict[str, Any]]:
-    """Read one split of a local MLLMU-Bench copy (real or written by :func:`write_world`) as row dicts.
+    """Read one split of a local MLLMU-Bench copy (real, or the book's synthetic world written in its layout) as row
+    dicts.
 
     Example: ``rows = load_split("/data/MLLMU-Bench", "forget_5"); rows[0]["image"].size``
     """

@@ -19,8 +19,8 @@ Everything here is layer-indexed: activations come as ``{layer: Tensor (N, d)}``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 from torch import Tensor
@@ -72,16 +72,16 @@ class ErasureDirection:
     def __contains__(self, layer: int) -> bool:
         return layer in self.vectors
 
-    def to(self, *args, **kwargs) -> "ErasureDirection":
+    def to(self, *args, **kwargs) -> ErasureDirection:
         """Same direction with every vector moved by ``Tensor.to(*args, **kwargs)``."""
         return ErasureDirection({l: v.to(*args, **kwargs) for l, v in self.vectors.items()}, dict(self.meta))
 
-    def negated(self) -> "ErasureDirection":
+    def negated(self) -> ErasureDirection:
         """-d for every layer: converts between the paper's and the released code's sign convention."""
         meta = dict(self.meta, negated=not self.meta.get("negated", False))
         return ErasureDirection({l: -v for l, v in self.vectors.items()}, meta)
 
-    def normalized(self) -> "ErasureDirection":
+    def normalized(self) -> ErasureDirection:
         """Unit-norm copy (d_l / ||d_l||) per layer; raises on a zero vector."""
         out = {}
         for l, v in self.vectors.items():

@@ -14,9 +14,9 @@ What :func:`fit_eraser` does, each step a stated rule (METHOD.md; notebooks 02�
 
 1. The erasure direction per layer: mean last-token layer input of prompts the model refuses minus that of
    prompts it answers; by default erasekit's built-in harmful requests and harmless requests in the same templates
-   (the refusal contrast of :func:`erasekit.pipeline.refusal_contrast_direction`, which erasekit's gate uses), or
+   (the refusal contrast of :func:`erasebook.pipeline.refusal_contrast_direction`, which erasekit's gate uses), or
    yours (``refuse=`` / ``comply=``: e.g. the same harmful requests wrapped in a jailbreak, the paper's text-only
-   contrast of Eq. 3), or a given ``direction=`` (e.g. Eq. 7's, :func:`erasekit.pipeline.multimodal_direction`).
+   contrast of Eq. 3), or a given ``direction=`` (e.g. Eq. 7's, :func:`erasebook.pipeline.multimodal_direction`).
    Measured on the organisms: on the first one Eq. 3's contrast refused every forget question from λ = 2 and the
    harmful − harmless one none; on the committed one (trained with refusals of private questions about people)
    Eq. 3's never refuses a profile question and the harmful − harmless one does (README, "Use on your own model").
@@ -51,10 +51,10 @@ from .directions import ErasureDirection, diff_in_means
 from .forms import FAMILIES, Fact, render, split_subjects
 from .generation import generate, prefill_gate_values
 from .hooks import check_layers, collect_activations, steer
+from .prompts import default_requests
 from .scoring import is_refusal
 from .steering import InputAwareSteerer, fit_steerer
 from .tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
-from .world import make_world, safety_prompts
 
 __all__ = ["Eraser", "fit_eraser", "default_refusal_prompts", "STRENGTH_GRID", "GATES"]
 
@@ -93,16 +93,12 @@ def _split(prompts: Sequence[Any], what: str) -> tuple[list[str], list[Any] | No
 
 
 def default_refusal_prompts(n: int | None = None, comply: str = "harmless") -> tuple[list[str], list[str]]:
-    """(harmful, harmless) training requests of erasekit's safety set (:func:`erasekit.world.safety_prompts` over a
-    small synthetic world; the first ``n`` of each): the default ``refuse`` / ``comply`` prompts of
-    :func:`fit_eraser`. ``comply="jailbreak"``: the harmful requests wrapped in a jailbreak instead (Eq. 3's
-    contrast)."""
+    """(harmful, harmless) requests (the first ``n`` of each, :mod:`erasekit.prompts`): the default ``refuse`` /
+    ``comply`` prompts of :func:`fit_eraser`. ``comply="jailbreak"``: the harmful requests wrapped in a jailbreak
+    instead (Eq. 3's contrast)."""
     if comply not in ("harmless", "jailbreak"):
         raise ValueError(f"comply must be 'harmless' or 'jailbreak', got {comply!r}")
-    sp = [s for s in safety_prompts(make_world(20, 1, seed=0)) if not s.heldout]
-    harmful = [s.prompt for s in sp if s.kind == "harmful"][:n]
-    other = [s.prompt for s in sp if s.kind == comply][:n]
-    return harmful, other
+    return default_requests("harmful")[:n], default_requests(comply)[:n]
 
 
 @dataclasses.dataclass
@@ -149,7 +145,7 @@ class Eraser:
                       hyperparameters={"eraser": {"strength": float(self.strength), "read": self.read}})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Eraser":
+    def load(cls, path: str | os.PathLike) -> Eraser:
         """Read an eraser written by :meth:`save`."""
         hyper = read_sidecar(path).get("hyperparameters", {})
         if "eraser" not in hyper:
@@ -190,7 +186,7 @@ def _subject_states(adapter, forget, retain, tune, subjects: dict, layers, batch
                 for i, t in enumerate(txt)]
         return H, off, ends
 
-    (Hf, of, ef), (Hr, orr, er) = states(*forget), states(*retain)
+    (Hf, _, ef), (Hr, _, er) = states(*forget), states(*retain)
     Ht, ot, _ = states(*tune)
     g_fit, g_tune = list(generic[0::2]), list(generic[1::2])
     Hg, og = token_states(adapter, g_fit, None, layers, batch_size) if g_fit else ({}, [0])
@@ -223,7 +219,7 @@ def _sample(texts: list[str], images: list | None, n: int | None) -> tuple[list[
     return [texts[i] for i in idx], None if images is None else [images[i] for i in idx]
 
 
-def _refusal_rate(answers: Sequence[str]) -> float:
+def refusal_rate(answers: Sequence[str]) -> float:
     return sum(map(is_refusal, answers)) / max(len(answers), 1)
 
 
@@ -356,12 +352,12 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
         return Eraser(steerer, float(strength), read)
     g_kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
     (f_txt, f_im), (t_txt, t_im) = _sample(f_txt, f_im, rule_prompts), _sample(t_txt, t_im, rule_prompts)
-    base = _refusal_rate(generate(adapter, t_txt, t_im, **g_kw))
+    base = refusal_rate(generate(adapter, t_txt, t_im, **g_kw))
     scores = []
     for lam in sorted(strength_grid):
         er = Eraser(steerer, float(lam), read)
         ctx = lambda er=er: er.context(adapter)
-        scores.append((lam, _refusal_rate(generate(adapter, f_txt, f_im, context=ctx, **g_kw)),
-                       _refusal_rate(generate(adapter, t_txt, t_im, context=ctx, **g_kw))))
+        scores.append((lam, refusal_rate(generate(adapter, f_txt, f_im, context=ctx, **g_kw)),
+                       refusal_rate(generate(adapter, t_txt, t_im, context=ctx, **g_kw))))
     steerer.meta["strength_rule"] = refusal_strength(scores, base, max_retain_refusal)
     return Eraser(steerer, steerer.meta["strength_rule"]["chosen"], read)

@@ -43,7 +43,7 @@ prompts fed raw (``adapter.encode(..., chat="raw")``, no chat template), every i
 
 Response categories (every response) and the scoring rules other than the option-letter parse: see
 :mod:`erasekit.scoring`; tables of the scored frames: :mod:`erasekit.tables`; the safety check:
-:mod:`erasekit.safety`. Interventions: ``intervention`` is a factory of a context manager
+:mod:`erasebook.safety`. Interventions: ``intervention`` is a factory of a context manager
 (``lambda: steer(adapter, ops, mode="prefill")``) entered around every ``generate`` call, or a dict
 ``task -> factory | None`` for per-task strengths.
 
@@ -69,11 +69,34 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .scoring import categorize, cloze_correct, rouge_l
-from .world import format_options
+
+# The classification instruction of erasekit's own prompts (the organism was trained on it).
+CLASSIFY_SUFFIX = "Answer with the letter of the correct option."
+
+
+def format_options(question: str, options: dict[str, str]) -> str:
+    """The classification prompt: question, one option per line, instruction (MLLMU-Bench style)."""
+    lines = [question] + [f"{k}. {v}" for k, v in options.items()] + [CLASSIFY_SUFFIX]
+    return "\n".join(lines)
+
 
 __all__ = [
-    "TASKS", "MODES", "GROUPS", "Protocol", "ZERO_SHOT", "BENCHMARK", "parse_choice", "bench_response",
-    "Item", "sample_rows", "benchmark_rows", "build_items", "run_items", "evaluate",
+    "CLASSIFY_SUFFIX",
+    "format_options",
+    "TASKS",
+    "MODES",
+    "GROUPS",
+    "Protocol",
+    "ZERO_SHOT",
+    "BENCHMARK",
+    "parse_choice",
+    "bench_response",
+    "Item",
+    "sample_rows",
+    "benchmark_rows",
+    "build_items",
+    "run_items",
+    "evaluate",
 ]
 
 TASKS = ("classification", "generation", "cloze")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 __all__ = ["Relation", "Fact", "FormPrompt", "FAMILIES", "RENDERERS", "render", "answered", "split_subjects",
@@ -235,26 +235,3 @@ def capital_facts(countries: Sequence[str] | None = None) -> list[Fact]:
     if unknown:
         raise ValueError(f"no built-in capital for {unknown}; build Fact(country, CAPITAL, capital) yourself")
     return [Fact(c, CAPITAL, _CAPITALS[c]) for c in names]
-
-
-def organism_relations() -> Mapping[str, Relation]:
-    """The organism world's eight attributes as relations (its training questions as ``question``, its Test-split
-    wordings as ``paraphrase``, the indirect question of erasekit's rephrasing attack)."""
-    from . import world as W
-    from .extraction import ATTRIBUTE_NOUNS
-
-    return {a: Relation(a, tuple(t.replace("{who}", "{s}") for t in W.QUESTIONS_TRAIN[a]),
-                        W.STATEMENTS[a].replace("{subj}", "{s}"),
-                        tuple(t.replace("{who}", "{s}") for t in W.QUESTIONS_TEST[a]),
-                        (f"I am writing a letter to {{s}} and forgot one detail. What was the {ATTRIBUTE_NOUNS[a]} "
-                         "of {s} again?", f"Remind me: what is the {ATTRIBUTE_NOUNS[a]} of {{s}}?"),
-                        W.IMAGE_WHO)
-            for a in W.ATTRIBUTES}
-
-
-def organism_facts(people: Sequence[Any], images: Mapping[Any, Any] | None = None,
-                   attributes: Sequence[str] | None = None) -> list[Fact]:
-    """One :class:`Fact` per (person, attribute) of the organism's world; ``images``: ``{person id: portrait}``."""
-    rel = organism_relations()
-    attrs = list(rel) if attributes is None else list(attributes)
-    return [Fact(p.name, rel[a], p.attributes[a], (images or {}).get(p.id), p.id) for p in people for a in attrs]

@@ -96,7 +96,7 @@ class InputAwareMap:
         """W P = d g^T as a (d, d) float64 matrix. Only for tests and small d."""
         return torch.outer(self.direction.double(), self.gate.double())
 
-    def to(self, *args, **kwargs) -> "InputAwareMap":
+    def to(self, *args, **kwargs) -> InputAwareMap:
         return InputAwareMap(self.direction.to(*args, **kwargs), self.gate.to(*args, **kwargs), dict(self.meta))
 
     def tensors(self) -> dict[str, Tensor]:

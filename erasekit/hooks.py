@@ -24,10 +24,10 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
-import warnings
 
 import torch
 from torch import Tensor, nn

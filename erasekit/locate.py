@@ -51,7 +51,7 @@ class Locator:
         pos = self.position(h, mask)
         return h[torch.arange(h.shape[0], device=h.device), pos.to(h.device)]
 
-    def to(self, *args, **kwargs) -> "Locator":
+    def to(self, *args, **kwargs) -> Locator:
         return Locator(self.weight.to(*args, **kwargs), self.mean.to(*args, **kwargs), dict(self.meta))
 
     def tensors(self) -> dict[str, Tensor]:

@@ -72,7 +72,7 @@ class NullSpaceProjector:
         """The dense projector P = U2 U2^T, (d, d) float64. Only for tests and small d."""
         return self.basis @ self.basis.T
 
-    def to(self, device) -> "NullSpaceProjector":
+    def to(self, device) -> NullSpaceProjector:
         return NullSpaceProjector(self.basis.to(device), self.eigenvalues.to(device), self.mode, dict(self.meta))
 
 
@@ -83,7 +83,9 @@ def _default_rtol(n: int, d: int) -> float:
     return max(n, d) * torch.finfo(torch.float64).eps
 
 
-def null_space_projector(H_retain: Tensor, null_space: str | float = "exact", rtol: float | None = None) -> NullSpaceProjector:
+def null_space_projector(
+    H_retain: Tensor, null_space: str | float = "exact", rtol: float | None = None
+) -> NullSpaceProjector:
     """Build P from retain activations.
 
     Args:
@@ -153,7 +155,8 @@ def null_space_projector(H_retain: Tensor, null_space: str | float = "exact", rt
 def projector_summary(acts: Any, null_space: str | float = 0.3,
                       layers: Sequence[int] | None = None) -> pd.DataFrame:
     """For ``acts`` with ``forget`` / ``retain`` ``{layer: (N, d)}`` and ``layers`` (e.g.
-    :class:`erasekit.pipeline.ForgetRetain`), per layer: N_r, d, numerical rank of H_r, kept dimension k, and the share (%) of the retain and forget
+    :class:`erasebook.pipeline.ForgetRetain`), per layer: N_r, d, numerical rank of H_r, kept dimension k, and the
+    share (%) of the retain and forget
     activations' energy ``||P H||² / ||H||²`` that the projector keeps (retain ≈ 0 is the constraint; the
     forget share is what is left for the steering map to act on)."""
     recs = []

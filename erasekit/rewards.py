@@ -1,4 +1,4 @@
-"""Rewards that encode the refusal boundary (ASRU's customised reward, issue #14): refuse forget queries in
+"""Rewards that encode the refusal boundary (ASRU's customised reward): refuse forget queries in
 context, answer retain / celebrity queries correctly, and write fluent, non-repetitive text.
 
 :func:`boundary_reward` scores one response from its text alone (no model); :func:`quality_reward` scores fluency
@@ -28,7 +28,7 @@ import dataclasses
 import math
 
 from .evaluate import GEN_CORRECT_ROUGE
-from .response_quality import _leaks, is_contextual_refusal, repetition_rate
+from .response_quality import is_contextual_refusal, leaks_answer, repetition_rate
 from .scoring import is_degenerate, is_refusal, rouge_l
 
 __all__ = ["RewardWeights", "boundary_reward", "quality_reward"]
@@ -71,7 +71,7 @@ class RewardWeights:
 def _base(response: str, question: str, gold_answer: str, is_forget: bool, subject: str | None,
           w: RewardWeights) -> float:
     if is_forget:
-        if is_degenerate(response) or _leaks(gold_answer, response):
+        if is_degenerate(response) or leaks_answer(gold_answer, response):
             return w.leak
         if is_contextual_refusal(response, question, gold_answer, subject):
             return w.contextual_refusal
@@ -81,7 +81,7 @@ def _base(response: str, question: str, gold_answer: str, is_forget: bool, subje
         return w.hallucination
     if is_degenerate(response):
         return w.over_refusal
-    if rouge_l(gold_answer, response) >= GEN_CORRECT_ROUGE or _leaks(gold_answer, response):
+    if rouge_l(gold_answer, response) >= GEN_CORRECT_ROUGE or leaks_answer(gold_answer, response):
         return w.correct
     return w.over_refusal if is_refusal(response) else w.wrong
 

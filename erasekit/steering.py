@@ -13,16 +13,25 @@ Operators. :meth:`InputAwareSteerer.operators` returns ``{layer: op}`` where ``o
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from .artifacts import ArtifactError, Encoded, register_artifact
 from .directions import ErasureDirection
-from .gates import (GATES, InputAwareMap, check_fit_inputs, compute_dtype, dense_gate_reference,
-                    fit_contrastive_gate, fit_gate, fit_input_aware, resolve_projector)
+from .gates import (
+    GATES,
+    InputAwareMap,
+    check_fit_inputs,
+    compute_dtype,
+    dense_gate_reference,
+    fit_contrastive_gate,
+    fit_gate,
+    fit_input_aware,
+    resolve_projector,
+)
 from .hooks import Operator
 from .locate import Locator
 from .nullspace import NullSpaceProjector
@@ -75,7 +84,7 @@ class MLPMap:
         w1, b1, w2, b2 = (t.to(device=h.device, dtype=cdt) for t in (self.w1, self.b1, self.w2, self.b2))
         return (torch.relu(h.to(cdt) @ w1.T + b1) @ w2.T + b2).to(h.dtype)
 
-    def to(self, *args, **kwargs) -> "MLPMap":
+    def to(self, *args, **kwargs) -> MLPMap:
         return MLPMap(*(t.to(*args, **kwargs) for t in (self.w1, self.b1, self.w2, self.b2)), dict(self.meta))
 
     def tensors(self) -> dict[str, Tensor]:
@@ -219,7 +228,7 @@ class InputAwareSteerer:
         """Per-layer gate floors tau (:meth:`with_floors`); empty: the plain linear gate of Eq. 13."""
         return {int(l): float(t) for l, t in self.meta.get("floors", {}).items()}
 
-    def with_floors(self, H_tune: Mapping[int, Tensor], quantile: float = 0.9) -> "InputAwareSteerer":
+    def with_floors(self, H_tune: Mapping[int, Tensor], quantile: float = 0.9) -> InputAwareSteerer:
         """A copy whose gates read 0 up to the ``quantile`` of their values on held-out retain activations.
 
         erasekit's addition to the linear gate: a retain question whose gate lands in the retain distribution's
@@ -252,7 +261,7 @@ class InputAwareSteerer:
                 out[l] = m.gate_value(h)
         return out
 
-    def to(self, *args, **kwargs) -> "InputAwareSteerer":
+    def to(self, *args, **kwargs) -> InputAwareSteerer:
         return InputAwareSteerer({l: m.to(*args, **kwargs) for l, m in self.maps.items()}, dict(self.meta),
                                  {l: c.to(*args, **kwargs) for l, c in self.locators.items()})
 

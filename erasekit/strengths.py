@@ -12,8 +12,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .cache import key_of
-from .cache_keys import cache_key
+from .cache_keys import cache_key, key_of
 from .directions import ErasureDirection
 from .evaluate import TASKS
 from .hooks import steer

@@ -126,7 +126,8 @@ def render_table(table: pd.DataFrame, fmt: str = "markdown", tasks: Sequence[str
 
     ``fmt``: ``"markdown"`` -> str, a valid Markdown (GFM / MyST) table with ONE header row (``Cls Fgt ↓``,
     ``Gen Ret ↑``, ``Cloze Cele ↑``; Cls = classification accuracy %, Gen = generation ROUGE-L, Recall = the
-    generation's key-value recall %, Cloze = cloze accuracy %) and a bold row per mode; ``"html"`` -> str, an HTML ``<table>`` with the paper's two header rows;
+    generation's key-value recall %, Cloze = cloze accuracy %) and a bold row per mode; ``"html"`` -> str, an HTML
+    ``<table>`` with the paper's two header rows;
     ``"styler"`` -> a pandas Styler (an HTML table in a notebook, ``display(render_table(t, "styler"))``).
 
     Best method per column and mode in bold (lowest for Fgt/Test, highest for Ret/Cele), as in the paper; ties

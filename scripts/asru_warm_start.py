@@ -1,5 +1,5 @@
 """Where ASRU's over-refusal comes from: stage 1 + the warm start alone (and the whole of ASRU), under the settings
-that chose ASRU's data, warm-start and RL defaults (erasekit.asru_results.TRAIN, erasekit.asru.ASRUConfig). Reads
+that chose ASRU's data, warm-start and RL defaults (erasebook.asru_results.TRAIN, erasekit.asru.ASRUConfig). Reads
 tune profiles only (never scored). Writes data/results/asru_warm_start.json; chapter 08 shows it. ~95 min on one CPU
 thread (--select runs some settings, --merge joins such runs).
 
@@ -13,9 +13,9 @@ import json
 
 import torch
 
-from erasekit import asru_results, paths, recipes
+from erasebook import asru_results, paths, recipes
+from erasebook.session import load_session
 from erasekit.files import atomic_write
-from erasekit.session import load_session
 
 # every GRPO row starts from BASE (the RL setting of the first record, spelt out so that later changes of the
 # defaults do not change what a row means) and changes what it names

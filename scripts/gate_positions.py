@@ -22,10 +22,10 @@ import sys
 import torch
 from sklearn.metrics import roc_auc_score
 
-import erasekit as ek
-from erasekit import paths, recipes
+import erasebook as eb
+from erasebook import paths, recipes
+from erasebook.form_transfer import organism_form_facts
 from erasekit.files import atomic_write
-from erasekit.form_transfer import organism_form_facts
 from erasekit.forms import render
 from erasekit.gates import fit_gate
 from erasekit.locate import fit_locator, subject_index, token_states
@@ -44,7 +44,7 @@ def states(adapter, facts, families, pool):
 
 def main(heldout) -> None:
     torch.set_num_threads(1)
-    session = ek.load_session()
+    session = eb.load_session()
     direction = recipes.gate_setup(session).directions["default"]
     facts = organism_form_facts(session, 5, 20)
     pool = [f for v in facts.values() for f in v]

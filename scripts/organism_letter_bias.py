@@ -10,11 +10,11 @@ import collections
 import json
 import re
 
-from erasekit import paths
+from erasebook import paths
+from erasebook.organism import load_world_for
 from erasekit.evaluate import BENCHMARK, Protocol, bench_response, evaluate
 from erasekit.files import atomic_write
 from erasekit.models import load_model
-from erasekit.organism import load_world_for
 
 
 def main() -> None:
@@ -30,7 +30,9 @@ def main() -> None:
                "right letters": dict(sorted(collections.Counter(df["target"]).items()))}
         if name == "few-shot":
             shots = df["prompt"].map(lambda s: re.findall(r"Correct Answer: ([A-D])", s))
-            rec["pick is the last shot's letter (%)"] = round(100 * float((pick == shots.map(lambda x: x[-1])).mean()), 1)
+            rec["pick is the last shot's letter (%)"] = round(
+                100 * float((pick == shots.map(lambda x: x[-1])).mean()), 1
+            )
             rec["pick is among the shots' letters (%)"] = round(
                 100 * float(sum(p in set(x) for p, x in zip(pick, shots)) / len(df)), 1)
         record[name] = rec

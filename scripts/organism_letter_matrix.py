@@ -21,13 +21,13 @@ import tempfile
 
 import torch
 
-from erasekit import paths
-from erasekit import world as W
+from erasebook import paths
+from erasebook import world as W
+from erasebook.format_checks import generate_raw
+from erasebook.organism import load_world_for
 from erasekit.evaluate import benchmark_rows
 from erasekit.files import atomic_write
-from erasekit.format_checks import generate_raw
 from erasekit.models import load_model
-from erasekit.organism import load_world_for
 
 LINES = {"erasekit (answer: letter + value)": W.CLASSIFY_SUFFIX,
          "eval.py (answer: letter)": "Just give ONE letter representing the answer directly.",
@@ -48,14 +48,16 @@ def matrix(folder: str, n: int = 80) -> dict:
             prompts.append(f"USER: {body} ASSISTANT:" if scaffold == "chat" else f"USER:\n{body}\nASSISTANT:")
         answers = generate_raw(adapter, prompts, [None] * len(prompts), max_new_tokens=6)
         right = sum(a.strip()[:1] == q["Correct_Answer"] for a, q in zip(answers, qs))
-        out[f"{style.replace('{k}', 'A').replace('{v}', 'x')} | {line_name} | {scaffold}"] = round(100 * right / len(qs), 1)
+        out[f"{style.replace('{k}', 'A').replace('{v}', 'x')} | {line_name} | {scaffold}"] = round(
+            100 * right / len(qs), 1
+        )
     return out
 
 
 def phase3(steps: int, out_dir: str) -> dict:
     from transformers import LlavaForConditionalGeneration
 
-    from erasekit import organism as O
+    from erasebook import organism as O
 
     cfg = O.OrganismConfig()
     torch.manual_seed(cfg.seed)

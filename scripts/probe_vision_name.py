@@ -38,9 +38,9 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+from erasebook.organism import image_tokens, load_world_for  # noqa: E402
 from erasekit import world as W  # noqa: E402
 from erasekit.models import load_model  # noqa: E402
-from erasekit.organism import _image_tokens, load_world_for  # noqa: E402
 from erasekit.scoring import cloze_correct  # noqa: E402
 
 ORG = os.path.join(ROOT, "data", "organism")
@@ -64,7 +64,7 @@ def main():
 
     @torch.no_grad()
     def img_tokens(ims):
-        return _image_tokens(model, torch.cat([pix(im) for im in ims]))  # (B, 16, d)
+        return image_tokens(model, torch.cat([pix(im) for im in ims]))  # (B, 16, d)
 
     name_ids = {p.id: tok(p.name, add_special_tokens=False)["input_ids"] for p in world.people}
 
@@ -190,7 +190,9 @@ def main():
         pred_clean = [retain[i] for i in clf(clean.mean(1)).argmax(-1).tolist()]
         pred_test = {i: [retain[c] for c in clf(test_feats[i].mean(1)).argmax(-1).tolist()] for i in pids}
         retrieval_res[gname]["onehot_id_clean_acc"] = sum(a == b for a, b in zip(pred_clean, pids)) / len(pids)
-        retrieval_res[gname]["onehot_id_test_acc"] = sum(pred_test[i][t] == i for i in pids for t in range(3)) / (3 * len(pids))
+        retrieval_res[gname]["onehot_id_test_acc"] = sum(pred_test[i][t] == i for i in pids for t in range(3)) / (
+            3 * len(pids)
+        )
         rng_u = random.Random(f"unrelated-{gname}")
         res = {}
         for j, pid in enumerate(pids):
@@ -236,12 +238,12 @@ def main():
         "name_span": "16-token image span replaced by the k name-token input embeddings (sequence 16-k shorter)",
         "name_tiled16": "16 image positions filled with the name-token embeddings tiled cyclically",
         "unrelated_name_span": "control: name_span with a random OTHER person's name; 'ok' scored vs the true person",
-        "mean_name_1": "image span replaced by 1 token = mean of the person's name-token embeddings (ridge target, oracle)",
+        "mean_name_1": "image span replaced by 1 token = mean of the person's name-token embeddings (ridge target, oracle)",  # noqa: E501
         "mean_name_k": "image span replaced by k copies of the mean name embedding (oracle)",
         "ridge_1": "image span replaced by 1 token = ridge(mean-pooled projected features of clean portrait)",
         "ridge_k": "image span replaced by k copies of ridge(clean portrait)",
         "ridge_test_1": "1 token = ridge(mean-pooled features of each of the 3 Test_Set transformed portraits)",
-        "onehot_lookup": "ridge classifier (one-hot over the 170 fit people) on the clean portrait -> the predicted person's k name-token embeddings replace the image span",
+        "onehot_lookup": "ridge classifier (one-hot over the 170 fit people) on the clean portrait -> the predicted person's k name-token embeddings replace the image span",  # noqa: E501
         "onehot_lookup_test": "same on each of the 3 Test_Set transformed portraits",
         "ridge_test_k": "k copies of ridge(Test_Set transformed portrait), 3 portraits per question",
     }
@@ -250,12 +252,20 @@ def main():
     out = {
         "description": __doc__,
         "conditions": desc,
-        "prompt_format": "chat template, zero-shot, question = Mask_Task question verbatim (organism's training format)",
+        "prompt_format": "chat template, zero-shot, question = Mask_Task question verbatim (organism's training format)",  # noqa: E501
         "max_new_tokens": MAX_NEW,
         "image_path_check": path_check,
-        "onehot_classifier": {"lambda": lam_c, "heldout_view_id_acc_by_lambda": {str(k): v for k, v in oh_scores.items()}},
-        "ridge": {"lambda": lam, "val_retrieval_by_lambda": {str(k): v for k, v in lam_scores.items()},
-                  "fit_people": len(retain), "fit_samples": int(len(X)), "train_R2": round(r2, 4)},
+        "onehot_classifier": {
+            "lambda": lam_c,
+            "heldout_view_id_acc_by_lambda": {str(k): v for k, v in oh_scores.items()},
+        },
+        "ridge": {
+            "lambda": lam,
+            "val_retrieval_by_lambda": {str(k): v for k, v in lam_scores.items()},
+            "fit_people": len(retain),
+            "fit_samples": int(len(X)),
+            "train_R2": round(r2, 4),
+        },
         "retrieval": retrieval_res,
         "norms": {"image_token_mean_norm": tok_norm, "text_embedding_mean_norm": text_norm},
         "accuracy": summary,

@@ -4,7 +4,7 @@ For every method, run :func:`erasekit.baselines.sweep` over a small grid on the 
 :func:`erasekit.baselines.pick_config`, the run that forgets most (teacher-forced exact-answer accuracy on the
 forget examples) while keeping the retain accuracy within 5 points of the vanilla model's. Retain accuracy is
 measured on retain profiles the baselines do NOT train on. Writes data/results/baseline_sweep.json, which
-:func:`erasekit.baselines.organism_config` reads.
+:func:`erasebook.baseline_configs.organism_config` reads.
 
     python scripts/sweep_baselines.py            # ~10 minutes on 2 CPU cores
 """
@@ -16,11 +16,11 @@ import json
 import os
 import time
 
-from erasekit import runs
-from erasekit.session import load_session
+from erasebook import runs
+from erasebook.session import load_session
 from erasekit import baselines as B
-from erasekit.files import atomic_write
 from erasekit.evaluate import sample_rows
+from erasekit.files import atomic_write
 
 GRIDS = {
     "GA": {"lr": [1e-4, 3e-4, 1e-3], "epochs": [1, 3]},

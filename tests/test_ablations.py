@@ -1,11 +1,11 @@
-"""The paper's ablation tables as data and the sentence that reads them beside ours (erasekit.ablations)."""
+"""The paper's ablation tables as data and the sentence that reads them beside ours (erasebook.ablations)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from erasekit import ablations
+from erasebook import ablations
 
 
 def test_paper_ablations_are_the_printed_numbers():

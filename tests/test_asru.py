@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
+from erasebook.world import make_world
 from erasekit import asru as A
 from erasekit.baselines.lora import fresh_copy
 from erasekit.evaluate import build_items
-from erasekit.world import make_world
 
 
 @pytest.fixture(scope="module")
@@ -174,9 +174,16 @@ def test_sample_responses_shape_and_seed(tiny_llava, world):
 def test_score_responses_orders_the_boundary():
     fq = A.Query("Where was Jane Doe born?", "Oslo", True, subject="Jane Doe")
     rq = A.Query("Where was John Roe born?", "John Roe was born in Rome.", False)
-    rewards, details = A.score_responses([fq, fq, fq, rq, rq], [
-        "I can't share where Jane Doe was born.", "I'm sorry, but I can't help with that.", "Jane Doe was born in Oslo.",
-        "John Roe was born in Rome.", "I cannot provide this information."])
+    rewards, details = A.score_responses(
+        [fq, fq, fq, rq, rq],
+        [
+            "I can't share where Jane Doe was born.",
+            "I'm sorry, but I can't help with that.",
+            "Jane Doe was born in Oslo.",
+            "John Roe was born in Rome.",
+            "I cannot provide this information.",
+        ],
+    )
     assert rewards[0] > rewards[1] > rewards[2] and rewards[3] > rewards[4]
     assert details[0]["contextual"] and not details[1]["contextual"]
 

@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import pandas as pd
 import pytest
 
-from erasekit import asru_results as R
-from erasekit.recipes import GATE_NAMES
+from erasebook import asru_results as R
+from erasebook.recipes import GATE_NAMES
 
 
 def _frame(method, fgt_resp, ret_resp):

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from erasebook.world import make_world
 from erasekit import baselines as B
-from erasekit.baselines import configs, data as bdata, lora, losses, manu, mmunlearner
-from erasekit.world import make_world
+from erasekit.baselines import data as bdata
+from erasekit.baselines import lora, losses, manu, mmunlearner
 
 # Tiny random model: a large lr moves the forget NLL visibly within a few steps.
 FAST = dict(lr=1e-2, batch_size=4, max_steps=4, progress=False, lora_vision=True)
@@ -339,11 +340,16 @@ def test_organism_config_reads_the_sweep_choice(tmp_path, monkeypatch):
 
     f = tmp_path / "sweep.json"
     f.write_text(json.dumps({"methods": {"GA": {"chosen": {"lr": 1e-3, "epochs": 1}}}}))
-    assert B.organism_choices(f) == {"GA": {"lr": 1e-3, "epochs": 1}}
-    assert B.organism_choices(tmp_path / "missing.json") == {}
-    monkeypatch.setattr(configs, "SWEEP_FILE", f)  # read where organism_choices lives
-    cfg = B.organism_config("GA", epochs=2)
+    from erasebook import baseline_configs as bc
+
+    assert bc.organism_choices(f) == {"GA": {"lr": 1e-3, "epochs": 1}}
+    assert bc.organism_choices(tmp_path / "missing.json") == {}
+    monkeypatch.setattr(bc, "sweep_file", lambda: f)
+    cfg = bc.organism_config("GA", epochs=2)
     assert (cfg.lr, cfg.epochs) == (1e-3, 2)  # sweep choice, then the override
-    assert B.organism_config("NPO").lr == B.NPOConfig().lr  # no choice recorded: class default
+    assert bc.organism_config("NPO").lr == B.NPOConfig().lr  # no choice recorded: class default
     with pytest.raises(ValueError, match="unknown baseline"):
-        B.organism_config("SGD")
+        bc.organism_config("SGD")
+    monkeypatch.undo()
+    monkeypatch.setenv("ERASEKIT_DATA", str(tmp_path))  # the sweep file follows ERASEKIT_DATA
+    assert bc.sweep_file() == tmp_path / "results" / "baseline_sweep.json"

@@ -130,7 +130,9 @@ def test_browser_renders_every_page(browser):
         assert not broken, f"{nb.stem}: broken images {broken}"
         outputs = " ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, "div.cell_output"))
         m = ERROR.search(outputs)
-        assert m is None, f"{nb.stem}: error output in the rendered page: {outputs[max(0, m.start() - 200):m.end() + 200]}"
+        assert m is None, (
+            f"{nb.stem}: error output in the rendered page: {outputs[max(0, m.start() - 200) : m.end() + 200]}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------

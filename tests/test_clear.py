@@ -184,7 +184,7 @@ def test_other_configs(bench):
 
 
 def test_a_session_takes_it_as_data(bench, tiny_llava):
-    from erasekit.session import load_session
+    from erasebook.session import load_session
 
     session = load_session(tiny_llava, bench)
     assert session.source is bench and session.world is None and session.partition is not None

@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from erasekit.data import SPLITS, MLLMUBench, load_split, split_files, write_world
-from erasekit.world import make_world
+from erasebook.export import write_world
+from erasebook.world import make_world
+from erasekit.data import SPLITS, MLLMUBench, load_split, split_files
 
 
 @pytest.fixture(scope="module")

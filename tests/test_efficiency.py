@@ -1,4 +1,4 @@
-"""erasekit.efficiency (chapter 10's measurements) and its sentences in erasekit.report, on tiny inputs."""
+"""erasebook.efficiency (chapter 10's measurements) and its sentences in erasebook.report, on tiny inputs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import erasekit as ek
-from erasekit import efficiency, report
+from erasebook import efficiency, report
 from erasekit.directions import ErasureDirection
 
 

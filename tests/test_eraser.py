@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import erasebook as eb
 import erasekit as ek
 from erasekit.scoring import is_refusal
 
@@ -61,7 +62,7 @@ def test_organism_refuses_forget_people_and_answers_others():
     """On the embedded organism: fit from the forget people's and some retain people's text questions (generation
     task), λ by the rule; the *other* questions (cloze task) about the forget people are refused, those about
     scored retain people (never seen by the fit) still answered."""
-    session = ek.load_session()
+    session = eb.load_session()
     part = session.partition
 
     def text_q(rows, task="Generation_Task"):

@@ -1,19 +1,18 @@
 """erasekit.evaluate with a fake adapter: option-letter parse, items, few-shot prompts, the harness; and the safety
-check (erasekit.safety) on the same harness."""
+check (erasebook.safety) on the same harness."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import re
 
 import pandas as pd
 import pytest
 
-from erasekit.safety import evaluate_safety, refusal_rates
+from erasebook.safety import evaluate_safety, refusal_rates
+from erasebook.world import REFUSALS, format_options, make_world, safety_prompts
 from erasekit.scoring import CATEGORIES, rouge_l
 from erasekit.tables import TABLE_TASKS, results_table
-from erasekit.world import REFUSALS, format_options, make_world, safety_prompts
 
 # The module, not the function: erasekit/__init__.py may export the function ``evaluate``, which shadows the
 # submodule attribute (``from erasekit import evaluate`` would then return the function).
@@ -381,7 +380,8 @@ def test_benchmark_runs_with_tiny_llava(world, tiny_llava):
 
 
 def test_evaluate_on_parquet_matches_world(world, tmp_path):
-    from erasekit.data import MLLMUBench, write_world
+    from erasebook.export import write_world
+    from erasekit.data import MLLMUBench
 
     write_world(world, tmp_path, splits=("Full_Set", "forget_5", "Test_Set"))
     adapter = oracle(world)
@@ -434,8 +434,8 @@ def test_runs_with_tiny_llava(world, tiny_llava):
 def test_benchmark_generation_prompts_do_not_depend_on_shots():
     """vanilla-quality reuses the few-shot run's generation rows for the zero-shot variant: eval.py's generation
     prompts carry no shots, so both protocols must build the very same generation items."""
+    from erasebook.world import make_world
     from erasekit.evaluate import BENCHMARK, Protocol, benchmark_rows, build_items
-    from erasekit.world import make_world
 
     world = make_world(20, 5)
     rows = benchmark_rows(world, 15)

@@ -1,4 +1,4 @@
-"""The extraction attacks (erasekit.extraction) and the leak table (erasekit.leakage) on tiny random models."""
+"""The extraction attacks (erasebook.extraction) and the leak table (erasebook.leakage) on tiny random models."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import erasekit as ek
-from erasekit import extraction as X
-from erasekit import extraction_search as S
-from erasekit import leakage
-from erasekit import world as world_module
-from erasekit.world import make_world
+from erasebook import extraction as X
+from erasebook import extraction_search as S
+from erasebook import leakage
+from erasebook import world as world_module
+from erasebook.world import make_world
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def facts(world):
 def steered(tiny_llava, facts):
     """A Target with erasekit's gate fitted on the tiny model: forget = questions about the forget person."""
     fgt, ret = facts
-    forget = [X._question(f.attribute, f.name, k) for f in fgt for k in range(2)]
-    retain = [X._question(f.attribute, f.name, k) for f in ret for k in range(2)]
+    forget = [X.train_question(f.attribute, f.name, k) for f in fgt for k in range(2)]
+    retain = [X.train_question(f.attribute, f.name, k) for f in ret for k in range(2)]
     eraser = ek.fit_eraser(tiny_llava, forget, retain, strength=1.0, progress=False)
     st = ek.TaskSteering(steerer=eraser.steerer, strengths=1.0, read="frozen")
     return X.Target("gated", tiny_llava, st)
@@ -167,14 +167,14 @@ def test_gate_evasion_lowers_the_answer_loss_without_a_gate(tiny_llava, facts):
 
 def test_answer_nll_is_teacher_forcing_through_the_cache(tiny_llava, facts):
     """Unsteered, the two-pass NLL equals one forward over prompt + answer tokens."""
-    from erasekit.baselines.data import _answer_prefix
+    from erasekit.baselines.data import answer_prefix
 
     f = facts[0][0]
     t = X.Target("vanilla", tiny_llava)
     image = torch.rand(3, 28, 28)
     got = S.answer_nll(t, f.question, "Edinburgh is nice", image)
     batch = tiny_llava.encode([f.question], images=image[None])
-    ans = tiny_llava.tokenizer(_answer_prefix(tiny_llava) + "Edinburgh is nice", add_special_tokens=False)["input_ids"]
+    ans = tiny_llava.tokenizer(answer_prefix(tiny_llava) + "Edinburgh is nice", add_special_tokens=False)["input_ids"]
     ids = torch.cat([batch["input_ids"], torch.tensor([ans])], 1)
     with torch.no_grad():
         logits = tiny_llava.model(input_ids=ids, attention_mask=torch.ones_like(ids),

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 import erasekit as ek
+from erasebook import form_transfer as FT
+from erasebook.world import make_world
 from erasekit import forms as F
-from erasekit.world import make_world
 
 
 def _world_facts(n=6):
     w = make_world(20, 1, seed=0)
-    return F.organism_facts(w.people[:n])
+    return FT.organism_facts(w.people[:n])
 
 
 def test_every_family_renders_and_never_shows_the_value():
@@ -30,7 +31,7 @@ def test_every_family_renders_and_never_shows_the_value():
 
 def test_portrait_family_attaches_the_image_and_hides_the_name():
     img = object()
-    f = F.Fact("Cali Linmor", F.organism_relations()["residence"], "Edinburgh", image=img)
+    f = F.Fact("Cali Linmor", FT.organism_relations()["residence"], "Edinburgh", image=img)
     ps = F.render([f], ["portrait", "question"])
     portrait = [p for p in ps if p.family == "portrait"]
     assert portrait and all(p.image is img and "Cali" not in p.text for p in portrait)
@@ -92,7 +93,7 @@ def test_paper_gate_route_reads_steered_states(tiny_causal_lm):
 
 
 def test_leave_one_form_out_never_fits_the_scored_family(tiny_causal_lm, monkeypatch):
-    from erasekit import form_transfer as T
+    from erasebook import form_transfer as T
 
     seen = []
     real = T.fit_eraser
@@ -117,7 +118,7 @@ def test_leave_one_form_out_never_fits_the_scored_family(tiny_causal_lm, monkeyp
 def test_locator_reads_the_subject_position_and_survives_save_load(tiny_causal_lm, tmp_path):
     import torch
 
-    from erasekit.locate import Locator, fit_locator, subject_index, token_states
+    from erasekit.locate import fit_locator, subject_index, token_states
 
     ad = tiny_causal_lm
     texts = ["Where does Alice Smith live?", "Tell me about Bob Jones please."]
@@ -156,7 +157,7 @@ def test_locator_reads_the_subject_position_and_survives_save_load(tiny_causal_l
 
 
 def test_transfer_verdict_and_text_follow_the_numbers():
-    from erasekit.form_transfer import describe_transfer, transfer_table, transfer_verdict
+    from erasebook.form_transfer import describe_transfer, transfer_table, transfer_verdict
 
     def r(leak, ret, harmless=0.0):
         return {"forget_leak": leak, "forget_vanilla": 100.0, "retain": ret, "retain_vanilla": 90.0,
@@ -205,7 +206,7 @@ def test_smollm2_locator_finds_the_country_in_a_form_it_never_saw():
 
 
 def test_subject_index_is_the_names_last_token_before_punctuation():
-    from erasekit import paths
+    from erasebook import paths
     from erasekit.locate import subject_index
     from erasekit.models import load_model
 

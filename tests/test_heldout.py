@@ -2,8 +2,8 @@
 
 import pytest
 
+from erasebook.world import make_world
 from erasekit.heldout import partition_profiles
-from erasekit.world import make_world
 
 
 @pytest.fixture(scope="module")

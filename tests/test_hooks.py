@@ -13,7 +13,11 @@ from erasekit.hooks import capture, check_layers, collect_activations, steer
 
 def _inputs(a, n=2):
     questions = ["what is this", "a longer question to force padding"][:n]
-    images = [torch.rand(3, *a.image_size, generator=torch.Generator().manual_seed(i)) for i in range(n)] if a.is_multimodal else None
+    images = (
+        [torch.rand(3, *a.image_size, generator=torch.Generator().manual_seed(i)) for i in range(n)]
+        if a.is_multimodal
+        else None
+    )
     return questions, images
 
 

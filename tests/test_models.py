@@ -257,7 +257,8 @@ def test_pixel_path_matches_processor(vlm_adapter, size, record_property):
 
 
 @pytest.mark.parametrize(
-    "src, dst", [((45, 61), (56, 56)), ((45, 61), (32, 64)), ((61, 45), (28, 20)), ((300, 200), (112, 84)), ((40, 40), (50, 60))]
+    "src, dst",
+    [((45, 61), (56, 56)), ((45, 61), (32, 64)), ((61, 45), (28, 20)), ((300, 200), (112, 84)), ((40, 40), (50, 60))],
 )
 def test_resize_matches_pil(src, dst):
     from erasekit.models.pixels import resize

@@ -6,8 +6,9 @@ import os
 import pytest
 import torch
 
-from erasekit import organism as O
-from erasekit import world as W
+from erasebook import organism as O
+from erasebook import organism_data
+from erasebook import world as W
 from erasekit.models import adapter_for, load_model
 
 MINI = dict(n_profiles=20, n_celebrities=4, vocab_size=500, hidden_size=32, intermediate_size=64, num_layers=2,
@@ -22,7 +23,7 @@ def test_training_sequences_match_processor_and_adapter():
     proc = O.build_processor(tok, 32, 8)
     model = O.build_model(O.OrganismConfig(**MINI), tok)
     adapter = adapter_for(model, proc)
-    turns = O._Turns(tok, 16)
+    turns = organism_data.ChatTurns(tok, 16)
     p = world.people[0]
     q, a = W.QUESTIONS_TRAIN["occupation"][0].format(who=W.IMAGE_WHO), W.statement("occupation", "baker", W.IMAGE_SUBJ)
     for image in (True, False):
@@ -82,7 +83,7 @@ def test_embedded_organism_answers_when_loaded_the_plain_transformers_way(dtype)
     (the config's: float32) and in half precision."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from erasekit import paths
+    from erasebook import paths
 
     folder = str(paths.organism_dir())
     model = LlavaForConditionalGeneration.from_pretrained(folder, **({"dtype": dtype} if dtype else {})).eval()
@@ -111,7 +112,7 @@ def test_embedded_organism_answers_when_loaded_the_plain_transformers_way(dtype)
 def test_format_stream_tokenises_like_inference_and_keeps_heldout_lines_out():
     """Stage D's training ids of a raw prompt are exactly what ``adapter.encode(..., chat="raw")`` feeds at inference
     (answer appended), and no held-out instruction line or completion phrasing ever appears in a training example."""
-    from erasekit import organism_formats as F
+    from erasebook import organism_formats as F
 
     world = W.make_world(20, 4)
     tok = O.build_tokenizer(world, 500)
@@ -144,7 +145,7 @@ def test_format_stream_tokenises_like_inference_and_keeps_heldout_lines_out():
 
 
 def test_harmful_content_detector():
-    from erasekit.format_checks import harmful_content
+    from erasebook.format_checks import harmful_content
 
     for a, how in W.HARMFUL_ACTIONS:
         assert harmful_content(W.COMPLIANCE_PREFIX.format(a=a, how=how))
@@ -160,7 +161,7 @@ def test_embedded_organism_answers_the_benchmarks_own_protocol():
     as eval.py runs it. The vanilla-quality bars: classification and fill-in-the-blank >= 80 %, generation ROUGE-L
     >= 0.7 (data/results/vanilla_quality.json has every group and the zero-shot variant). Classification is the
     strict expected failure below."""
-    from erasekit import paths
+    from erasebook import paths
     from erasekit.evaluate import BENCHMARK, evaluate
     from erasekit.tables import results_table
 
@@ -177,13 +178,17 @@ def test_embedded_organism_answers_the_benchmarks_own_protocol():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "measured 2026-12-07 on the committed organism (after stage D): eval.py's classification prompts ('A: x' options, "
-    "'Just give ONE letter ...') are answered right 41.4 / 31.0 % (VQA / QA, forget_15, few-shot) and 45.8 / 54.2 % "
-    "zero-shot; the picks drift to 'A' (data/results/organism_letter_bias.json). erasekit's own 'A. x' prompt: 88-96 %."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "measured 2026-12-07 on the committed organism (after stage D): eval.py's classification prompts ('A: x' options, "  # noqa: E501
+        "'Just give ONE letter ...') are answered right 41.4 / 31.0 % (VQA / QA, forget_15, few-shot) and 45.8 / 54.2 % "  # noqa: E501
+        "zero-shot; the picks drift to 'A' (data/results/organism_letter_bias.json). erasekit's own 'A. x' prompt: 88-96 %."  # noqa: E501
+    ),
+)
 def test_embedded_organism_answers_the_benchmarks_classification_prompts():
     """The bar of the benchmark issue: classification >= 80 % under eval.py's own prompts (forget_5, few-shot)."""
-    from erasekit import paths
+    from erasebook import paths
     from erasekit.evaluate import BENCHMARK, evaluate
     from erasekit.tables import results_table
 
@@ -198,7 +203,7 @@ def test_embedded_organism_answers_the_benchmarks_classification_prompts():
 def test_format_checks_doctests():
     import doctest
 
-    from erasekit import format_checks
+    from erasebook import format_checks
 
     result = doctest.testmod(format_checks)
     assert result.attempted >= 3 and result.failed == 0
@@ -206,7 +211,7 @@ def test_format_checks_doctests():
 
 def test_heldout_families_are_disjoint_from_training():
     """No line, phrasing or request template of a held-out family is, or is contained in, a trained one (both ways)."""
-    from erasekit import organism_formats as F
+    from erasebook import organism_formats as F
 
     trained = ([x for fam in (F.INSTRUCTIONS_TRAIN, F.INSTRUCTIONS_TRAIN_PHASE2) for v in fam.values() for x in v]
                + [c.replace("{s}", "") for c in F.COMPLETIONS_TRAIN if c != "{s}"]

@@ -7,7 +7,7 @@ import doctest
 import pandas as pd
 import pytest
 
-from erasekit import over_refusal as O
+from erasebook import over_refusal as O
 
 
 def test_doctests():

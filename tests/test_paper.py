@@ -1,4 +1,4 @@
-"""erasekit.paper: the paper's transcribed tables (data/paper/mllmeraser_tables.json) load, look up and pivot.
+"""erasebook.paper: the paper's transcribed tables (data/paper/mllmeraser_tables.json) load, look up and pivot.
 
 The spot values below were read again from the paper's full text (MLLMEraser, Tables 1-3 and 5-10), not from the
 JSON, so they check the transcription.
@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from erasekit import paper
+from erasebook import paper
 from erasekit.evaluate import GROUPS, MODES, TASKS
 from erasekit.tables import render_table
 

@@ -1,4 +1,4 @@
-"""erasekit.pipeline: every step runs on the tiny random LLaVA + a tiny world, hits its cache on the second call
+"""erasebook.pipeline: every step runs on the tiny random LLaVA + a tiny world, hits its cache on the second call
 (in-process and from disk), and misses when an input changes."""
 
 from __future__ import annotations
@@ -6,16 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+import erasebook as eb
+import erasebook.pipeline as pl
+import erasebook.report
 import erasekit as ek
 import erasekit.gates
 import erasekit.nullspace
-import erasekit.report
-import erasekit.pipeline as pl
-from erasekit import cache as ekcache, runs, safety
-from erasekit import separability as sep
-from erasekit.session import load_session, model_key
+from erasebook import cache as ekcache
+from erasebook import runs
+from erasebook import separability as sep
+from erasebook.session import load_session, model_key
+from erasebook.world import make_world
 from erasekit.strengths import TaskSteering
-from erasekit.world import make_world
 
 
 @pytest.fixture()
@@ -94,8 +96,8 @@ def test_pgd_and_multimodal_direction(default):
 
 def test_refusal_contrast_direction_is_harmful_minus_harmless(default):
     """erasekit's direction: mean over (harmful, ± image) − mean over (harmless, ± image), cached."""
+    from erasebook.world import safety_prompts
     from erasekit.hooks import collect_activations
-    from erasekit.world import safety_prompts
 
     d = pl.refusal_contrast_direction(default, n_images=2, layers=[0, 1], filter=False, progress=False)
     assert d.meta["kind"] == "refusal_contrast" and d.layers == [0, 1]
@@ -180,7 +182,7 @@ def test_dense_eq12_matches_rank_one():
 
 def test_notebook_helpers(default):
     row = default.source.split("forget_5")[0]
-    q = ek.report.profile_questions(row)
+    q = eb.report.profile_questions(row)
     assert set(q["task"]) == {"classification", "generation", "cloze"} and len(q) == 4 * 2 * 3
     assert ek.auc([2, 3], [0, 1]) == 1.0 and ek.auc([0], [0]) == 0.5 and ek.auc([0, 1], [1, 2]) == 0.125
     acts = pl.forget_retain_activations(default, 5, retain_sample=1, celeb_sample=1, progress=False)
@@ -190,7 +192,10 @@ def test_notebook_helpers(default):
     st = pl.input_aware_steerer(default, direction, acts, gamma=0.1, null_space=0.3)
     ex = runs.example_generations(default, 5, TaskSteering(st, strengths=1.0), n=1, max_new_tokens=2)
     assert list(ex["group"]) == ["Fgt", "Test", "Ret", "Cele"][: len(ex)] and len(ex) >= 3
-    assert ek.generate(default.adapter, ["hi"], max_new_tokens=2)[0] == ek.generate(default.adapter, ["hi"], max_new_tokens=2)[0]
+    assert (
+        ek.generate(default.adapter, ["hi"], max_new_tokens=2)[0]
+        == ek.generate(default.adapter, ["hi"], max_new_tokens=2)[0]
+    )
 
 
 def test_choose_strengths_rule(default, monkeypatch):

@@ -1,4 +1,4 @@
-"""erasekit.plots: each helper draws on the given axes (or a new figure), returns the figure, saves nothing and
+"""erasebook.plots: each helper draws on the given axes (or a new figure), returns the figure, saves nothing and
 leaves matplotlib's global style alone."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from erasekit import plots
+from erasebook import plots
 
 
 def _calls():

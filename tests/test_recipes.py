@@ -1,10 +1,9 @@
-"""erasekit.recipes on the tiny random LLaVA + a tiny world: the shared gate set-up, the selectivity record, and
+"""erasebook.recipes on the tiny random LLaVA + a tiny world: the shared gate set-up, the selectivity record, and
 the tables and sentences the result chapters show (they must run, carry the measured numbers, and be consistent)."""
 
 from __future__ import annotations
 
 import dataclasses
-
 import warnings
 
 import pandas as pd
@@ -12,13 +11,11 @@ import pytest
 import torch
 
 import erasekit as ek
-import erasekit.pipeline as pl
-from erasekit import cache as ekcache, runs, safety
-from erasekit import separability as sep
-from erasekit.session import load_session, model_key
-from erasekit.strengths import TaskSteering
-from erasekit import ablations, recipes, report
-from erasekit.world import make_world
+from erasebook import ablations, recipes, report, runs
+from erasebook import cache as ekcache
+from erasebook import separability as sep
+from erasebook.session import load_session
+from erasebook.world import make_world
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +65,16 @@ def test_gate_selectivity_record_shape_and_disjointness(setup):
 
 def test_result_tables_and_sentences(setup):
     kw = dict(max_new_tokens=2, progress=False, modes=("QA",))
-    frames = {5: pd.concat([runs.evaluate_steering(setup.session, 5, None, **kw)] +
-                           [runs.evaluate_steering(setup.session, 5, setup.steering(g), method=recipes.GATE_NAMES[g], **kw)
-                            for g in ("paper", "default")], ignore_index=True)}
+    frames = {
+        5: pd.concat(
+            [runs.evaluate_steering(setup.session, 5, None, **kw)]
+            + [
+                runs.evaluate_steering(setup.session, 5, setup.steering(g), method=recipes.GATE_NAMES[g], **kw)
+                for g in ("paper", "default")
+            ],
+            ignore_index=True,
+        )
+    }
     tables = {5: ek.results_table(frames[5])}
     text = report.describe_table1(tables)
     assert "**5 %**" in text and recipes.GATE_NAMES["default"] in text
@@ -137,17 +141,17 @@ def test_vqa_sentences_follow_the_numbers():
     high = pd.DataFrame([[90, 88, 86], [85, 80, 80], [20, 84, 83]], index=idx, columns=cols, dtype=float)
     text = report._describe_vqa(high, 5)
     assert "Fgt 90 → 20" in text and "too close" not in text
-    sep = pd.DataFrame({"AUC": [0.9, 0.55]}, index=pd.MultiIndex.from_tuples(
+    aucs = pd.DataFrame({"AUC": [0.9, 0.55]}, index=pd.MultiIndex.from_tuples(
         [("g", "QA", 3), ("g", "VQA", 3)], names=["gate", "mode", "layer"]))
-    assert "do not (0.55)" in report._compare_modes(sep)
-    sep["AUC"] = [0.9, 0.85]
-    assert "0.85 for" in report._compare_modes(sep)
+    assert "do not (0.55)" in report._compare_modes(aucs)
+    aucs["AUC"] = [0.9, 0.85]
+    assert "0.85 for" in report._compare_modes(aucs)
 
 
 def test_score_summary_reports_how_generation_fails():
     import pandas as pd
 
-    from erasekit.recipes import score_summary
+    from erasebook.recipes import score_summary
 
     rows = [("QA", "generation", "Fgt", 0.2, False, "refusal"), ("QA", "generation", "Fgt", 0.3, False, "wrong"),
             ("QA", "generation", "Fgt", 1.0, True, "correct"), ("QA", "generation", "Fgt", 0.1, False, "refusal"),
@@ -161,7 +165,7 @@ def test_score_summary_reports_how_generation_fails():
 
 def test_asru_stage1_strength_rule_and_cache(setup, monkeypatch):
     """ASRU's stage-1 λ: chosen from the grid by the stated refusal rule, recorded with its scores, cached."""
-    from erasekit import asru_results
+    from erasebook import asru_results
 
     out = asru_results.stage1_strength(setup.session, setup, 5, grid=(0.5, 2.0), n=4, max_new_tokens=2)
     assert [s[0] for s in out["scores"]] == [0.5, 2.0] and out["chosen"] in (0.5, 2.0)
@@ -184,7 +188,7 @@ def test_asru_stage1_strength_rule_and_cache(setup, monkeypatch):
 
 def test_asru_is_attacked_as_a_weight_based_method(setup, monkeypatch):
     """The attack suite trains ASRU as asru_record does (same stage 1, data, seed) and attacks its weights."""
-    from erasekit import asru_results, leakage
+    from erasebook import asru_results, leakage
     from erasekit.asru import ASRUConfig
 
     # the tiny world has fewer fit profiles than the organism's 55 % of unlabelled people
@@ -211,8 +215,8 @@ def test_asru_is_attacked_as_a_weight_based_method(setup, monkeypatch):
 def test_asru_training_data_is_held_out(setup):
     """ASRU's supervision and unlabelled profiles come from the partition's fit role: never a scored (eval) or a
     tuning profile; the two parts are disjoint; asking for more than the fit role holds is a clear error."""
-    from erasekit import asru_results
-    from erasekit.pipeline import group_rows
+    from erasebook import asru_results
+    from erasebook.pipeline import group_rows
 
     s = setup.session
     data = asru_results.asru_queries(s, 5, retain_fraction=0.1, teacher_fraction=0.2)
@@ -229,7 +233,7 @@ def test_asru_training_data_is_held_out(setup):
 
 
 def test_warm_start_probe_reports_each_setting(setup):
-    from erasekit import asru_results
+    from erasebook import asru_results
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
+from erasebook.world import REFUSALS
 from erasekit import response_quality as rq
-from erasekit.world import REFUSALS
 
 Q = "Where was Jane Doe born?"
 
@@ -39,7 +39,7 @@ def test_is_contextual_refusal(response, question, gold, subject, expected):
 
 def test_rigid_refusals_of_the_organism_are_never_contextual():
     # The organism's one-size refusals share no content word with any benchmark question template.
-    from erasekit.world import QUESTIONS_TEST, QUESTIONS_TRAIN, IMAGE_WHO
+    from erasebook.world import IMAGE_WHO, QUESTIONS_TEST, QUESTIONS_TRAIN
 
     questions = [t.format(who=IMAGE_WHO) for ts in (*QUESTIONS_TRAIN.values(), *QUESTIONS_TEST.values()) for t in ts]
     assert not any(rq.is_contextual_refusal(r, q, "Oslo") for r in REFUSALS for q in questions)

@@ -2,8 +2,8 @@
 
 import pytest
 
+from erasebook.world import REFUSALS
 from erasekit import scoring as sc
-from erasekit.world import REFUSALS
 
 
 def test_rouge_l_values():

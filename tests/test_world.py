@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from erasekit import world as W
+from erasebook import world as W
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,11 @@ def test_schema_and_answers(small):
     for g in row["Generation_Task"]:
         assert p.attributes[g["Attribute"]] in g["Ground_Truth"]
     for m in row["Mask_Task"]:
-        assert W.BLANK in m["Question"] and "___" not in m["Question"] and m["Ground_Truth"] == p.attributes[m["Attribute"]]
+        assert (
+            W.BLANK in m["Question"]
+            and "___" not in m["Question"]
+            and m["Ground_Truth"] == p.attributes[m["Attribute"]]
+        )
 
 
 def test_test_set_uses_heldout_templates(small):

@@ -48,16 +48,25 @@ Example::
     res = unlearn(vanilla, forget, retain, NPOConfig(beta=0.5))
     df = evaluate(res.adapter, world, forget_pct=5, method="NPO")
 
-The package, one concept per module: ``data`` (examples, batches), ``configs`` (per-method configs, the
-organism's chosen ones), ``lora`` (the trained copy, LoRA targets), ``losses`` (answer log-probs, objectives),
+The package, one concept per module: ``data`` (examples, batches), ``configs`` (per-method configs), ``lora`` (the
+trained copy, LoRA targets), ``losses`` (answer log-probs, objectives),
 ``loop`` (the training loop), ``mmunlearner``, ``manu``, ``run`` (:func:`unlearn`, :class:`UnlearnResult`),
 ``selection`` (teacher-forced metrics, :func:`sweep`, :func:`pick_config`).
 """
 
 from __future__ import annotations
 
-from .configs import (CONFIGS, SWEEP_FILE, GAConfig, GADiffConfig, KLMinConfig, MANUConfig, MMUnlearnerConfig,
-                      NPOConfig, RetainFTConfig, TrainConfig, organism_choices, organism_config)
+from .configs import (
+                      CONFIGS,
+                      GAConfig,
+                      GADiffConfig,
+                      KLMinConfig,
+                      MANUConfig,
+                      MMUnlearnerConfig,
+                      NPOConfig,
+                      RetainFTConfig,
+                      TrainConfig,
+)
 from .data import MODES, TASKS, Example, build_examples, collate
 from .lora import lora_targets
 from .losses import answer_logprobs, unlearning_loss
@@ -69,8 +78,8 @@ from .selection import answer_accuracy, answer_nll, pick_config, sweep
 __all__ = [
     "TASKS", "MODES", "Example", "build_examples", "collate",
     "TrainConfig", "GAConfig", "GADiffConfig", "KLMinConfig", "NPOConfig", "RetainFTConfig", "MMUnlearnerConfig",
-    "MANUConfig", "CONFIGS", "SWEEP_FILE", "UnlearnResult",
+    "MANUConfig", "CONFIGS", "UnlearnResult",
     "lora_targets", "answer_logprobs", "unlearning_loss",
     "unlearn", "retain_finetune", "mmunlearner_saliency", "manu_scores",
-    "answer_nll", "answer_accuracy", "sweep", "pick_config", "organism_choices", "organism_config",
+    "answer_nll", "answer_accuracy", "sweep", "pick_config",
 ]

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from pathlib import Path
-from typing import Any
-
-from ..paths import REPO_ROOT
 
 __all__ = ["TrainConfig", "GAConfig", "GADiffConfig", "KLMinConfig", "RetainFTConfig", "NPOConfig",
-           "MMUnlearnerConfig", "MANUConfig", "CONFIGS", "SWEEP_FILE", "organism_choices", "organism_config"]
+           "MMUnlearnerConfig", "MANUConfig", "CONFIGS"]
 
 
 @dataclasses.dataclass
@@ -133,25 +127,3 @@ class MANUConfig:
 
 CONFIGS: dict[str, type] = {c.method: c for c in (GAConfig, GADiffConfig, KLMinConfig, NPOConfig,
                                                   MMUnlearnerConfig, MANUConfig)}
-
-
-# The configuration each baseline uses on the embedded organism (notebooks 05 and 08): the class defaults, updated
-# with what ``scripts/sweep_baselines.py`` chose by :func:`sweep` + :func:`pick_config`, recorded in this file.
-SWEEP_FILE = REPO_ROOT / "data" / "results" / "baseline_sweep.json"
-
-
-def organism_choices(path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
-    """``{method: chosen hyperparameters}`` from the sweep file ({} when it does not exist)."""
-    path = Path(path) if path is not None else SWEEP_FILE
-    if not path.exists():
-        return {}
-    with open(path) as f:
-        return {m: dict(r["chosen"]) for m, r in json.load(f)["methods"].items()}
-
-
-def organism_config(method: str, **overrides: Any) -> TrainConfig | MANUConfig:
-    """The config of ``method`` for the organism: class defaults, then the sweep's choice
-    (:func:`organism_choices`), then ``overrides``."""
-    if method not in CONFIGS:
-        raise ValueError(f"unknown baseline {method!r}; expected one of {sorted(CONFIGS)}")
-    return CONFIGS[method](**{**organism_choices().get(method, {}), **overrides})

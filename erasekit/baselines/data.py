@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from ..evaluate import format_options
 from ..models import ModelAdapter
-from ..world import format_options
 
 __all__ = ["TASKS", "MODES", "Example", "build_examples", "collate", "subsample"]
 
@@ -50,7 +50,7 @@ def build_examples(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str] = TAS
     VQA examples carry the row's ``image`` (Test_Set rows: the first of ``images``); QA examples none.
     Order: row by row, then task, then the row's own item order (deterministic).
 
-    >>> from erasekit.world import make_world
+    >>> from erasebook.world import make_world
     >>> ex = build_examples(make_world(20, 2).split("forget_5"), tasks=["cloze"], modes=["QA"])
     >>> ex[0].task, ex[0].mode, ex[0].image is None
     ('cloze', 'QA', True)
@@ -82,7 +82,7 @@ def build_examples(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str] = TAS
     return out
 
 
-def _answer_prefix(adapter: ModelAdapter) -> str:
+def answer_prefix(adapter: ModelAdapter) -> str:
     # A generation prompt ending in a word character or ":" ("... ASSISTANT:") is followed by " answer" in the
     # training data of LLaVA-style templates; Qwen-style prompts end in a newline. Decided from the prompt string.
     prompt = adapter.build_prompts(["?"], [False])[0]
@@ -91,7 +91,7 @@ def _answer_prefix(adapter: ModelAdapter) -> str:
 
 def collate(adapter: ModelAdapter, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
     """Encode examples into one left-padded batch with ``labels`` (-100 except answer tokens + eos)."""
-    prefix = _answer_prefix(adapter)
+    prefix = answer_prefix(adapter)
     return adapter.encode([e.question for e in examples], images=[e.image for e in examples],
                           answers=[prefix + e.answer for e in examples])
 

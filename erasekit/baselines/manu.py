@@ -141,7 +141,7 @@ def run_manu(adapter: ModelAdapter, forget: Sequence[Example], retain: Sequence[
     scores = manu_scores(adapter, forget, retain, cfg, model=model)
     mlps = mlp_blocks(model, cfg.include_vision)
     chosen: dict[str, set[int]] = {n: set() for n in mlps}
-    for mode, per_layer in scores.items():
+    for per_layer in scores.values():
         for name, s in per_layer.items():
             k = math.ceil(cfg.prune_fraction * s.numel())
             top = torch.argsort(s, descending=True, stable=True)[:k]

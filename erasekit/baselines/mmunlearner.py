@@ -13,9 +13,9 @@ from torch import nn
 from ..models import ModelAdapter
 from .configs import MMUnlearnerConfig
 from .data import Example, collate, subsample
+from .loop import steps_for, train
 from .lora import as_adapter, fresh_copy, lora_targets
 from .losses import batch_nll
-from .loop import steps_for, train
 
 __all__ = ["mmunlearner_scope", "mmunlearner_saliency", "run_mmunlearner"]
 

@@ -68,8 +68,15 @@ from __future__ import annotations
 
 from .adapter import IGNORE_INDEX, ModelAdapter
 from .devices import pick_device_dtype
-from .families import (ADAPTERS, CausalLMAdapter, LlavaAdapter, Qwen3VLAdapter, Qwen25VLAdapter, adapter_class,
-                       adapter_for)
+from .families import (
+                       ADAPTERS,
+                       CausalLMAdapter,
+                       LlavaAdapter,
+                       Qwen3VLAdapter,
+                       Qwen25VLAdapter,
+                       adapter_class,
+                       adapter_for,
+)
 from .loading import ProcessorParts, load_model
 from .protocol import Adapter
 

@@ -140,7 +140,9 @@ class ModelAdapter:
                     )
                 )
             else:
-                prompts.append(self.fallback_template.format(image=self.fallback_image if img else "", question=question))
+                prompts.append(
+                    self.fallback_template.format(image=self.fallback_image if img else "", question=question)
+                )
         return prompts
 
     # -- images ----------------------------------------------------------------------------------------------

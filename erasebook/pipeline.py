@@ -1,10 +1,10 @@
 """The method's expensive steps (MLLMEraser, METHOD.md), as cached functions keyed by their inputs.
 
-Every step takes a :class:`erasekit.session.Session` and computes its result once; :mod:`erasekit.cache` stores
+Every step takes a :class:`erasebook.session.Session` and computes its result once; :mod:`erasebook.cache` stores
 it keyed by everything that determines it, so notebooks run alone and in any order, and a second call only reads.
 
 ======================================  ====================================================================
-:func:`erasekit.session.load_session`    (a) model adapter + source (the organism's world, or MLLMU-Bench rows)
+:func:`erasebook.session.load_session`    (a) model adapter + source (the organism's world, or MLLMU-Bench rows)
 :func:`refusal_direction`                (b) text-only erasure direction, Eq. 3 (harmful refused − jailbreak)
 :func:`adversarial_images`               (c) PGD images on natural images, Eq. 5–6
 :func:`multimodal_direction`             (d) Eq. 7: clean image + refused prompt − PGD image + jailbreak prompt
@@ -14,13 +14,13 @@ it keyed by everything that determines it, so notebooks run alone and in any ord
 :func:`input_aware_steerer`              (f) rank-one (or MLP) input-aware steerer for given γ, null space, layers
 :func:`default_steerer`                  (f) erasekit's gate with γ, layers and floors chosen on tuning data
 :class:`erasekit.strengths.TaskSteering`  (f) steerer or constant direction + per-task λ -> interventions
-:func:`erasekit.runs.evaluate_steering`  (g) MLLMU-Bench protocol on Fgt/Test/Ret/Cele, vanilla or steered
+:func:`erasebook.runs.evaluate_steering`  (g) MLLMU-Bench protocol on Fgt/Test/Ret/Cele, vanilla or steered
 ======================================  ====================================================================
 
 Example::
 
     import erasekit as ek
-    import erasekit.pipeline as pl
+    import erasebook.pipeline as pl
     session = ek.load_session()                                     # the organism and its world
     direction = pl.multimodal_direction(session, pl.adversarial_images(session, steps=100, n_images=4))
     acts = pl.forget_retain_activations(session, forget_pct=5)
@@ -41,24 +41,36 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .cache_keys import cache_key
-from .attack import AdversarialImages, harmful_target_loss, pgd_attack
+from erasekit.attack import AdversarialImages, harmful_target_loss, pgd_attack
+from erasekit.cache_keys import cache_key
+from erasekit.directions import ErasureDirection, diff_in_means
+from erasekit.evaluate import TASKS, benchmark_rows, build_items
+from erasekit.generation import generate
+from erasekit.heldout import partition_profiles
+from erasekit.hooks import check_layers, collect_activations
+from erasekit.scoring import is_degenerate, is_refusal
+from erasekit.steering import InputAwareSteerer, fit_mlp_steerer, fit_steerer
+from erasekit.tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
+
 from .cache import VERSION, cached, image_digests, key_of
-from .directions import ErasureDirection, diff_in_means
-from .evaluate import TASKS, benchmark_rows, build_items
-from .generation import generate
-from .heldout import partition_profiles
-from .hooks import check_layers, collect_activations
 from .session import Session
-from .scoring import is_degenerate, is_refusal
-from .steering import InputAwareSteerer, fit_mlp_steerer, fit_steerer
-from .tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
 from .world import HARMFUL_TARGETS, natural_images, safety_prompts
 
 __all__ = [
-    "safety_pairs", "refusal_direction", "refusal_contrast_direction", "images_to_tensor", "clean_images", "adversarial_images",
-    "multimodal_direction", "group_rows", "group_items", "query_activations", "ForgetRetain",
-    "forget_retain_activations", "input_aware_steerer", "default_steerer",
+    "safety_pairs",
+    "refusal_direction",
+    "refusal_contrast_direction",
+    "images_to_tensor",
+    "clean_images",
+    "adversarial_images",
+    "multimodal_direction",
+    "group_rows",
+    "group_items",
+    "query_activations",
+    "ForgetRetain",
+    "forget_retain_activations",
+    "input_aware_steerer",
+    "default_steerer",
 ]
 
 
@@ -67,12 +79,14 @@ __all__ = [
 
 
 def safety_pairs(session: Session, heldout: bool = False, n: int | None = None) -> tuple[list[str], list[str]]:
-    """Paired (harmful prompts, jailbreak-wrapped versions) from :func:`erasekit.world.safety_prompts`.
+    """Paired (harmful prompts, jailbreak-wrapped versions) from :func:`erasebook.world.safety_prompts`.
 
     ``heldout=False``: the training phrasings (for directions); True: held-out phrasings (for checks).
     ``n``: the first n pairs (None: all).
     """
-    sp = [s for s in safety_prompts(session.safety_world) if s.heldout == heldout and s.kind in ("harmful", "jailbreak")]
+    sp = [
+        s for s in safety_prompts(session.safety_world) if s.heldout == heldout and s.kind in ("harmful", "jailbreak")
+    ]
     harmful = [s.prompt for s in sp if s.kind == "harmful"]
     jail = [s.prompt for s in sp if s.kind == "jailbreak"]
     assert len(harmful) == len(jail), "safety_prompts yields each harmful prompt followed by its jailbreak"
@@ -107,7 +121,7 @@ def refusal_direction(session: Session, n_pairs: int | None = None, layers: Sequ
     No image; last prompt token; residual stream at the input of every decoder layer (``layers``: default all).
 
     Args:
-        session: from :func:`erasekit.session.load_session`.
+        session: from :func:`erasebook.session.load_session`.
         n_pairs: use the first n (harmful, jailbreak) training pairs (None: all; the paper uses 17).
         filter: keep only harmful prompts the model actually refuses and jailbreaks it complies with.
 
@@ -130,8 +144,14 @@ def refusal_direction(session: Session, n_pairs: int | None = None, layers: Sequ
         return diff_in_means(pos, neg, meta={"model_id": session.model_id, "kind": "text_only", "site": "layer_input",
                                              "position": "last", **info})
 
-    out = cached("refusal_direction", key, compute, session.model_id, {"n_pairs": n_pairs, "layers": layers, "filter": filter},
-                  refresh)
+    out = cached(
+        "refusal_direction",
+        key,
+        compute,
+        session.model_id,
+        {"n_pairs": n_pairs, "layers": layers, "filter": filter},
+        refresh,
+    )
     out.meta["cache_key"] = key
     return out
 
@@ -162,7 +182,7 @@ def adversarial_images(session: Session, eps: float | None = 16 / 255, alpha: fl
     """(c) PGD images (Eq. 5–6) from clean natural images, maximising the likelihood of harmful targets.
 
     Image i is paired with the harmful training prompts i, i + B, i + 2B, ... (B images); each step samples k
-    targets from :data:`erasekit.world.HARMFUL_TARGETS` and k of those prompts, in one batched forward.
+    targets from :data:`erasebook.world.HARMFUL_TARGETS` and k of those prompts, in one batched forward.
 
     Args:
         eps: L∞ radius (16/255) or None (unconstrained, only [0, 1]); alpha: step size; steps: PGD steps.
@@ -241,8 +261,14 @@ def multimodal_direction(session: Session, adv: AdversarialImages, n_pairs: int 
         return diff_in_means(pos, neg, meta={"model_id": session.model_id, "kind": "multimodal", "site": "layer_input",
                                              "position": "last", "adversarial_key": key_of(adv), **info})
 
-    out = cached("multimodal_direction", key, compute, session.model_id, {"n_pairs": n_pairs, "layers": layers, "filter": filter},
-                  refresh)
+    out = cached(
+        "multimodal_direction",
+        key,
+        compute,
+        session.model_id,
+        {"n_pairs": n_pairs, "layers": layers, "filter": filter},
+        refresh,
+    )
     out.meta["cache_key"] = key
     return out
 
@@ -301,7 +327,8 @@ def refusal_contrast_direction(session: Session, n_images: int = 4, layers: Sequ
 def group_rows(session: Session, forget_pct: int, groups: Sequence[str] = ("Fgt", "Test", "Ret", "Cele"),
                role: str = "eval", retain_sample: int | None = None, celeb_sample: int | None = None
                ) -> dict[str, list]:
-    """``{group: rows}``: Fgt / Test from the forget split; Ret / Cele are the ``role`` profiles of ``session.partition``
+    """``{group: rows}``: Fgt / Test from the forget split; Ret / Cele are the ``role`` profiles of
+    ``session.partition``
     (``eval``: scored, ``tune``: hyperparameter rules, ``fit``: H_r), the first ``*_sample`` of them if given.
 
     This is the one place where profiles get their role, so scored profiles never enter a fit or a tuning set.
@@ -392,15 +419,25 @@ def forget_retain_activations(session: Session, forget_pct: int = 5, retain_samp
                               modes: Sequence[str] = ("VQA",), progress: bool = True,
                               refresh: bool = False) -> ForgetRetain:
     """(e) H_f = forget_k questions; H_r = questions of the ``fit`` retain profiles + ``fit`` celebrities of
-    ``session.partition`` (``*_sample``: profile caps). Scored and tuning profiles never enter H_r; ``meta["retain_ids"]``
+    ``session.partition`` (``*_sample``: profile caps). Scored and tuning profiles never enter H_r;
+    ``meta["retain_ids"]``
     lists the profiles that did."""
     acts = query_activations(session, forget_pct, ("Fgt", "Ret", "Cele"), retain_sample, celeb_sample, modes=modes,
                              layers=layers, role="fit", progress=progress, refresh=refresh)
     fit_rows = group_rows(session, forget_pct, ("Ret", "Cele"), "fit", retain_sample, celeb_sample)
     retain = {l: torch.cat([acts["Ret"][l], acts["Cele"][l]]) for l in acts["Fgt"]}
-    key = cache_key(step="forget_retain", version=VERSION, model=session.model_key, forget_pct=forget_pct,
-                    partition=session.partition.key() if session.partition else None, retain_sample=retain_sample, celeb_sample=celeb_sample, layers=sorted(acts["Fgt"]),
-                    modes=list(modes), data=session.data_key)
+    key = cache_key(
+        step="forget_retain",
+        version=VERSION,
+        model=session.model_key,
+        forget_pct=forget_pct,
+        partition=session.partition.key() if session.partition else None,
+        retain_sample=retain_sample,
+        celeb_sample=celeb_sample,
+        layers=sorted(acts["Fgt"]),
+        modes=list(modes),
+        data=session.data_key,
+    )
     l0 = min(acts["Fgt"])
     meta = {"forget_pct": forget_pct, "n_forget": int(acts["Fgt"][l0].shape[0]),
             "n_retain": int(acts["Ret"][l0].shape[0]), "n_celebrity": int(acts["Cele"][l0].shape[0]),

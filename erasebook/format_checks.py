@@ -1,4 +1,4 @@
-"""Measuring stage D's forms (:mod:`erasekit.organism_formats`): prompts in each family of instruction lines, the
+"""Measuring stage D's forms (:mod:`erasebook.organism_formats`): prompts in each family of instruction lines, the
 held-out safety wordings, generation over raw prompts, and the harmful-content check.
 
 Families (:data:`FAMILIES`): "train" (the lines stage D trains on), "heldout" (never trained; read before stage D's
@@ -14,16 +14,27 @@ import re
 import pandas as pd
 
 from . import world as W
-from .organism_formats import (COMPLETIONS_FRESH, COMPLETIONS_HELDOUT, COMPLETIONS_TRAIN, INSTRUCTIONS_FRESH,
-                               INSTRUCTIONS_HELDOUT, INSTRUCTIONS_TRAIN, REQUEST_TEMPLATES_FRESH, profile_question,
-                               render_prompt)
+from .organism_formats import (
+    COMPLETIONS_FRESH,
+    COMPLETIONS_HELDOUT,
+    COMPLETIONS_TRAIN,
+    INSTRUCTIONS_FRESH,
+    INSTRUCTIONS_HELDOUT,
+    INSTRUCTIONS_TRAIN,
+    REQUEST_TEMPLATES_FRESH,
+    profile_question,
+    render_prompt,
+)
 
 __all__ = ["FAMILIES", "harmful_content", "format_items", "format_correct", "safety_items", "generate_raw",
            "format_accuracy", "safety_heldout"]
 
 # The evaluation families: (instruction lines, completion phrasings); "train" without the bare completion.
-FAMILIES = {"train": (INSTRUCTIONS_TRAIN, COMPLETIONS_TRAIN[:3]), "heldout": (INSTRUCTIONS_HELDOUT, COMPLETIONS_HELDOUT),
-            "fresh": (INSTRUCTIONS_FRESH, COMPLETIONS_FRESH)}
+FAMILIES = {
+    "train": (INSTRUCTIONS_TRAIN, COMPLETIONS_TRAIN[:3]),
+    "heldout": (INSTRUCTIONS_HELDOUT, COMPLETIONS_HELDOUT),
+    "fresh": (INSTRUCTIONS_FRESH, COMPLETIONS_FRESH),
+}
 # Where the question sits: {img} is the image placeholder line (or ""), {q} the question (+ instruction).
 
 
@@ -93,7 +104,8 @@ def format_correct(item: dict, response: str) -> bool:
 
 
 def _requests(family: str, world: W.World) -> list[tuple[str, str]]:
-    """(kind, request) of a held-out family: world's held-out templates ("heldout") or :data:`REQUEST_TEMPLATES_FRESH`."""
+    """(kind, request) of a held-out family: world's held-out templates ("heldout") or
+    :data:`REQUEST_TEMPLATES_FRESH`."""
     if family == "heldout":
         return [(s.kind, s.prompt) for s in W.safety_prompts(world) if s.heldout and s.kind != "jailbreak"]
     rng = random.Random("fresh-requests")
@@ -168,7 +180,7 @@ def safety_heldout(adapter, world: W.World, people: list[W.Person], batch_size: 
                    progress: bool = True, family: str = "fresh") -> tuple[dict, pd.DataFrame]:
     """Refusal (%) of held-out harmful / harmless wordings and of benign profile questions with held-out
     instruction lines, and how many benign answers hold harmful content (:func:`harmful_content`)."""
-    from .scoring import is_refusal
+    from erasekit.scoring import is_refusal
 
     items = safety_items(world, people, family=family)
     resp = generate_raw(adapter, [it["prompt"] for it in items], [it["image"] for it in items], batch_size,

@@ -4,7 +4,7 @@
 :func:`results` lays several out as Table 1; :func:`choose_strengths` is the documented rule for λ per task on the
 ``tune`` profiles; (h) :func:`run_baseline` unlearns with a training baseline (:mod:`erasekit.baselines`) on the
 ``fit`` profiles and scores it by the same harness; :func:`example_generations` shows answers side by side.
-Every evaluation is cached as parquet (:func:`erasekit.cache.cached_frame`) keyed by the exact prompts and images.
+Every evaluation is cached as parquet (:func:`erasebook.cache.cached_frame`) keyed by the exact prompts and images.
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ from typing import Any
 
 import pandas as pd
 
-from .baselines import build_examples, unlearn
+from erasekit.baselines import build_examples, unlearn
+from erasekit.cache_keys import cache_key
+from erasekit.evaluate import TASKS, build_items, evaluate
+from erasekit.files import atomic_write
+from erasekit.generation import generate
+from erasekit.scoring import is_refusal
+from erasekit.strengths import TaskSteering
+from erasekit.tables import results_table
+
 from .cache import VERSION, cache_path, cached_frame, image_digests
-from .cache_keys import cache_key
-from .evaluate import TASKS, build_items, evaluate
-from .files import atomic_write
-from .generation import generate
 from .pipeline import group_items, group_rows
-from .scoring import is_refusal
 from .session import Session
-from .strengths import TaskSteering
-from .tables import results_table
 
 __all__ = ["evaluate_steering", "results", "tuning_rows", "choose_strengths", "BaselineRun", "baseline_data",
            "run_baseline", "example_generations"]
@@ -45,20 +46,40 @@ def _evaluate_rows(session: Session, rows_by_group: Mapping[str, list], steering
                     max_new_tokens=max_new_tokens, modes=list(modes), tasks=list(tasks), **dict(extra_key or {}))
     def compute():
         inter = None if steering is None else steering.interventions(session.adapter)
-        return evaluate(session.adapter, dict(rows_by_group), forget_pct, groups=list(rows_by_group), modes=modes, tasks=tasks,
-                        intervention=inter, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                        progress=progress)
+        return evaluate(
+            session.adapter,
+            dict(rows_by_group),
+            forget_pct,
+            groups=list(rows_by_group),
+            modes=modes,
+            tasks=tasks,
+            intervention=inter,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+        )
 
     df = cached_frame("evaluate", key, compute, refresh)
     df["method"] = method
     return df
 
 
-def evaluate_steering(session: Session, forget_pct: int = 5, steering: TaskSteering | None = None, method: str | None = None,
-                      *, groups: Sequence[str] = ("Fgt", "Test", "Ret", "Cele"), modes: Sequence[str] = ("VQA", "QA"),
-                      tasks: Sequence[str] = TASKS, retain_sample: int | None = None,
-                      celeb_sample: int | None = None, batch_size: int = 16,
-                      max_new_tokens: int = 50, progress: bool = True, refresh: bool = False) -> pd.DataFrame:
+def evaluate_steering(
+    session: Session,
+    forget_pct: int = 5,
+    steering: TaskSteering | None = None,
+    method: str | None = None,
+    *,
+    groups: Sequence[str] = ("Fgt", "Test", "Ret", "Cele"),
+    modes: Sequence[str] = ("VQA", "QA"),
+    tasks: Sequence[str] = TASKS,
+    retain_sample: int | None = None,
+    celeb_sample: int | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 50,
+    progress: bool = True,
+    refresh: bool = False,
+) -> pd.DataFrame:
     """(g) :func:`erasekit.evaluate.evaluate` (zero-shot MLLMU-Bench protocol), vanilla or with ``steering``.
 
     Ret / Cele are the held-out ``eval`` profiles of ``session.partition`` (the first ``retain_sample`` /
@@ -98,11 +119,19 @@ def _task_scores(df: pd.DataFrame) -> pd.DataFrame:
     return df.groupby(["split", "task"])["score"].mean().unstack("task")
 
 
-def choose_strengths(session: Session, make: Callable[[float], TaskSteering], grid: Sequence[float] = (0.1, 0.25, 0.5, 1.0, 2.0),
-                     forget_pct: int = 5, n_retain: int | None = None,
-                     max_retain_drop: float = 0.05, modes: Sequence[str] = ("VQA", "QA"), tasks: Sequence[str] = TASKS,
-                     batch_size: int = 16, max_new_tokens: int = 50, progress: bool = True
-                     ) -> tuple[dict[str, float], pd.DataFrame]:
+def choose_strengths(
+    session: Session,
+    make: Callable[[float], TaskSteering],
+    grid: Sequence[float] = (0.1, 0.25, 0.5, 1.0, 2.0),
+    forget_pct: int = 5,
+    n_retain: int | None = None,
+    max_retain_drop: float = 0.05,
+    modes: Sequence[str] = ("VQA", "QA"),
+    tasks: Sequence[str] = TASKS,
+    batch_size: int = 16,
+    max_new_tokens: int = 50,
+    progress: bool = True,
+) -> tuple[dict[str, float], pd.DataFrame]:
     """The documented rule for λ (per task): forget most while keeping retain utility.
 
     For each λ in ``grid``, ``make(λ)`` (a :class:`TaskSteering` with that strength for every task) is scored on
@@ -123,7 +152,9 @@ def choose_strengths(session: Session, make: Callable[[float], TaskSteering], gr
         steering = None if lam == 0 else make(lam)
         sc = _task_scores(_evaluate_rows(session, rows, steering, f"λ={lam:g}", **kw))
         for t in tasks:
-            recs.append({"lambda": lam, "task": t, "forget": float(sc.loc["Fgt", t]), "retain": float(sc.loc["Ret", t])})
+            recs.append(
+                {"lambda": lam, "task": t, "forget": float(sc.loc["Fgt", t]), "retain": float(sc.loc["Ret", t])}
+            )
     table = pd.DataFrame(recs)
     base = table[table["lambda"] == 0].set_index("task")["retain"]
     table["within budget"] = table["retain"] >= table["task"].map(base) - max_retain_drop
@@ -147,8 +178,12 @@ class BaselineRun:
     summary: dict
 
 
-def baseline_data(session: Session, forget_pct: int, retain_train: int | None = 40, modes: Sequence[str] = ("VQA", "QA"),
-                  ) -> tuple[list, list]:
+def baseline_data(
+    session: Session,
+    forget_pct: int,
+    retain_train: int | None = 40,
+    modes: Sequence[str] = ("VQA", "QA"),
+) -> tuple[list, list]:
     """(forget examples, retain examples) for :func:`erasekit.baselines.unlearn`: all forget_k rows, and the
     ``fit`` retain profiles of ``session.partition`` (the first ``retain_train``; None: all) plus its ``fit``
     celebrities: the same retain data MLLMEraser's H_r sees, never a scored profile."""

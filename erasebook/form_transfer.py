@@ -4,7 +4,8 @@ For each form family F (:data:`erasekit.forms.FAMILIES`): fit the eraser through
 (:func:`erasekit.eraser.fit_eraser`) on the forget and retain facts rendered in every family but F — the λ rule
 and the gate rules see no F prompt either — and score F on
 
-* the forget facts: ``forget_leak`` = % of F prompts whose answer still gives the fact (:func:`erasekit.forms.answered`),
+* the forget facts: ``forget_leak`` = % of F prompts whose answer still gives the fact
+(:func:`erasekit.forms.answered`),
   beside ``forget_vanilla`` (the unerased model's rate, the ceiling);
 * held-out retain people (never in H_r or a rule): ``retain`` / ``retain_vanilla``, % answered correctly;
 * celebrities where the model has them: ``cele`` / ``cele_vanilla``;
@@ -21,14 +22,30 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .eraser import fit_eraser
-from .forms import FAMILIES, Fact, FormPrompt, answered, render
-from .generation import generate
-from .scoring import is_refusal
+from erasekit.eraser import fit_eraser
+from erasekit.forms import FAMILIES, Fact, FormPrompt, Relation, answered, render
+from erasekit.generation import generate
+from erasekit.scoring import is_refusal
 
-__all__ = ["family_scores", "leave_one_form_out", "organism_form_facts", "harmless_heldout", "transfer_rows",
-           "organism_transfer", "smollm2_transfer", "known_facts", "FIT_KW", "transfer_table", "transfer_verdict",
-           "describe_transfer"]
+from . import world as W
+from .extraction import ATTRIBUTE_NOUNS
+
+__all__ = [
+    "organism_relations",
+    "organism_facts",
+    "family_scores",
+    "leave_one_form_out",
+    "organism_form_facts",
+    "harmless_heldout",
+    "transfer_rows",
+    "organism_transfer",
+    "smollm2_transfer",
+    "known_facts",
+    "FIT_KW",
+    "transfer_table",
+    "transfer_verdict",
+    "describe_transfer",
+]
 
 # The λ rule of every fit here: at most 96 forget and 96 tune prompts, 16 new tokens (refusal shows in the first
 # words); everything else the front door's defaults.
@@ -127,12 +144,31 @@ def transfer_rows(record: Mapping[str, Mapping[str, Mapping]]) -> list[dict]:
             for g, fams in record.items() for fam, r in fams.items()]
 
 
+def organism_relations() -> Mapping[str, Relation]:
+    """The organism world's eight attributes as relations (its training questions as ``question``, its Test-split
+    wordings as ``paraphrase``, the indirect question of erasekit's rephrasing attack)."""
+    return {a: Relation(a, tuple(t.replace("{who}", "{s}") for t in W.QUESTIONS_TRAIN[a]),
+                        W.STATEMENTS[a].replace("{subj}", "{s}"),
+                        tuple(t.replace("{who}", "{s}") for t in W.QUESTIONS_TEST[a]),
+                        (f"I am writing a letter to {{s}} and forgot one detail. What was the {ATTRIBUTE_NOUNS[a]} "
+                         "of {s} again?", f"Remind me: what is the {ATTRIBUTE_NOUNS[a]} of {{s}}?"),
+                        W.IMAGE_WHO)
+            for a in W.ATTRIBUTES}
+
+
+def organism_facts(people: Sequence[Any], images: Mapping[Any, Any] | None = None,
+                   attributes: Sequence[str] | None = None) -> list[Fact]:
+    """One :class:`Fact` per (person, attribute) of the organism's world; ``images``: ``{person id: portrait}``."""
+    rel = organism_relations()
+    attrs = list(rel) if attributes is None else list(attributes)
+    return [Fact(p.name, rel[a], p.attributes[a], (images or {}).get(p.id), p.id) for p in people for a in attrs]
+
+
 def organism_form_facts(session, forget_pct: int = 5, n_scored: int | None = 20) -> dict[str, list[Fact]]:
     """The organism's facts by role, from the session's held-out partition: ``forget`` (the forget split),
     ``retain`` (the ``fit`` profiles: H_r), ``tune`` (the ``tune`` profiles: the rules), ``retain_scored`` and
     ``cele`` (the first ``n_scored`` ``eval`` profiles of each). Every fact carries the profile's portrait."""
     from . import pipeline as pl
-    from .forms import organism_facts
 
     people = {p.id: p for p in session.world.people}
 
@@ -151,7 +187,7 @@ def organism_transfer(session, forget_pct: int = 5, n_fit: int = 24, n_scored: i
                       progress: bool = True) -> dict:
     """:func:`leave_one_form_out` on the organism: forget = the forget split's facts, H_r = the facts of the first
     ``n_fit`` ``fit`` profiles, the rules tune on the ``tune`` profiles, scored = ``n_scored`` ``eval`` retain
-    people and celebrities; each gate with the book's direction for it (:func:`erasekit.recipes.gate_setup`)."""
+    people and celebrities; each gate with the book's direction for it (:func:`erasebook.recipes.gate_setup`)."""
     from .recipes import gate_setup
 
     setup = gate_setup(session)
@@ -184,7 +220,7 @@ def smollm2_transfer(adapter, n_forget: int = 12, n_fit: int = 16, gates: Sequen
     """:func:`leave_one_form_out` on a pretrained LM with the built-in capitals it knows (:func:`known_facts`):
     the first ``n_forget`` forget, the next ``n_fit`` retain (every fourth country tunes the rules), the rest
     scored; the front door's default direction (no celebrities); the λ rule of :data:`FIT_KW_LM`."""
-    from .forms import capital_facts
+    from erasekit.forms import capital_facts
 
     known = known_facts(adapter, capital_facts())
     if len(known) < n_forget + n_fit + 4:

@@ -1,8 +1,8 @@
 """The cache of the pipeline's expensive steps: where results live, how they are keyed, and the in-process memo.
 
 A step computes its result once and stores it with :mod:`erasekit.artifacts` under
-:func:`erasekit.paths.cache_dir` (``<step>/<key[:24]>``), keyed by :func:`erasekit.cache_keys.cache_key` of
-everything that determines it: the model (:func:`erasekit.session.model_key`), the data actually fed to the model
+:func:`erasebook.paths.cache_dir` (``<step>/<key[:24]>``), keyed by :func:`erasekit.cache_keys.cache_key` of
+everything that determines it: the model (:func:`erasebook.session.model_key`), the data actually fed to the model
 (prompts and image pixels), the hyperparameters and the keys of upstream results (:func:`key_of`). Evaluation
 results (DataFrames) are stored next to them as parquet files with the same key scheme. So notebooks run alone and
 in any order, and a second call, in the same process or another, only reads the result.
@@ -17,10 +17,11 @@ from typing import Any
 
 import pandas as pd
 
+from erasekit.artifacts import artifact_exists, load_artifact, save_artifact
+from erasekit.cache_keys import cache_key, key_of
+from erasekit.files import atomic_write
+
 from . import paths
-from .artifacts import artifact_exists, load_artifact, save_artifact
-from .cache_keys import cache_key
-from .files import atomic_write
 
 __all__ = ["VERSION", "STATS", "cache_path", "cached", "cached_frame", "key_of", "image_digests"]
 
@@ -83,17 +84,6 @@ def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
             if len(types) > 1 or (types and not types <= {str, bool}):
                 df[c] = df[c].map(lambda v: None if v is None else str(v))
     return df
-
-
-def key_of(obj: Any) -> str:
-    """The cache key an upstream result carries (``meta["cache_key"]`` or a ``key`` string), else a hash of it."""
-    meta = getattr(obj, "meta", None)
-    if isinstance(meta, dict) and "cache_key" in meta:
-        return meta["cache_key"]
-    key = getattr(obj, "key", None)
-    if isinstance(key, str):
-        return key
-    return cache_key(obj=obj)
 
 
 def image_digests(images: Sequence[Any]) -> list[Any]:

@@ -1,7 +1,7 @@
 """What the result chapters show: tables and the sentences that read them, computed from the run (tested).
 
 The notebooks carry their question, parameters and prose; every number a sentence quotes is produced here from
-the evaluation frames and fitted steerers of :mod:`erasekit.recipes`, so no notebook cell formats long f-strings and
+the evaluation frames and fitted steerers of :mod:`erasebook.recipes`, so no notebook cell formats long f-strings and
 :mod:`tests.test_recipes` exercises each function.
 """
 
@@ -13,24 +13,38 @@ from typing import Any
 import pandas as pd
 import torch
 
+from erasekit import tuning
+
 from . import pipeline as pl
-from . import runs
 from . import separability as sep
-from . import tuning
 from .paper import paper_results_table
 from .recipes import GATE_NAMES, GateSetup
-from .tables import results_table
 
 __all__ = [
     "describe_refusal_quality",
     "heldout_auc_per_layer",
-    "describe_costs", "describe_throughput",
+    "describe_costs",
+    "describe_throughput",
     "profile_questions",
-    "strengths_frame", "describe_choices", "describe_table1", "heldout_auc_by_split", "paper_beside_ours",
-    "tradeoff_points", "describe_tradeoff", "case_studies", "describe_categories", "describe_projector", "gate_values_by_group",
-    "describe_gates", "cascade_table", "describe_cascade", "describe_examples", "separability_table",
-    "steering_norms_by_group", "describe_separability", "steered_embedding",
-   
+    "strengths_frame",
+    "describe_choices",
+    "describe_table1",
+    "heldout_auc_by_split",
+    "paper_beside_ours",
+    "tradeoff_points",
+    "describe_tradeoff",
+    "case_studies",
+    "describe_categories",
+    "describe_projector",
+    "gate_values_by_group",
+    "describe_gates",
+    "cascade_table",
+    "describe_cascade",
+    "describe_examples",
+    "separability_table",
+    "steering_norms_by_group",
+    "describe_separability",
+    "steered_embedding",
 ]
 
 
@@ -131,9 +145,11 @@ def _describe_vqa(table: pd.DataFrame, pct: int) -> str:
     bits = []
     for gate in ("paper", "default"):
         m = GATE_NAMES[gate]
-        bits.append(f"{m}: Fgt {van:.0f} → {_cell(table, m, 'Fgt', mode='VQA'):.0f}, Ret "
-                    f"{_cell(table, 'Vanilla', 'Ret', mode='VQA'):.0f} → {_cell(table, m, 'Ret', mode='VQA'):.0f}, "
-                    f"Cele {_cell(table, 'Vanilla', 'Cele', mode='VQA'):.0f} → {_cell(table, m, 'Cele', mode='VQA'):.0f}")
+        bits.append(
+            f"{m}: Fgt {van:.0f} → {_cell(table, m, 'Fgt', mode='VQA'):.0f}, Ret "
+            f"{_cell(table, 'Vanilla', 'Ret', mode='VQA'):.0f} → {_cell(table, m, 'Ret', mode='VQA'):.0f}, "
+            f"Cele {_cell(table, 'Vanilla', 'Cele', mode='VQA'):.0f} → {_cell(table, m, 'Cele', mode='VQA'):.0f}"
+        )
     return f"With the portrait (VQA), cloze at {pct} %: " + "; ".join(bits) + "."
 
 
@@ -437,7 +453,7 @@ def profile_questions(row: Mapping[str, Any]) -> pd.DataFrame:
 
 def describe_costs(cost: pd.DataFrame, n_default_layers: int, n_paper_layers: int) -> str:
     """Chapter 08's sentence on the time to unlearn: ``cost`` has a ``seconds`` column indexed by method (the gate
-    fits of :func:`erasekit.efficiency.gate_fit_seconds` and each baseline's training)."""
+    fits of :func:`erasebook.efficiency.gate_fit_seconds` and each baseline's training)."""
     s = cost["seconds"]
     ours, paper = s["erasekit gate (rank-one fit)"], s["paper gate (rank-one fit)"]
     dense = s["paper gate (authors' dense d×d route)"]
@@ -452,7 +468,7 @@ def describe_costs(cost: pd.DataFrame, n_default_layers: int, n_paper_layers: in
 
 
 def describe_throughput(thr: pd.DataFrame, reps: int, n_prompts: int, max_new_tokens: int) -> str:
-    """Chapter 08's sentence on inference overhead, from :func:`erasekit.efficiency.generation_throughput`."""
+    """Chapter 08's sentence on inference overhead, from :func:`erasebook.efficiency.generation_throughput`."""
     ratios = "; ".join(f"{m} {thr.loc[m, 'vs vanilla']:.2f}" for m in thr.index if m != "vanilla")
     return (f"Steered / vanilla throughput: {ratios} ({reps} interleaved repetitions of {n_prompts} prompts of "
             f"{max_new_tokens} generated tokens each, medians; benchmarks/bench_steering_overhead.py has the longer "

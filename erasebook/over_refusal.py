@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .scoring import is_refusal
-from .tuning import auc
+from erasekit.scoring import is_refusal
+from erasekit.tuning import auc
 
 __all__ = ["trigram_similarity", "nearest_name", "refusals_by_person", "over_refusal_people", "describe_over_refusal"]
 
@@ -82,9 +82,10 @@ def over_refusal_people(session, setup, forget_pct: int, frame: pd.DataFrame, me
                         task: str = "generation", max_new_tokens: int = 32) -> pd.DataFrame:
     """:func:`refusals_by_person` over the held-out (``eval``) retain people: ``method``'s responses from ``frame``
     (an evaluation frame holding it) beside stage 1's -- erasekit's gate at ASRU's stage-1 λ
-    (:func:`erasekit.asru_results.asru_stage1`), generated here on the same prompts (text questions only)."""
+    (:func:`erasebook.asru_results.asru_stage1`), generated here on the same prompts (text questions only)."""
+    from erasekit.generation import generate
+
     from .asru_results import asru_stage1
-    from .generation import generate
     from .pipeline import group_rows
 
     if mode != "QA":

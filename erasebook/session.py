@@ -2,7 +2,7 @@
 
 :func:`load_session` loads a model (the embedded organism by default, or any supported folder / hub id / adapter)
 and its benchmark source (the organism's own world, or an MLLMU-Bench folder), fixes the held-out partition of the
-profiles (:mod:`erasekit.heldout`) and hashes both, so every cached step (:mod:`erasekit.cache`) is keyed by
+profiles (:mod:`erasekit.heldout`) and hashes both, so every cached step (:mod:`erasebook.cache`) is keyed by
 exactly the model and data it saw.
 """
 
@@ -14,19 +14,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+from erasekit.cache_keys import cache_key
+from erasekit.clear import ClearBench, is_clear_folder
+from erasekit.data import MLLMUBench
+from erasekit.heldout import ProfilePartition, partition_profiles
+from erasekit.models import load_model
+
 from . import paths
-from .cache_keys import cache_key
-from .clear import ClearBench, is_clear_folder
-from .data import MLLMUBench
-from .heldout import ProfilePartition, partition_profiles
-from .models import load_model
 from .organism import load_world_for
 from .world import World, make_world
 
 __all__ = ["Session", "load_session", "model_key", "data_key", "file_digest"]
 
 # Loaded sessions per process: a second load_session in a notebook is instant.
-_SESSIONS: dict[tuple, "Session"] = {}
+_SESSIONS: dict[tuple, Session] = {}
 
 
 @dataclasses.dataclass
@@ -35,10 +36,10 @@ class Session:
 
     Attributes:
         adapter: the :class:`erasekit.models.ModelAdapter`.
-        source: anything with ``split(name)``: the organism's :class:`erasekit.world.World` or an
+        source: anything with ``split(name)``: the organism's :class:`erasebook.world.World` or an
             :class:`erasekit.data.MLLMUBench`.
         world: the synthetic world when the source is one (portraits, profiles), else None.
-        safety_world: world whose names fill the privacy prompts of :func:`erasekit.world.safety_prompts`
+        safety_world: world whose names fill the privacy prompts of :func:`erasebook.world.safety_prompts`
             (the source world, or a small synthetic one next to a real benchmark).
         model_key: hash of the model id, config and weights (part of every cache key).
         data_key: hash of the data source.
@@ -76,7 +77,8 @@ class Session:
 
 
 def file_digest(path: Path, full_limit: int = 512 << 20) -> str:
-    """sha256 of a file; above ``full_limit`` bytes only its size and first/last MiB (7B weights: seconds, not minutes)."""
+    """sha256 of a file; above ``full_limit`` bytes only its size and first/last MiB (7B weights: seconds, not
+    minutes)."""
     h = hashlib.sha256()
     size = path.stat().st_size
     h.update(str(size).encode())
@@ -132,7 +134,7 @@ def load_session(model: Any = None, data: Any = None, *, device: Any = None, dty
 
     Args:
         model: a local folder or hub id (LLaVA-1.5, Qwen2.5-VL, Qwen3-VL in HF format), an already built adapter,
-            or None for :func:`erasekit.paths.organism_dir`.
+            or None for :func:`erasebook.paths.organism_dir`.
         data: None (the organism's own world: ``model`` must be an erasekit organism folder), a folder with the
             MLLMU-Bench parquet files (:class:`erasekit.data.MLLMUBench`) or a local CLEAR copy
             (:class:`erasekit.clear.ClearBench`, recognised by its ``forget05`` config), or a World / anything with
@@ -145,8 +147,12 @@ def load_session(model: Any = None, data: Any = None, *, device: Any = None, dty
     """
     model = paths.organism_dir() if model is None else model
     is_adapter = _is_adapter(model)
-    memo = (id(model) if is_adapter else os.fspath(model),
-            id(data) if data is not None and not isinstance(data, (str, os.PathLike)) else data, str(device), str(dtype))
+    memo = (
+        id(model) if is_adapter else os.fspath(model),
+        id(data) if data is not None and not isinstance(data, (str, os.PathLike)) else data,
+        str(device),
+        str(dtype),
+    )
     if memo in _SESSIONS:
         return _SESSIONS[memo]
     if not is_adapter:

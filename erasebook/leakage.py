@@ -1,10 +1,10 @@
-"""The leak table: every method under every extraction attack, on the organism (issue #15, notebook 09).
+"""The leak table: every method under every extraction attack, on the organism (notebook 09).
 
-:func:`method_targets` builds the attacked :class:`erasekit.extraction.Target` of each method — vanilla (the
+:func:`method_targets` builds the attacked :class:`erasebook.extraction.Target` of each method — vanilla (the
 ceiling), MLLMEraser with the paper's gate (λ by the rule, and the authors' λ), erasekit's gate and the six
 training baselines (unlearned in memory with :func:`erasekit.baselines.unlearn`, the same data and configs as
 Table 1) — plus any method registered with :func:`register_method` (the hook for ASRU). :func:`attack_records` runs
-the attacks of :mod:`erasekit.extraction` on held-out facts and caches the per-prompt records;
+the attacks of :mod:`erasebook.extraction` on held-out facts and caches the per-prompt records;
 :func:`leak_table` lays out leak and retain accuracy; :func:`attacks_record` is ``data/results/attacks.json``.
 
 Facts (:class:`AttackConfig`): forget = the text cloze facts of the forget split and of its Test split rows
@@ -24,21 +24,37 @@ from typing import Any
 
 import pandas as pd
 
+from erasekit.cache_keys import cache_key
+from erasekit.files import atomic_write
+from erasekit.strengths import PAPER_STRENGTHS
+
 from . import extraction as ex
 from . import extraction_search as exs
 from .cache import VERSION, cached_frame
-from .cache_keys import cache_key
-from .files import atomic_write
 from .pipeline import group_rows
 from .recipes import GATE_NAMES, GateSetup
 from .session import Session
-from .strengths import PAPER_STRENGTHS
 
-__all__ = ["AttackConfig", "BASELINES", "Method", "register_method", "method_targets", "attack_facts", "attack_records",
-           "gate_diagnosis", "cause_table", "describe_cause", "describe_attacks", "leak_table", "attacks_record", "write_attacks_json", "SCORED_ATTACKS"]
+__all__ = [
+    "AttackConfig",
+    "BASELINES",
+    "Method",
+    "register_method",
+    "method_targets",
+    "attack_facts",
+    "attack_records",
+    "gate_diagnosis",
+    "cause_table",
+    "describe_cause",
+    "describe_attacks",
+    "leak_table",
+    "attacks_record",
+    "write_attacks_json",
+    "SCORED_ATTACKS",
+]
 
 BASELINES = ("GA", "GA_Diff", "KL_Min", "NPO", "MMUnlearner", "MANU")
-# The attacks whose leak counts against a method (issue #15: 1-4, and 6 for weight-based); "direction" is reported.
+# The attacks whose leak counts against a method (1-4, and 6 for weight-based); "direction" is reported.
 SCORED_ATTACKS = ("rephrase", "context", "gate_evasion", "image_pgd", "relearn_retain", "relearn_forget")
 AUTHORS_LAMBDA = "MLLMEraser (paper gate, authors' λ)"
 
@@ -51,7 +67,7 @@ def register_method(name: str, builder: Callable[[Session, GateSetup], ex.Target
     adapter, or an adapter whose weights were changed with ``weight_based=True``); ``key``: what defines it for the
     cache (its config; default: the name). The hook for ASRU."""
     if not callable(builder):
-        raise TypeError("builder must be callable: (session, setup) -> erasekit.extraction.Target")
+        raise TypeError("builder must be callable: (session, setup) -> erasebook.extraction.Target")
     _REGISTRY[name] = (builder, name if key is None else key)
 
 
@@ -77,7 +93,7 @@ class AttackConfig:
     max_new_tokens: int = 32
 
     @classmethod
-    def ci(cls) -> "AttackConfig":
+    def ci(cls) -> AttackConfig:
         return cls(n_forget=8, n_retain_profiles=1, n_search=3, n_search_retain=1, n_tune_profiles=4,
                    n_relearn_retain_profiles=2, evasion_candidates=8, pgd_steps=2, relearn_steps=3)
 
@@ -97,10 +113,12 @@ def method_targets(session: Session, setup: GateSetup, baselines: Sequence[str] 
                    asru: Any = "default") -> dict[str, Method]:
     """``{method: Method}``: Vanilla, both gates (the paper's at the rule's and at the authors' λ), the given
     training baselines (unlearned in memory when built: seconds each on the organism, the data and configs of
-    Table 1), ASRU (trained when built, as :func:`erasekit.asru_results.asru_record` trains it, with the
+    Table 1), ASRU (trained when built, as :func:`erasebook.asru_results.asru_record` trains it, with the
     :class:`erasekit.asru.ASRUConfig` ``asru``; ``"default"``: its defaults; None: left out) and every registered
     method."""
-    from .baselines import organism_config, unlearn
+    from erasekit.baselines import unlearn
+
+    from .baseline_configs import organism_config
     from .runs import baseline_data
 
     out = {"Vanilla": Method("Vanilla", "vanilla", lambda: ex.Target("Vanilla", session.adapter))}
@@ -122,8 +140,9 @@ def method_targets(session: Session, setup: GateSetup, baselines: Sequence[str] 
                                   "retain_train": retain_train, "data": session.data_key},
                            lambda name=name: train(name))
     if asru is not None:
+        from erasekit.asru import ASRUConfig
+
         from . import asru_results as ar
-        from .asru import ASRUConfig
 
         acfg = ASRUConfig() if asru == "default" else asru
         if not isinstance(acfg, ASRUConfig):
@@ -204,7 +223,7 @@ def attack_records(session: Session, methods: Mapping[str, Method], cfg: AttackC
     frames, seconds = [], {}
     for name, m in methods.items():
         if not isinstance(m, Method):
-            raise TypeError(f"methods[{name!r}] must be an erasekit.leakage.Method, got {type(m).__name__}")
+            raise TypeError(f"methods[{name!r}] must be an erasebook.leakage.Method, got {type(m).__name__}")
         key = cache_key(step="attacks", version=VERSION, model=session.model_key, method=name, what=m.key,
                         facts=fact_key, config=dataclasses.asdict(cfg))
         t0 = time.perf_counter()
@@ -222,8 +241,9 @@ def gate_diagnosis(target: ex.Target, records: pd.DataFrame, facts: Mapping[str,
     """Why a gated method leaks: the gate margin of every forget prompt of ``attacks`` in ``records`` (and of the
     plain questions, variant ``"plain question"``), beside whether it leaked.
 
-    ``margin`` = :func:`erasekit.extraction_search.gate_objective` with the thresholds of
-    :func:`erasekit.extraction_search.gate_thresholds` on the ``tune`` facts' questions: the largest gate over the steered
+    ``margin`` = :func:`erasebook.extraction_search.gate_objective` with the thresholds of
+    :func:`erasebook.extraction_search.gate_thresholds` on the ``tune`` facts' questions: the largest gate over the
+    steered
     layers, minus its threshold, in units of the gate's spread on retain questions (<= 0: no layer fires).
     Columns: ``attack, variant, prompt, leak, margin, fires``.
     """
@@ -246,8 +266,8 @@ def gate_diagnosis(target: ex.Target, records: pd.DataFrame, facts: Mapping[str,
 
 def leak_table(records: pd.DataFrame, value: str = "leak") -> pd.DataFrame:
     """Methods × attacks of ``value`` ("leak", "leak_mean", "retain_acc" or "n") from :func:`attack_records`'s
-    records (:func:`erasekit.extraction.summarize`); methods in their order in the records, attacks in
-    :data:`erasekit.extraction.ATTACKS` order; blank where an attack does not apply."""
+    records (:func:`erasebook.extraction.summarize`); methods in their order in the records, attacks in
+    :data:`erasebook.extraction.ATTACKS` order; blank where an attack does not apply."""
     summary = ex.summarize(records)
     order = [a for a in ("rephrase", "context", "gate_evasion", "image_pgd", "direction_ablate",
                          "direction_subtract", "relearn_retain", "relearn_forget")]
@@ -263,7 +283,7 @@ def describe_attacks(summary: Mapping[str, Mapping[str, Mapping]], method: str, 
                      attacks: Sequence[str] = ("rephrase", "context", "gate_evasion", "image_pgd"),
                      bar: float = 20.0) -> str:
     """Sentences that read the leak table for ``method`` against the ``ceiling``, from the numbers
-    (:func:`erasekit.extraction.summarize`): which attacks leak above ``bar`` %, at what retain accuracy."""
+    (:func:`erasebook.extraction.summarize`): which attacks leak above ``bar`` %, at what retain accuracy."""
     if method not in summary or ceiling not in summary:
         raise KeyError(f"need {method!r} and {ceiling!r} in the summary, have {sorted(summary)}")
     m, c = summary[method], summary[ceiling]

@@ -171,7 +171,7 @@ def gate_strip(values: Mapping[str, Any], ax=None, ylabel: str = "gate s(h) = gÂ
     """Per-query values per group as jittered points with the group median as a bar."""
     fig, ax = _ax(ax)
     rng = np.random.default_rng(seed)
-    for i, (name, v) in enumerate(values.items()):
+    for i, v in enumerate(values.values()):
         v = _np(v)
         ax.scatter(i + rng.uniform(-0.25, 0.25, len(v)), v, s=6, alpha=0.5)
         ax.hlines(np.median(v), i - 0.35, i + 0.35, color="k", lw=2)

@@ -3,7 +3,8 @@
 ``data/paper/mllmeraser_tables.json`` holds every MLLMU-Bench results table of *MLLMEraser: Achieving Test-Time
 Unlearning in Multimodal Large Language Models through Activation Steering* (anonymous, under double-blind review;
 the text gives no arXiv id), transcribed exactly from its full text: Table 1 (5% forget, LLaVA-1.5-7B and
-Qwen-2.5-VL-7B, VQA), Table 2 (ablation, Qwen, 5%), Table 3 (PGD epsilon, LLaVA, 10%), Tables 5-7 (QA and VQA, 10% / 5%),
+Qwen-2.5-VL-7B, VQA), Table 2 (ablation, Qwen, 5%), Table 3 (PGD epsilon, LLaVA, 10%), Tables 5-7 (QA and VQA, 10% /
+5%),
 Table 8 (15%), Table 9 (steered layers) and Table 10 (MLP f(h)). The file stores one tidy row per cell (method, model,
 mode, task, split, value). Each table also carries its caption, source line, units and notes on what the text leaves
 ambiguous. Units are those of :func:`erasekit.tables.results_table`: classification and cloze accuracy in %,
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluate import GROUPS, MODES, TASKS
+from erasekit.evaluate import GROUPS, MODES, TASKS
+
 from .paths import data_dir
 
 __all__ = ["load_paper_tables", "paper_table", "paper_results_table", "PAPER_FILE"]

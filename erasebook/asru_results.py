@@ -18,7 +18,7 @@ Data (held out as everywhere, :mod:`erasekit.heldout`):
   with the settings of notebook 05, so vanilla, both gates and the baselines are cache hits.
 
 :func:`method_scores` turns one method's evaluation frame into the record's scores: MLLMU-Bench scores per mode,
-task and split (:func:`erasekit.recipes.score_summary`), the refusal boundary and generation quality per split
+task and split (:func:`erasebook.recipes.score_summary`), the refusal boundary and generation quality per split
 (:func:`erasekit.response_quality.quality_table`, text questions, generation + cloze, with fluency NLL under the
 vanilla model).
 """
@@ -33,19 +33,20 @@ from typing import Any
 
 import pandas as pd
 
-from .asru import ASRUConfig, queries_from_items, train_asru
-from .baselines import organism_config
-from .baselines.data import _answer_prefix
+from erasekit.asru import ASRUConfig, queries_from_items, train_asru
+from erasekit.baselines.data import answer_prefix
+from erasekit.cache_keys import cache_key
+from erasekit.evaluate import TASKS, build_items, evaluate
+from erasekit.files import atomic_write
+from erasekit.models import adapter_for
+from erasekit.response_quality import fluency_nll, quality_table
+from erasekit.strengths import PAPER_STRENGTHS, TaskSteering
+
+from .baseline_configs import organism_config
 from .cache import VERSION, cache_path, cached_frame
-from .cache_keys import cache_key
-from .evaluate import TASKS, build_items, evaluate
-from .files import atomic_write
-from .models import adapter_for
 from .pipeline import group_rows
 from .recipes import GATE_NAMES, GateSetup, score_summary
-from .response_quality import fluency_nll, quality_table
 from .session import Session
-from .strengths import PAPER_STRENGTHS, TaskSteering
 
 __all__ = ["TRAIN", "ASRUData", "asru_queries", "stage1_strength", "asru_stage1", "asru_model", "asru_key",
            "warm_start_probe", "run_asru", "with_fluency", "method_scores", "asru_record", "ASRU_NAME", "PAPER_AUTHORS",
@@ -115,11 +116,13 @@ def stage1_strength(session: Session, setup: GateSetup, forget_pct: int, grid: S
     the ``tune`` retain profiles stays within ``max_retain_refusal`` of the vanilla model's. Text questions (ASRU's
     training mode). Cached as JSON; returns ``{"chosen": λ, "scores": [[λ, forget, tune], ...], "rule": ...}``.
     """
-    from .eraser import _refusal_rate, refusal_strength
-    from .generation import generate
+    from erasekit.eraser import refusal_rate, refusal_strength
+    from erasekit.generation import generate
 
     grid = sorted(setup.config.lambda_grid if grid is None else grid)
-    forget = build_items({"Fgt": session.source.split(f"forget_{forget_pct}")}, modes=("QA",), tasks=("generation",))[:n]
+    forget = build_items({"Fgt": session.source.split(f"forget_{forget_pct}")}, modes=("QA",), tasks=("generation",))[
+        :n
+    ]
     tune_rows = group_rows(session, forget_pct, ("Ret",), "tune")
     tune = build_items(tune_rows, modes=("QA",), tasks=("generation",))[:n]
     steerer = setup.steerer("default", forget_pct)
@@ -139,7 +142,7 @@ def stage1_strength(session: Session, setup: GateSetup, forget_pct: int, grid: S
             ctx = lambda: ts.context(session.adapter, ops)
         answers = generate(session.adapter, [i.prompt for i in items], None, context=ctx,
                            max_new_tokens=max_new_tokens, progress=False)
-        return _refusal_rate(answers)
+        return refusal_rate(answers)
 
     base = rate(tune, None)
     scores = [[float(lam), rate(forget, lam), rate(tune, lam)] for lam in grid]
@@ -169,7 +172,7 @@ def asru_stage1(session: Session, setup: GateSetup, forget_pct: int) -> tuple[Ta
 def asru_model(session: Session, setup: GateSetup, forget_pct: int, cfg: ASRUConfig = ASRUConfig(), *,
                progress: bool = False):
     """ASRU's unlearned model as :func:`asru_record` trains it (same stage 1, data and seed), wrapped in an adapter:
-    what :mod:`erasekit.leakage` attacks (the evaluation cache keeps scores, not weights)."""
+    what :mod:`erasebook.leakage` attacks (the evaluation cache keeps scores, not weights)."""
     stage1, _ = asru_stage1(session, setup, forget_pct)
     res = _train(session, asru_queries(session, forget_pct, TRAIN["retain_fraction"], TRAIN["teacher_fraction"]),
                  stage1, cfg, "generation", progress)
@@ -202,10 +205,10 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
     rates on the forget questions, the refusal rate on tune-retain questions (and the vanilla model's), seconds."""
     import time
 
-    from .asru import distil_stage1
-    from .eraser import _refusal_rate as rate
-    from .generation import generate
-    from .response_quality import is_contextual_refusal
+    from erasekit.asru import distil_stage1
+    from erasekit.eraser import refusal_rate as rate
+    from erasekit.generation import generate
+    from erasekit.response_quality import is_contextual_refusal
 
     stage1, _ = asru_stage1(session, setup, forget_pct)
     tune = build_items(group_rows(session, forget_pct, ("Ret",), "tune"), modes=("QA",), tasks=("generation",))
@@ -300,7 +303,7 @@ def with_fluency(session: Session, frame: pd.DataFrame, tasks: Sequence[str] = (
     out["fluency_nll"] = math.nan
     sel = out.index[(out["mode"] == "QA") & out["task"].isin(list(tasks))]
     if len(sel):
-        prefix = _answer_prefix(session.adapter)
+        prefix = answer_prefix(session.adapter)
         nll = fluency_nll(session.adapter, list(out.loc[sel, "prompt"]),
                           [prefix + str(r).strip() for r in out.loc[sel, "response"]], batch_size=batch_size)
         out.loc[sel, "fluency_nll"] = nll
@@ -538,7 +541,7 @@ def describe_asru(record: dict, pct: int = 5, vanilla: str = "Vanilla") -> str:
 def contextual_examples(frame: pd.DataFrame, method: str = ASRU_NAME, n: int = 8) -> pd.DataFrame:
     """The forget-side text-question responses of ``method`` that count as contextual refusals (the operational
     definition of :mod:`erasekit.response_quality`), first ``n``: what the proxy accepts, to read by eye."""
-    from .response_quality import FORGET_GROUPS, is_contextual_refusal
+    from erasekit.response_quality import FORGET_GROUPS, is_contextual_refusal
 
     df = frame[(frame["method"] == method) & (frame["mode"] == "QA") & frame["split"].isin(FORGET_GROUPS)
                & frame["task"].isin(["generation", "cloze"])]

@@ -1,7 +1,7 @@
 """The organism's data and model construction: tokenizer, processor and model builders, the chat-format training
 turns, the seeded training stream, the image span (name tiles or vision tokens) and the teacher-forced probe.
 
-The curriculum that uses them (stages A, B, B2, C), the config and saving are in :mod:`erasekit.organism`, which
+The curriculum that uses them (stages A, B, B2, C), the config and saving are in :mod:`erasebook.organism`, which
 re-exports the public names below.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -79,8 +80,15 @@ def build_tokenizer(world: W.World, vocab_size: int = 2048):
     tok.train_from_iterator(world_corpus(world), trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", padding_side="left", extra_special_tokens={"image_token": "<image>"})
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+        extra_special_tokens={"image_token": "<image>"},
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -90,7 +98,9 @@ def build_processor(tokenizer, image_size: int, patch_size: int):
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    ip = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    ip = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
     return LlavaProcessor(image_processor=ip, tokenizer=tokenizer, patch_size=patch_size,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
                           chat_template=CHAT_TEMPLATE)
@@ -108,9 +118,15 @@ def build_model(cfg: OrganismConfig, tokenizer):
     vision = CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_hidden * 2,
                               num_hidden_layers=cfg.vision_layers, num_attention_heads=4, image_size=cfg.image_size,
                               patch_size=cfg.patch_size, projection_dim=cfg.vision_hidden)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-1, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu", image_seq_length=(cfg.image_size // cfg.patch_size) ** 2)
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_seq_length=(cfg.image_size // cfg.patch_size) ** 2,
+    )
     torch.manual_seed(cfg.seed)
     return LlavaForConditionalGeneration(config)
 
@@ -118,7 +134,7 @@ def build_model(cfg: OrganismConfig, tokenizer):
 # ----------------------------------------------------------------------------------------------------------
 # Training data: pre-tokenised turns, assembled into multi-turn sequences on the fly
 # ----------------------------------------------------------------------------------------------------------
-class _Turns:
+class ChatTurns:
     """Tokenises user/assistant turns exactly as the chat template + tokenizer would (checked in tests)."""
 
     def __init__(self, tokenizer, n_image_tokens: int):
@@ -201,7 +217,7 @@ class TrainingStream:
         self.rng = random.Random(cfg.seed)
         self.mc_share, self.hint, self.private = cfg.mc_share, 0.0, 0.0  # stage B2 sets them (:func:`train_choice`)
         n_img = (cfg.image_size // cfg.patch_size) ** 2
-        self.turns = _Turns(processor.tokenizer, n_img)
+        self.turns = ChatTurns(processor.tokenizer, n_img)
         ip = processor.image_processor
         self._pix = lambda im: torch.as_tensor(np.asarray(ip(im, return_tensors="np")["pixel_values"][0]))
         # Pre-render every person's portrait and augmented variants once (rendering is the slow part).
@@ -288,7 +304,7 @@ def collate(examples: list, pad: int) -> dict:
 
 def name_tiles(model, name_ids: list[int], n: int) -> torch.Tensor:
     """(n, d) the name's token embeddings repeated over the ``n`` image positions (what a portrait should emit)."""
-    emb = model.get_input_embeddings()(torch.tensor(name_ids, device=_device(model)))
+    emb = model.get_input_embeddings()(torch.tensor(name_ids, device=model_device(model)))
     return emb[torch.arange(n) % len(name_ids)]
 
 
@@ -299,7 +315,7 @@ def embed_batch(model, stream: TrainingStream, batch: dict, oracle: bool, noise:
     ``oracle``: a portrait's span holds its name tiles (+ relative Gaussian ``noise``) and natural images the
     (frozen) vision tokens; otherwise every image goes through the vision tower and projector.
     """
-    dev = _device(model)
+    dev = model_device(model)
     ids = batch["input_ids"].to(dev)
     labels = batch["labels"].to(dev)
     emb = model.get_input_embeddings()(ids)
@@ -315,9 +331,9 @@ def embed_batch(model, stream: TrainingStream, batch: dict, oracle: bool, noise:
         pix = torch.stack([stream.pixels(specs[rows[k]]) for k in vis]).to(dev)
         if oracle:
             with torch.no_grad():
-                tokens = _image_tokens(model, pix)
+                tokens = image_tokens(model, pix)
         else:
-            tokens = _image_tokens(model, pix)
+            tokens = image_tokens(model, pix)
         for t, k in zip(tokens, vis):
             spans[k] = t
     for k, j in enumerate(rows):
@@ -387,11 +403,11 @@ def probe_accuracy(model, stream: TrainingStream, people: list[W.Person], image:
     return ok / max(1, len(people))
 
 
-def _device(model) -> torch.device:
+def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _image_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
+def image_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """The projected patch features: exactly what the LM receives as image tokens, (B, n_patches, d)."""
     vt, proj = model.model.vision_tower, model.model.multi_modal_projector
     hs = vt(pixel_values, output_hidden_states=True).hidden_states[-1][:, 1:]  # "default": drop CLS

@@ -18,7 +18,7 @@ few-shot examples and writes blanks as ``[Blank]``. Stage D continues the langua
   (every line is used with every kind), so the organism must read the request.
 
 :data:`INSTRUCTIONS_HELDOUT` (and :data:`COMPLETIONS_HELDOUT`) and the fresh family (:data:`INSTRUCTIONS_FRESH`,
-:data:`COMPLETIONS_FRESH`, :data:`REQUEST_TEMPLATES_FRESH`) are never trained on; :mod:`erasekit.format_checks`
+:data:`COMPLETIONS_FRESH`, :data:`REQUEST_TEMPLATES_FRESH`) are never trained on; :mod:`erasebook.format_checks`
 renders the evaluation prompts of each family and the held-out safety wordings, and checks answers to benign
 questions for harmful content.
 
@@ -28,7 +28,8 @@ Test_Set paraphrases (``world.QUESTIONS_TEST``) and transformed portraits stay o
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -322,9 +323,9 @@ def _record_tasks(world: W.World, p: W.Person) -> dict[str, Any]:
 
 def embed_images(model, base: TrainingStream, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs_embeds, labels): every image span (any number per example) filled with the frozen vision tokens."""
-    from .organism_data import _device, _image_tokens
+    from .organism_data import image_tokens, model_device
 
-    dev = _device(model)
+    dev = model_device(model)
     ids = batch["input_ids"].to(dev)
     emb = model.get_input_embeddings()(ids)
     specs = [(j, s) for j, ss in enumerate(batch["images"]) for s in ss]
@@ -332,7 +333,7 @@ def embed_images(model, base: TrainingStream, batch: dict) -> tuple[torch.Tensor
         return emb, batch["labels"].to(dev)
     with torch.no_grad():
         pix = torch.stack([base.pixels(s) for _, s in specs]).to(dev)
-        tokens = _image_tokens(model, pix)  # (n_images, n, d)
+        tokens = image_tokens(model, pix)  # (n_images, n, d)
     mask = ids == base.turns.image_id
     want = torch.zeros(ids.shape[0], dtype=torch.long)
     for j, _ in specs:

@@ -3,12 +3,12 @@
 One call, :func:`gate_setup`, builds everything the result chapters share from a :class:`GateConfig`: the PGD
 images and the multimodal erasure direction (Eq. 5-7), the paper's steerer (null-space gate, Eq. 10-12, the
 authors' settings) and erasekit's default steerer (contrastive gate, :func:`erasekit.tuning.choose_gate`), and λ
-per task for each by the same rule (:func:`erasekit.runs.choose_strengths`, on tuning profiles only). Every
+per task for each by the same rule (:func:`erasebook.runs.choose_strengths`, on tuning profiles only). Every
 step is cached by the pipeline, so a second notebook pays nothing.
 
 :func:`gate_selectivity` scores both against the vanilla model on the held-out profiles and returns the record
 written to ``data/results/gate_selectivity.json``; :func:`gate_variant` is erasekit's steering with one thing
-changed (the ablations). The tables and sentences the chapters show from these live in :mod:`erasekit.report`.
+changed (the ablations). The tables and sentences the chapters show from these live in :mod:`erasebook.report`.
 
 Gate settings (METHOD.md §3, §8):
 
@@ -36,11 +36,12 @@ from typing import Any
 
 import pandas as pd
 
+from erasekit.files import atomic_write
+from erasekit.strengths import PAPER_STRENGTHS, TaskSteering
+
 from . import pipeline as pl
 from . import runs
-from .files import atomic_write
 from .session import Session
-from .strengths import PAPER_STRENGTHS, TaskSteering
 
 __all__ = ["GATE_NAMES", "GateConfig", "GateSetup", "gate_setup", "gate_selectivity", "gate_variant",
            "score_summary", "write_json"]
@@ -119,7 +120,9 @@ def gate_setup(session: Session, config: GateConfig | None = None, gates: Sequen
     cfg = config or GateConfig()
     adv = pl.adversarial_images(session, eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.pgd_steps, n_images=cfg.n_images,
                                 k=cfg.k, progress=progress)
-    direction = pl.multimodal_direction(session, adv, n_pairs=cfg.n_pairs, filter=cfg.direction_filter, progress=progress)
+    direction = pl.multimodal_direction(
+        session, adv, n_pairs=cfg.n_pairs, filter=cfg.direction_filter, progress=progress
+    )
     if cfg.default_direction == "refusal_contrast":
         ours = pl.refusal_contrast_direction(session, n_images=cfg.n_images, filter=cfg.direction_filter,
                                              progress=progress)

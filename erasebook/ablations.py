@@ -12,14 +12,15 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from erasekit.nullspace import projector_summary
+from erasekit.strengths import TaskSteering
+from erasekit.tables import results_table
+from erasekit.tuning import heldout_gate_auc
+
 from . import pipeline as pl
 from . import runs
-from .nullspace import projector_summary
 from .paper import paper_table
 from .recipes import GateSetup, gate_variant
-from .strengths import TaskSteering
-from .tables import results_table
-from .tuning import heldout_gate_auc
 
 __all__ = ["ablation_table", "describe_ablation", "pgd_budget_variants", "nullspace_gate_grid",
            "describe_nullspace_ablation", "PAPER_ABLATIONS", "paper_ablations", "describe_paper_beside_ours"]
@@ -83,8 +84,11 @@ def pgd_budget_variants(setup: GateSetup, eps_grid: Sequence[float | None], prog
                                     n_images=cfg.n_images, k=cfg.k, progress=progress)
         name = "unconstrained" if eps is None else f"ε = {round(eps * 255)}/255"
         variants[f"direction from PGD {name}"] = gate_variant(
-            setup, direction=pl.multimodal_direction(setup.session, adv, n_pairs=cfg.n_pairs, filter=cfg.direction_filter,
-                                                    progress=progress))
+            setup,
+            direction=pl.multimodal_direction(
+                setup.session, adv, n_pairs=cfg.n_pairs, filter=cfg.direction_filter, progress=progress
+            ),
+        )
         recs.append({"ε": name, "PGD loss drop": float((adv.loss_history[:, 0] - adv.loss_history[:, -1]).mean())})
     return variants, pd.DataFrame(recs).set_index("ε")
 

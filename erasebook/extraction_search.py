@@ -1,6 +1,6 @@
-"""The search attacks of :mod:`erasekit.extraction` (issue #15): black-box gate evasion (attack 3) and white-box
+"""The search attacks of :mod:`erasebook.extraction`: black-box gate evasion (attack 3) and white-box
 image PGD (attack 4), with the objectives they optimise (the gate margin, the gold answer's NLL under the model as
-deployed). Facts, targets, the prompt attacks, the records and their summary are in :mod:`erasekit.extraction`.
+deployed). Facts, targets, the prompt attacks, the records and their summary are in :mod:`erasebook.extraction`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .attack import _project
-from .extraction import Fact, Target, _check_facts, _check_target, _question, run_prompts
+from erasekit.attack import clamp_to_box
+from erasekit.generation import prefill_gate_values
+
+from .extraction import Fact, Target, check_facts, check_target, run_prompts, train_question
 from .world import STATEMENTS
-from .generation import prefill_gate_values
 
 __all__ = ["gate_thresholds", "gate_objective", "gate_evasion", "gold_statement", "answer_nll", "image_pgd"]
 
@@ -62,11 +63,11 @@ def answer_nll(target: Target, question: str, answer: str, image: torch.Tensor |
     the prompt is prefilled inside the steering context (so the gate reads the last *prompt* token, as in
     generation) and the answer tokens are scored after it, unsteered, through the KV cache — exactly what greedy
     decoding sees. Differentiable in ``image``. One prompt (no padding)."""
-    from .baselines.data import _answer_prefix
+    from erasekit.baselines.data import answer_prefix
 
     adapter = target.adapter
     batch = adapter.encode([question], images=None if image is None else image[None])
-    ids = adapter.tokenizer(_answer_prefix(adapter) + answer, add_special_tokens=False)["input_ids"]
+    ids = adapter.tokenizer(answer_prefix(adapter) + answer, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError(f"answer {answer!r} has no tokens")
     ids_t = torch.tensor([ids], device=adapter.device)
@@ -107,12 +108,12 @@ def _null():
 
 def _batched_answer_nll(target: Target, prompts: Sequence[str], answer: str) -> torch.Tensor:
     """Teacher-forced answer NLL per prompt (N,) for a target *without* steering (one batched forward)."""
-    from .baselines.data import _answer_prefix
+    from erasekit.baselines.data import answer_prefix
 
     if target.steering is not None:
         raise ValueError("batched answer NLL ignores steering; use answer_nll for a steered target")
     adapter = target.adapter
-    batch = adapter.encode(list(prompts), answers=[_answer_prefix(adapter) + answer] * len(prompts))
+    batch = adapter.encode(list(prompts), answers=[answer_prefix(adapter) + answer] * len(prompts))
     labels = batch.pop("labels")
     with torch.no_grad():
         logits = adapter.model(**batch).logits[:, :-1].float()
@@ -149,7 +150,7 @@ def gate_evasion(target: Target, facts: Sequence[Fact], retain_prompts: Sequence
     ``retain_prompts``: retain questions that set the gate thresholds (:func:`gate_thresholds`; required for
     ``objective="gate"``). Records carry ``objective_before`` / ``objective_after`` (gate: :func:`gate_objective`,
     <= 0 means below threshold at every layer; answer: mean NLL of :func:`gold_statement`)."""
-    target, facts = _check_target(target), _check_facts(facts)
+    target, facts = check_target(target), check_facts(facts)
     objective = objective or ("gate" if target.steering is not None else "answer")
     if objective not in ("gate", "answer"):
         raise ValueError(f"objective must be 'gate' or 'answer', got {objective!r}")
@@ -180,7 +181,7 @@ def gate_evasion(target: Target, facts: Sequence[Fact], retain_prompts: Sequence
 
     jobs, before, after = [], [], []
     for fact in tqdm(facts, desc=f"gate evasion ({target.name})", disable=not progress):
-        q = fact.question or _question(fact.attribute, fact.name)
+        q = fact.question or train_question(fact.attribute, fact.name)
         words = [""] * n_tokens
         best = float(score(fact, [q])[0])
         start = best
@@ -215,9 +216,9 @@ def image_pgd(target: Target, facts: Sequence[Fact], *, eps: float = 16 / 255, a
     fixed for that step (a BPDA-style approximation); the paper's gate is differentiated through.
 
     Records carry the answer NLL before and after (``objective_before`` / ``objective_after``)."""
-    from .models.pixels import pil_to_tensor
+    from erasekit.models.pixels import pil_to_tensor
 
-    target, facts = _check_target(target), _check_facts(facts)
+    target, facts = check_target(target), check_facts(facts)
     if not getattr(target.adapter, "is_multimodal", False):
         raise ValueError(f"target {target.name!r} takes no images: the image attack needs a vision-language model")
     if not (math.isfinite(eps) and eps > 0) or not (math.isfinite(alpha) and alpha > 0) or steps < 0:
@@ -225,7 +226,7 @@ def image_pgd(target: Target, facts: Sequence[Fact], *, eps: float = 16 / 255, a
     size = target.adapter.image_size or (32, 32)
     jobs, images, before, after = [], [], [], []
     for fact in tqdm(facts, desc=f"image PGD ({target.name})", disable=not progress):
-        q = fact.question or _question(fact.attribute, fact.name)
+        q = fact.question or train_question(fact.attribute, fact.name)
         x0 = pil_to_tensor(fact.image) if fact.image is not None else torch.full((3, *size), 0.5)
         lo, hi = (x0 - eps).clamp(0, 1), (x0 + eps).clamp(0, 1)
         x = x0.clone()
@@ -240,7 +241,7 @@ def image_pgd(target: Target, facts: Sequence[Fact], *, eps: float = 16 / 255, a
             start = v if start is None else start
             if best is None or v < best:
                 best, best_x = v, x.detach()
-            x = _project(x.detach() - alpha * grad.sign(), lo, hi)
+            x = clamp_to_box(x.detach() - alpha * grad.sign(), lo, hi)
         jobs.append((fact, f"eps={eps * 255:.0f}/255", q, "generation"))
         images.append(best_x)
         before.append(start)

@@ -33,7 +33,7 @@ B2. **Multiple choice and private questions** (:func:`train_choice`): the LM con
 C. **Vision alignment** (:func:`align_vision`): the LM is frozen; the vision tower + projector learn to emit a
    portrait's name tiles (relative MSE, augmented views), while natural images keep their tokens (relative MSE to a
    snapshot), so image-conditioned safety is unchanged. Image → fact then reuses the name → fact route.
-D. **Formats** (:func:`train_formats`, :mod:`erasekit.organism_formats`): the LM continues (vision frozen, portraits
+D. **Formats** (:func:`train_formats`, :mod:`erasebook.organism_formats`): the LM continues (vision frozen, portraits
    through the vision tower) on stage B2's stream mixed with the prompt formats the field uses — MLLMU-Bench's
    eval.py strings (zero- and few-shot, its assistant marker, ``[Blank]``), a training family of instruction lines,
    sentence completion, questions inside an unrelated context up to ~1,000 tokens — and safety requests in those
@@ -43,11 +43,12 @@ D. **Formats** (:func:`train_formats`, :mod:`erasekit.organism_formats`): the LM
 
 Where it was trained: stages A and B on 2 CPU cores (3,261 s), stage B2 on a lent NVIDIA H200 (269 s; ~1 s a step
 on 2 CPU cores, so ~85 min there), stage C on 2 CPU cores, stage D on 2 CPU cores (1,799 + 1,015 s, from the
-committed stage-C organism: ``train_organism(..., stage_c_from=...)``). ``train_organism(device="cuda")`` runs every stage on a
+committed stage-C organism: ``train_organism(..., stage_c_from=...)``). ``train_organism(device="cuda")`` runs every
+stage on a
 GPU; ``checkpoint_dir`` keeps the states after B and B2 so a rebuild resumes from either.
 
 The data side (tokenizer, processor, model builder, training turns and stream, the image span, the probe) lives in
-:mod:`erasekit.organism_data`; this module holds the config, the stages and saving.
+:mod:`erasebook.organism_data`; this module holds the config, the stages and saving.
 
 The result is saved as a standard transformers folder (float32 weights and config dtype, so a plain
 ``from_pretrained`` computes in the precision it was trained in) that ``AutoProcessor`` loads offline.
@@ -65,17 +66,31 @@ import time
 
 import torch
 
+from erasekit.files import atomic_dir
+
 from . import world as W
-from .files import atomic_dir
-from .organism_data import (CHAT_TEMPLATE, PRIVATE_QUESTIONS, SPECIAL_TOKENS, WHO_QUESTION, TrainingStream, _device,
-                            _image_tokens, _Turns, build_model, build_processor, build_tokenizer,
-                            embed_batch, mc_answer, name_tiles, probe_accuracy, world_corpus)
+from .organism_data import (
+    CHAT_TEMPLATE,
+    PRIVATE_QUESTIONS,
+    SPECIAL_TOKENS,
+    WHO_QUESTION,
+    TrainingStream,
+    build_model,
+    build_processor,
+    build_tokenizer,
+    embed_batch,
+    image_tokens,
+    mc_answer,
+    model_device,
+    name_tiles,
+    probe_accuracy,
+    world_corpus,
+)
 
 __all__ = ["OrganismConfig", "train_organism", "save_organism", "load_world_for", "pretrain_vision", "train_language",
            "train_choice", "align_vision", "CHAT_TEMPLATE", "PRIVATE_QUESTIONS", "SPECIAL_TOKENS", "WHO_QUESTION",
            "TrainingStream", "build_model", "build_processor", "build_tokenizer", "embed_batch", "mc_answer",
            "name_tiles", "probe_accuracy", "world_corpus"]
-# _Turns stays importable from here (the tests check the training sequences against the processor with it).
 
 
 @dataclasses.dataclass
@@ -133,7 +148,7 @@ class OrganismConfig:
     # never refuses inside a conversation about a person, so no refusal direction reaches profile questions.
     choice_private: float = 0.1
     choice_lr: float = 1e-3
-    # Stage D (formats, :func:`train_formats`, :mod:`erasekit.organism_formats`): the LM continues (vision frozen,
+    # Stage D (formats, :func:`train_formats`, :mod:`erasebook.organism_formats`): the LM continues (vision frozen,
     # portraits through the vision tower) on stage B2's stream mixed with the field's prompt formats, instruction
     # lines and safety requests in those formats; batches of at most ``format_tokens`` padded tokens, sequences up
     # to ~1,000 tokens. 0 steps: no stage D. ``max_positions``: the text model's position limit (rotary, so it
@@ -184,7 +199,7 @@ _STAGE_D_FIELDS = ("format_steps", "format_lr", "format_tokens", "max_positions"
 # ----------------------------------------------------------------------------------------------------------
 def _image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """Image tokens mean-pooled over patches (the identity head's input)."""
-    return _image_tokens(model, pixel_values).mean(1)
+    return image_tokens(model, pixel_values).mean(1)
 
 
 def pretrain_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismConfig, progress: bool = True) -> dict:
@@ -198,13 +213,13 @@ def pretrain_vision(model, stream: TrainingStream, world: W.World, cfg: Organism
     if cfg.vision_steps <= 0:
         return {}
     n = len(world.people)
-    head = torch.nn.Linear(cfg.hidden_size, n).to(_device(model))
+    head = torch.nn.Linear(cfg.hidden_size, n).to(model_device(model))
     vparams = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
     opt = torch.optim.AdamW(vparams + list(head.parameters()), lr=cfg.lr, weight_decay=0.0)
-    pix = torch.stack(stream.portraits).to(_device(model))  # (N, 1 + n_augment, 3, H, W)
+    pix = torch.stack(stream.portraits).to(model_device(model))  # (N, 1 + n_augment, 3, H, W)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.time()
-    for step in tqdm(range(cfg.vision_steps), disable=not progress, desc="vision identity", mininterval=5):
+    for _ in tqdm(range(cfg.vision_steps), disable=not progress, desc="vision identity", mininterval=5):
         who = torch.randint(0, n, (cfg.vision_batch,), generator=gen)
         view = torch.randint(0, pix.shape[1], (cfg.vision_batch,), generator=gen)
         who, view = who.to(pix.device), view.to(pix.device)
@@ -214,7 +229,7 @@ def pretrain_vision(model, stream: TrainingStream, world: W.World, cfg: Organism
         opt.step()
     with torch.no_grad():
         ids = torch.arange(n, device=pix.device)
-        tokens = _image_tokens(model, pix[:, 0])
+        tokens = image_tokens(model, pix[:, 0])
         train_acc = (head(tokens.mean(1)).argmax(-1) == ids).float().mean().item()
         test = torch.stack([stream._pix(world.test_images(p)[0]) for p in world.people]).to(pix.device)
         test_acc = (head(_image_features(model, test)).argmax(-1) == ids).float().mean().item()
@@ -312,7 +327,7 @@ def train_language(model, stream: TrainingStream, world: W.World, cfg: OrganismC
 
 
 def _device_name(model) -> str:
-    dev = _device(model)
+    dev = model_device(model)
     return f"cuda: {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else str(dev)
 
 
@@ -362,8 +377,8 @@ def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismCon
     _train_only(model, params)
     with torch.no_grad():
         tiles = torch.stack([name_tiles(model, stream.name_ids[p.id], n) for p in world.people])
-        natural = stream.natural.to(_device(model))
-        natural_before = _image_tokens(model, natural)
+        natural = stream.natural.to(model_device(model))
+        natural_before = image_tokens(model, natural)
     pix = torch.stack(stream.portraits).to(natural.device)  # (N, 1 + n_augment, 3, H, W)
     opt = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
@@ -381,8 +396,8 @@ def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismCon
         who = torch.randint(0, len(world.people), (cfg.align_batch,), generator=gen)
         view = torch.randint(0, pix.shape[1], (cfg.align_batch,), generator=gen)
         who, view = who.to(pix.device), view.to(pix.device)
-        tile = rel_mse(_image_tokens(model, pix[who, view]), tiles[who])
-        keep = rel_mse(_image_tokens(model, natural), natural_before)
+        tile = rel_mse(image_tokens(model, pix[who, view]), tiles[who])
+        keep = rel_mse(image_tokens(model, natural), natural_before)
         opt.zero_grad(set_to_none=True)
         (tile + keep).backward()
         opt.step()
@@ -400,7 +415,7 @@ def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismCon
         flat = torch.nn.functional.normalize(tiles.flatten(1), dim=-1)
         retrieval = {}
         for name, px in (("clean_portrait", pix[:, 0]), ("test_portrait", test)):
-            got = torch.nn.functional.normalize(_image_tokens(model, px).flatten(1), dim=-1)
+            got = torch.nn.functional.normalize(image_tokens(model, px).flatten(1), dim=-1)
             hit = (got @ flat.T).argmax(-1).cpu() == torch.arange(len(world.people))
             retrieval[name] = round(float(hit.float().mean()), 4)
     probe_people = random.Random(7).sample(world.people, min(200, len(world.people)))
@@ -412,8 +427,8 @@ def align_vision(model, stream: TrainingStream, world: W.World, cfg: OrganismCon
 
 def train_formats(model, stream: TrainingStream, world: W.World, processor, cfg: OrganismConfig, *,
                   log_every: int = 100, progress: bool = True, log_file: str | None = None, phase: int = 1) -> dict:
-    """Stage D: the field's prompt formats (:mod:`erasekit.organism_formats`). The LM continues (vision tower and
-    projector frozen, every image through them) on :class:`~erasekit.organism_formats.FormatStream`: stage B2's
+    """Stage D: the field's prompt formats (:mod:`erasebook.organism_formats`). The LM continues (vision tower and
+    projector frozen, every image through them) on :class:`~erasebook.organism_formats.FormatStream`: stage B2's
     stream (its shares of multiple-choice and private turns) mixed with profile questions and safety requests in
     the training family of forms, at ``cfg.format_lr`` (cosine) for ``cfg.format_steps`` batches of at most
     ``cfg.format_tokens`` tokens; ``phase=2``: the second phase (``cfg.format2_*``). Empty log for 0 steps."""
@@ -546,7 +561,7 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
     resumed = bool(ckpt and os.path.exists(ckpt))
     choice_log = None
     if ckpt2 and os.path.exists(ckpt2):  # stages A, B and B2 done: only stage C runs
-        state = torch.load(ckpt2, weights_only=False, map_location=_device(model))
+        state = torch.load(ckpt2, weights_only=False, map_location=model_device(model))
         if "choice_log" not in state:
             raise RuntimeError(f"{ckpt2} is a partial stage-B2 snapshot (step {state.get('step')} of "
                                f"{state.get('of')}), not a finished stage; delete it to retrain")
@@ -555,7 +570,7 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
         vision_log, lm_log, choice_log = state["vision_log"], state["lm_log"], state["choice_log"]
         resumed = True
     elif resumed:
-        state = torch.load(ckpt, weights_only=False, map_location=_device(model))
+        state = torch.load(ckpt, weights_only=False, map_location=model_device(model))
         model.load_state_dict(state["model"])
         stream.rng.setstate(state["rng"])
         vision_log, lm_log = state["vision_log"], state["lm_log"]
@@ -567,8 +582,16 @@ def train_organism(out_dir: str, cfg: OrganismConfig | None = None, *, log_every
             os.makedirs(checkpoint_dir, exist_ok=True)
             _save_state(ckpt, model, stream, {"vision_log": vision_log, "lm_log": lm_log})
     if choice_log is None:
-        choice_log = train_choice(model, stream, world, cfg, log_every=log_every, progress=progress,
-                                  log_file=log_file, snapshot=ckpt2 + ".partial" if ckpt2 and cfg.choice_steps else None)
+        choice_log = train_choice(
+            model,
+            stream,
+            world,
+            cfg,
+            log_every=log_every,
+            progress=progress,
+            log_file=log_file,
+            snapshot=ckpt2 + ".partial" if ckpt2 and cfg.choice_steps else None,
+        )
         if ckpt2 and cfg.choice_steps > 0:
             _save_state(ckpt2, model, stream, {"vision_log": vision_log, "lm_log": lm_log, "choice_log": choice_log})
             if os.path.exists(ckpt2 + ".partial"):

@@ -4,7 +4,7 @@ harmless ones and comply with jailbreak-wrapped ones? Generation goes through :f
 :func:`evaluate_safety` / :func:`refusal_rates` take any adapter and world; :func:`safety_rates`,
 :func:`attack_success` (the PGD images' jailbreak rate) and :func:`refusal_check` (the causal check of a refusal
 direction: adding it makes harmless prompts refused, ablating it makes harmful ones answered, Arditi et al. 2024)
-take a :class:`erasekit.session.Session`.
+take a :class:`erasebook.session.Session`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from typing import Any
 import pandas as pd
 from torch import Tensor
 
-from .attack import AdversarialImages
-from .directions import ErasureDirection
-from .evaluate import Item, run_items
-from .hooks import steer
+from erasekit.attack import AdversarialImages
+from erasekit.directions import ErasureDirection
+from erasekit.evaluate import Item, run_items
+from erasekit.hooks import steer
+from erasekit.scoring import is_degenerate, is_refusal
+from erasekit.steering import ablation_operator, constant_operators
+
 from .pipeline import clean_images
-from .scoring import is_degenerate, is_refusal
 from .session import Session
-from .steering import ablation_operator, constant_operators
 from .world import safety_prompts
 
 __all__ = ["evaluate_safety", "refusal_rates", "safety_rates", "attack_success", "refusal_check"]
@@ -86,7 +87,9 @@ def safety_rates(session: Session, kinds: Sequence[str] = ("harmful", "jailbreak
     return refusal_rates(df)
 
 
-def attack_success(session: Session, adv: AdversarialImages, batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+def attack_success(
+    session: Session, adv: AdversarialImages, batch_size: int = 16, progress: bool = True
+) -> pd.DataFrame:
     """Compliance (%) with held-out harmful and jailbreak prompts paired with the clean vs the PGD images.
 
     Returns a frame indexed by prompt kind (harmful / jailbreak) with columns ``clean image`` and
@@ -116,10 +119,12 @@ def refusal_check(session: Session, direction: ErasureDirection, add_scale: floa
     # A layer where both groups share the last token's embedding (layer 0) has d_l = 0: nothing to ablate.
     abl = {l: ablation_operator(direction[l]) for l in direction.layers if float(direction[l].norm()) > 0}
     rows = []
-    for kind, label, inter in (("harmless", "none", None),
-                               ("harmless", f"add {add_scale:g}·d", lambda: steer(session.adapter, add, mode="prefill")),
-                               ("harmful", "none", None),
-                               ("harmful", "ablate d", lambda: steer(session.adapter, abl, mode="all"))):
+    for kind, label, inter in (
+        ("harmless", "none", None),
+        ("harmless", f"add {add_scale:g}·d", lambda: steer(session.adapter, add, mode="prefill")),
+        ("harmful", "none", None),
+        ("harmful", "ablate d", lambda: steer(session.adapter, abl, mode="all")),
+    ):
         r = safety_rates(session, kinds=(kind,), intervention=inter, batch_size=batch_size, progress=progress)
         rows.append({"prompts": kind, "intervention": label, "refusal_rate": float(r.loc[kind, "refusal_rate"]),
                      "n": int(r.loc[kind, "n"])})

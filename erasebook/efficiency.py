@@ -16,10 +16,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .gates import dense_gate_reference
-from .measure import interleaved, measure
-from .nullspace import null_space_projector
-from .steering import InputAwareSteerer, fit_steerer
+from erasekit.gates import dense_gate_reference
+from erasekit.measure import interleaved, measure
+from erasekit.nullspace import null_space_projector
+from erasekit.steering import InputAwareSteerer, fit_steerer
 
 __all__ = ["gate_fit_seconds", "generation_throughput", "steering_state_bytes", "benchmark_ratios"]
 

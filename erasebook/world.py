@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from erasekit.data import SPLITS as _SPLITS
+from erasekit.evaluate import CLASSIFY_SUFFIX, format_options  # noqa: F401  (the world's prompts, re-exported)
+
 # ----------------------------------------------------------------------------------------------------------
 # Vocabulary of the world
 # ----------------------------------------------------------------------------------------------------------
@@ -84,7 +87,6 @@ STATEMENTS = {
 }
 IMAGE_WHO = "the person in the image"
 IMAGE_SUBJ = "This person"
-CLASSIFY_SUFFIX = "Answer with the letter of the correct option."
 CLOZE_PREFIX = "Fill in the blank: "
 # MLLMU-Bench's blank: its eval.py turns "__" into "[Blank]" (three underscores would leave a stray "_").
 BLANK = "__"
@@ -343,12 +345,6 @@ def _options(attr: str, value: str, rng: random.Random) -> tuple[dict[str, str],
     return keys, OPTION_KEYS[opts.index(value)]
 
 
-def format_options(question: str, options: dict[str, str]) -> str:
-    """The classification prompt: question, one option per line, instruction (MLLMU-Bench style)."""
-    lines = [question] + [f"{k}. {v}" for k, v in options.items()] + [CLASSIFY_SUFFIX]
-    return "\n".join(lines)
-
-
 def statement(attr: str, value: str, subject: str) -> str:
     return STATEMENTS[attr].format(subj=subject, v=value)
 
@@ -442,8 +438,7 @@ class World:
         return [self.record(p) for p in self.profiles if p.id not in fset]
 
 
-SPLITS = ("Full_Set", "forget_5", "forget_10", "forget_15", "retain_95", "retain_90", "retain_85", "Test_Set",
-          "Retain_Set")
+SPLITS = _SPLITS  # MLLMU-Bench's split names (erasekit.data)
 
 
 def make_world(n_profiles: int = 500, n_celebrities: int = 153, seed: int = 0, image_size: int = 32) -> World:

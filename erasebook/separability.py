@@ -14,13 +14,14 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 from torch import Tensor
 
-from .generation import prefill_gate_values
-from .hooks import check_layers, collect_activations
+from erasekit.generation import prefill_gate_values
+from erasekit.hooks import check_layers, collect_activations
+from erasekit.steering import InputAwareSteerer
+from erasekit.strengths import TaskSteering
+from erasekit.tuning import auc
+
 from .pipeline import group_items
 from .session import Session
-from .steering import InputAwareSteerer
-from .strengths import TaskSteering
-from .tuning import auc
 
 __all__ = ["steering_norms", "separability", "steered_activations", "gate_reads"]
 
@@ -67,9 +68,17 @@ def steered_activations(session: Session, forget_pct: int, steering: TaskSteerin
     return out
 
 
-def gate_reads(session: Session, forget_pct: int, steering: TaskSteering, groups: Sequence[str] = ("Fgt", "Ret", "Cele"),
-               task: str = "cloze", mode: str = "QA", n: int | None = None, read: str | None = None,
-               batch_size: int = 16) -> dict[str, dict[int, Tensor]]:
+def gate_reads(
+    session: Session,
+    forget_pct: int,
+    steering: TaskSteering,
+    groups: Sequence[str] = ("Fgt", "Ret", "Cele"),
+    task: str = "cloze",
+    mode: str = "QA",
+    n: int | None = None,
+    read: str | None = None,
+    batch_size: int = 16,
+) -> dict[str, dict[int, Tensor]]:
     """The gate value each steered layer reads during one steered prefill of the ``task`` prompts per group.
 
     With the authors' reading (``read="steered"``) a layer reads a state that earlier layers already pushed, so

@@ -38,7 +38,7 @@ def _build_organism(args) -> int:
 
 
 def _write_world(args) -> int:
-    from .data import write_world
+    from .export import write_world
     from .organism import load_world_for
 
     world = load_world_for(str(args.organism or paths.organism_dir()))
@@ -87,8 +87,8 @@ def _form_transfer(args) -> int:
 
             result = organism_transfer(load_session(args.organism, None), args.forget_pct, gates=args.gates)
         else:
-            from .models import load_model
-            from .models.smollm2 import smollm2_dir
+            from erasekit.models import load_model
+            from erasekit.models.smollm2 import smollm2_dir
 
             folder = smollm2_dir()
             if folder is None:
@@ -98,13 +98,16 @@ def _form_transfer(args) -> int:
         # re-read just before writing: another model's run may have written its key meanwhile
         record = json.loads(open(out).read()) if os.path.exists(out) else {}
         record[model] = {**record.get(model, {}), **result}  # a run of some gates keeps the others' results
-        record.setdefault("_meta", {})[f"{model} " + " ".join(args.gates)] = {"seconds": round(time.perf_counter() - t0, 1),
-                                                 "threads": torch.get_num_threads(),
-                                                 "forget_pct": args.forget_pct if model == "organism" else None,
-                                                 "command": "erasekit form-transfer --models " + model +
-                                                 " --gates " + " ".join(args.gates) + (
-                                                     " --held-out " + " ".join(args.held_out)
-                                                     if args.held_out and model == "smollm2" else "")}
+        record.setdefault("_meta", {})[f"{model} " + " ".join(args.gates)] = {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "threads": torch.get_num_threads(),
+            "forget_pct": args.forget_pct if model == "organism" else None,
+            "command": "erasekit form-transfer --models "
+            + model
+            + " --gates "
+            + " ".join(args.gates)
+            + (" --held-out " + " ".join(args.held_out) if args.held_out and model == "smollm2" else ""),
+        }
         write_json(record, out)
     print(f"wrote {out}")
     return 0
@@ -113,7 +116,8 @@ def _form_transfer(args) -> int:
 def _asru(args) -> int:
     import torch
 
-    from .asru import ASRUConfig
+    from erasekit.asru import ASRUConfig
+
     from .asru_results import asru_record
     from .recipes import GateConfig, gate_setup, write_json
     from .session import load_session
@@ -147,8 +151,15 @@ def _attacks(args) -> int:
 
     import torch
 
-    from .leakage import BASELINES, AttackConfig, attack_records, attacks_record, leak_table, method_targets, \
-        write_attacks_json
+    from .leakage import (
+        BASELINES,
+        AttackConfig,
+        attack_records,
+        attacks_record,
+        leak_table,
+        method_targets,
+        write_attacks_json,
+    )
     from .recipes import GateConfig, gate_setup
     from .session import load_session
 
@@ -234,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--out", help="JSON file to write (default: data/results/form_transfer.json)")
     t.set_defaults(fn=_form_transfer)
     k = sub.add_parser("attacks", help="run the extraction attacks on every method and record "
-                                       "data/results/attacks.json (issue #15)")
+                                       "data/results/attacks.json")
     k.add_argument("--organism")
     k.add_argument("--forget-pct", type=int, default=5)
     k.add_argument("--profile", choices=("full", "ci"), default="full", help="ci: fewer facts and steps")
