@@ -113,6 +113,13 @@ def _filter_behaviour(session: Session, refuse_q, refuse_im, comply_q, comply_im
     return keep_r, keep_c, {"n_refused": len(keep_r), "n_complied": len(keep_c), "n_checked": len(r)}
 
 
+def _cached_direction(step: str, key: str, compute, session: Session, params: dict, refresh: bool):
+    """A direction step through the cache, carrying its key in ``meta["cache_key"]``."""
+    out = cached(step, key, compute, session.model_id, params, refresh)
+    out.meta["cache_key"] = key
+    return out
+
+
 def refusal_direction(session: Session, n_pairs: int | None = None, layers: Sequence[int] | None = None,
                       filter: bool = True, batch_size: int = 16, progress: bool = True,
                       refresh: bool = False) -> ErasureDirection:
@@ -144,16 +151,8 @@ def refusal_direction(session: Session, n_pairs: int | None = None, layers: Sequ
         return diff_in_means(pos, neg, meta={"model_id": session.model_id, "kind": "text_only", "site": "layer_input",
                                              "position": "last", **info})
 
-    out = cached(
-        "refusal_direction",
-        key,
-        compute,
-        session.model_id,
-        {"n_pairs": n_pairs, "layers": layers, "filter": filter},
-        refresh,
-    )
-    out.meta["cache_key"] = key
-    return out
+    params = {"n_pairs": n_pairs, "layers": layers, "filter": filter}
+    return _cached_direction("refusal_direction", key, compute, session, params, refresh)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,16 +260,8 @@ def multimodal_direction(session: Session, adv: AdversarialImages, n_pairs: int 
         return diff_in_means(pos, neg, meta={"model_id": session.model_id, "kind": "multimodal", "site": "layer_input",
                                              "position": "last", "adversarial_key": key_of(adv), **info})
 
-    out = cached(
-        "multimodal_direction",
-        key,
-        compute,
-        session.model_id,
-        {"n_pairs": n_pairs, "layers": layers, "filter": filter},
-        refresh,
-    )
-    out.meta["cache_key"] = key
-    return out
+    params = {"n_pairs": n_pairs, "layers": layers, "filter": filter}
+    return _cached_direction("multimodal_direction", key, compute, session, params, refresh)
 
 
 def refusal_contrast_direction(session: Session, n_images: int = 4, layers: Sequence[int] | None = None,

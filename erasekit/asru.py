@@ -85,29 +85,11 @@ __all__ = ["ASRUConfig", "Query", "queries_from_items", "group_advantages", "tok
 
 @dataclasses.dataclass(frozen=True)
 class ASRUConfig:
-    """Hyperparameters of both stages (defaults: the organism run; see the module docstring for the choices).
-
-    How the defaults were picked (organism, 5 %, 1 thread). GRPO, with the earlier verbatim warm start: two settings
-    were trained and compared on the *training* reward only (the scored profiles were not looked at): 40 steps, lr
-    3e-4, half the prompts from the supervision set -> mean forget reward of the sampled answers -0.68 -> -0.62
-    (first / last 5 steps), contextual refusals sampled 2.5 % -> 5.8 %; 60 steps, lr 5e-4, 3 of 8 prompts from the
-    supervision set -> -0.67 -> -0.50, 3.3 % -> 10.7 %, retain reward 0.96 -> 0.94. The second is the default.
-
-    ``warm_epochs`` (6): the fewest of 3 and 6 at which the warm-start model reproduces its forget targets on the
-    training questions (stage 1 refused 38 of the 40 forget generation questions; greedy refusals after 3 epochs
-    55 %, 17.5 % contextual; after 6, 95 %, 95 % contextual: ``data/results/asru_warm_start.json``).
-
-    ``teacher_in_rl`` (on), ``retain_share`` (0.375), ``beta`` (1.0), ``rl_only_share`` (0.5) and the data's
-    ``teacher_fraction`` (0.55, ``asru_results.TRAIN``) were read on the tune retain profiles after the whole of ASRU
-    at 5 % (same file, every setting a row), by the rule "most contextual refusal of the training forget generation
-    questions minus tune-retain refusal". GRPO raised the warm start's 3.8 % to 7.5-19 % under every knob that kept
-    all unlabelled people in the warm start (retain share, β, 20 steps, unscaled advantages, ``retain_nll``): its
-    sampled retain answers were nearly all correct (in 46 of 60 steps at 5 %, all of them), so only the forget groups
-    had something to learn. Half of 130 unlabelled people kept for the RL stage only gave 7.5 %, β 1.0 alone 7.5 %,
-    both 1.2 % at 95 % contextual: the default (93.8 by the rule against 92.5, and 91.2 for the warm start alone).
-    Over seeds 0 / 1 / 2 it gives 1.2 / 7.5 / 7.5 % (the runner-up, β 0.04: 7.5 / 13.8 / 13.8 %): the choice holds on
-    the mean, seed 0 was lucky. ASRU's own warm start alone gives 92.5 / 1.2 %: at β = 1 GRPO leaves the boundary
-    about there.
+    """Hyperparameters of both stages. The defaults are the organism's, chosen on the *training* reward and on tune
+    retain profiles only (never on scored profiles): ``warm_epochs`` is the fewest at which the warm start
+    reproduces its forget targets; ``teacher_in_rl``, ``retain_share``, ``beta``, ``rl_only_share`` by the rule "most
+    contextual refusal of the training forget questions minus tune-retain refusal". The runs behind each choice, per
+    seed, are recorded in ``data/results/asru_warm_start.json`` and ``data/results/asru.json`` (chapter 08).
     """
 
     # stage 2: GRPO

@@ -192,7 +192,7 @@ def pgd_attack(
 
 
 def clamp_to_box(x: Tensor, lo: Tensor | None, hi: Tensor | None) -> Tensor:
-    if lo is None:
+    if lo is None or hi is None:
         return x.clamp(0, 1)
     return torch.minimum(torch.maximum(x, lo), hi)
 

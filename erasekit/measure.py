@@ -112,7 +112,8 @@ def measure(device: torch.device | str | None = None, interval: float = 0.005) -
             m.peak_bytes = torch.cuda.max_memory_allocated(dev)
         else:
             stop.set()
-            thread.join()
+            if thread is not None:
+                thread.join()
             m.peak_bytes = max(m.peak_bytes, rss_bytes())
         m.seconds = time.perf_counter() - t0
 

@@ -127,7 +127,7 @@ def null_space_projector(
     lam_max = float(eig_desc[0])
     tol = (_default_rtol(n, d) if rtol is None else float(rtol)) * lam_max
     rank = int((eig_desc > tol).sum())
-    meta = {"n_retain": int(n), "d": int(d), "rank": rank}
+    meta: dict[str, float] = {"n_retain": int(n), "d": int(d), "rank": rank}
 
     if isinstance(null_space, str):
         if null_space != "exact":

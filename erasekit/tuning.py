@@ -104,7 +104,7 @@ def select_layers(aucs: Mapping[int, float], margin: float = LAYER_AUC_MARGIN,
     """Layers whose held-out gate AUC is >= best - ``margin``; the best layer alone (warning) if best < minimum."""
     if not aucs:
         raise ValueError("select_layers: no layers given")
-    best = max(aucs, key=aucs.get)
+    best = max(aucs, key=lambda layer: aucs[layer])
     if aucs[best] < minimum:
         warnings.warn(f"the best layer's held-out gate AUC is {aucs[best]:.3f} (layer {best}), below {minimum}: "
                       "the gate separates forget from retain questions poorly; steering that layer only.",

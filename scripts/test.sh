@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (idempotent) and run every check; exits non-zero if any step fails (all steps still run):
-#   0. ruff over the code (pyproject.toml [tool.ruff]);
+#   0. ruff over the code, mypy over the library's typed core (pyproject.toml [tool.ruff], [tool.mypy]);
 #   1. unit tests of erasekit (tests/, without the built-book tests);
 #   2. every notebook, executed ONCE by pytest --nbmake on a staged copy (.cache/book-stage; the committed
 #      notebooks stay output-free), with the outputs written into the copy (--overwrite), under the documented
@@ -29,6 +29,7 @@ step() {  # step NAME CMD...: run, remember a failure, go on
 
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
 step "lint (ruff)" .venv/bin/ruff check erasekit erasebook tests scripts benchmarks
+step "types (mypy, the typed core in pyproject.toml)" .venv/bin/mypy
 step "unit tests" "${PYTEST[@]}" -q tests -m "not book" "$@"
 
 STAGE=.cache/book-stage

@@ -13,7 +13,6 @@ import torch
 import erasekit as ek
 from erasebook import ablations, recipes, report, runs
 from erasebook import cache as ekcache
-from erasebook import separability as sep
 from erasebook.session import load_session
 from erasebook.world import make_world
 
