@@ -6,10 +6,12 @@ vanilla_time / variant_time (= variant throughput / vanilla throughput).
 
 Gated operators (``GatedOperator`` from ``InputAwareSteerer.operators``, erasekit's default contrastive gate fitted on
 random activations, float32 on the model's device) steer ``--steer-layers``: ``half`` (default, the last half of the
-layers, L/2..L-1) or ``authors`` (1..L-1). Reading modes of ``erasekit.hooks.steer(..., mode="prefill", read=...)``:
+layers, L/2..L-1), ``quarter`` (the last quarter) or ``authors`` (1..L-1). Reading modes of
+``erasekit.hooks.steer(..., mode="prefill", read=...)``:
 
 * ``steered`` (the authors): each layer's gate reads its own, already steered, incoming state; no extra work;
-* ``frozen``: one extra unsteered prefill pass up to the last steered layer (no KV cache) to read every gate;
+* ``frozen``: the unsteered stream forked at the first steered layer and run through the steered span (no KV cache)
+  to read every gate; ``frozen_pass``: the earlier route, a whole extra unsteered prefill up to the last steered layer;
 * ``anchor``: the first steered layer's gate, read once, pushes every steered layer; no extra pass.
 
 Two measurements, each with its own interleaved timing:
@@ -20,7 +22,9 @@ Two measurements, each with its own interleaved timing:
   tokens/s: vanilla vs prefill-mode steered / frozen / anchor, and every-token steering (mode="all").
 
 Checks recorded with the results: each mode changes the last-token logits, how many times the first steered layer
-runs per prefill (2 for frozen, 1 otherwise), and whether the cascade warning fired.
+runs per prefill (2 for frozen, 1 otherwise), how many times layer 0 runs (once for the fork, twice for the pass),
+the largest logit difference between the fork and the pass (the fork is exact: 0), and whether the cascade warning
+fired.
 
     python benchmarks/bench_steering_overhead.py --scale organism
     python benchmarks/bench_steering_overhead.py --scale full            # CPU: reduced width (see _common)
@@ -41,18 +45,24 @@ from erasekit import measure as M  # noqa: E402
 READS = ("steered", "frozen", "anchor")
 # variant name -> (mode, read); None = vanilla. Names of the earlier version of this script kept for the first two.
 GEN_VARIANTS = {"vanilla": None, "steered_prefill": ("prefill", "steered"),
-                "steered_prefill_frozen": ("prefill", "frozen"), "steered_prefill_anchor": ("prefill", "anchor"),
+                "steered_prefill_frozen": ("prefill", "frozen"),
+                "steered_prefill_frozen_pass": ("prefill", "frozen", "pass"),
+                "steered_prefill_anchor": ("prefill", "anchor"),
                 "steered_all": ("all", "steered")}
+# "frozen" forks the unsteered stream at the first steered layer (the default); "frozen_pass" is the earlier
+# route, a whole extra unsteered prefill (erasekit.hooks.steer's frozen_route).
 PREFILL_VARIANTS = {"vanilla": None, "steered": ("prefill", "steered"), "frozen": ("prefill", "frozen"),
-                    "anchor": ("prefill", "anchor")}
+                    "frozen_pass": ("prefill", "frozen", "pass"), "anchor": ("prefill", "anchor")}
 
 
 def steer_layers(num_layers: int, which: str) -> list[int]:
     if which == "half":
         return list(range(num_layers // 2, num_layers))
+    if which == "quarter":
+        return list(range(num_layers - max(num_layers // 4, 1), num_layers))
     if which == "authors":
         return list(range(1, num_layers))
-    raise ValueError(f"--steer-layers must be 'half' or 'authors', got {which!r}")
+    raise ValueError(f"--steer-layers must be 'half', 'quarter' or 'authors', got {which!r}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,8 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--prefill-reps", type=int, default=None,
                    help="timed prefill repetitions per variant (default 3 x --reps)")
     p.add_argument("--strength", type=float, default=0.25, help="lambda of Eq. 13")
-    p.add_argument("--steer-layers", choices=["half", "authors"], default="half",
-                   help="half: last half L/2..L-1; authors: 1..L-1")
+    p.add_argument("--steer-layers", choices=["half", "quarter", "authors"], default="half",
+                   help="half: last half L/2..L-1; quarter: the last quarter; authors: 1..L-1")
     args = p.parse_args(argv)
     if args.quick:
         args.batch_size, args.new_tokens, args.reps, args.prefill_reps = 2, 4, 2, 2
@@ -94,8 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
     prompt_tokens = int(batch["input_ids"].numel())
 
     def context(spec):
-        mode, read = spec
-        return steer(adapter, ops, mode=mode, read=read, anchor=anchor if read == "anchor" else None)
+        mode, read, *route = spec
+        return steer(adapter, ops, mode=mode, read=read, anchor=anchor if read == "anchor" else None,
+                     frozen_route=route[0] if route else "fork")
 
     def prefill_once():
         # generate's prefill: KV cache built, logits of the last position only
@@ -120,33 +131,48 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Checks: steering must change the computation (else the benchmark would time a no-op); frozen must run the
     # extra pass; record whether the cascade warning fires in each reading mode.
-    calls = {"n": 0}
+    calls = {"n": 0, "first": 0}
 
     def count(module, args_, kwargs_):
         calls["n"] += 1
+
+    def count_first(module, args_, kwargs_):
+        calls["first"] += 1
 
     checks: dict = {}
     with torch.no_grad():
         base = prefill_once().logits[:, -1].float()
         handle = adapter.layers[anchor].register_forward_pre_hook(count, with_kwargs=True)
+        handle0 = adapter.layers[0].register_forward_pre_hook(count_first, with_kwargs=True)
+        frozen_logits = {}
         try:
             for name, spec in PREFILL_VARIANTS.items():
-                calls["n"] = 0
+                calls["n"] = calls["first"] = 0
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     logits = prefill(spec)().logits[:, -1].float()
                 checks[name] = {
                     "max_abs_logit_change_vs_vanilla": float((logits - base).abs().max()),
                     "first_steered_layer_calls_per_prefill": calls["n"],
+                    "layer_0_calls_per_prefill": calls["first"],
                     "cascade_warning": any("cascade" in str(w.message) for w in caught),
                 }
+                if name.startswith("frozen"):
+                    frozen_logits[name] = logits
         finally:
             handle.remove()
-    for name in ("steered", "frozen", "anchor"):
+            handle0.remove()
+        checks["frozen_fork_vs_pass_max_abs_logit_diff"] = float(
+            (frozen_logits["frozen"] - frozen_logits["frozen_pass"]).abs().max())
+    for name in ("steered", "frozen", "frozen_pass", "anchor"):
         if not checks[name]["max_abs_logit_change_vs_vanilla"] > 0:
             raise RuntimeError(f"steering with read={name!r} did not change the logits: the timing would be a no-op")
-    if checks["frozen"]["first_steered_layer_calls_per_prefill"] != 2:
-        raise RuntimeError(f"read='frozen' ran the first steered layer {checks['frozen']} times per prefill, not 2")
+    for name in ("frozen", "frozen_pass"):
+        if checks[name]["first_steered_layer_calls_per_prefill"] != 2:
+            raise RuntimeError(f"read='frozen' ({name}) ran the first steered layer {checks[name]} times per prefill, "
+                               "not 2")
+    if anchor > 0 and checks["frozen"]["layer_0_calls_per_prefill"] != 1:
+        raise RuntimeError(f"the fork ran layer 0 {checks['frozen']['layer_0_calls_per_prefill']} times, not once")
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the cascade warning, recorded above; it would repeat on every call
@@ -181,17 +207,19 @@ def main(argv: list[str] | None = None) -> dict:
           f"{adapter.num_layers}), batch {args.batch_size}:")
     print(f"  prefill ({prompt_tokens} prompt tokens, {prefill_reps} reps): vanilla "
           f"{pre['vanilla']['median_per_s']:.0f} tok/s")
-    for k in ("steered", "frozen", "anchor"):
+    for k in ("steered", "frozen", "frozen_pass", "anchor"):
         r = pre[f"ratio_{k}_over_vanilla"]
-        print(f"    read={k:8s} / vanilla = {r['median_paired_ratio']:.3f} (range {r['min_paired_ratio']:.3f}.."
+        print(f"    read={k:11s} / vanilla = {r['median_paired_ratio']:.3f} (range {r['min_paired_ratio']:.3f}.."
               f"{r['max_paired_ratio']:.3f}); cascade warning: {checks[k]['cascade_warning']}")
+    print(f"  frozen: fork vs pass, max |logit difference| {checks['frozen_fork_vs_pass_max_abs_logit_diff']:.3g}")
     print(f"  generate ({new_tokens} new tokens, {reps} reps): vanilla {results['vanilla']['median_per_s']:.1f} tok/s")
     for k in GEN_VARIANTS:
         if k != "vanilla":
             r = results[f"ratio_{k}_over_vanilla"]
             print(f"    {k:24s} / vanilla = {r['median_paired_ratio']:.3f} (range {r['min_paired_ratio']:.3f}.."
                   f"{r['max_paired_ratio']:.3f})")
-    C.write_results(f"steering_overhead_{args.scale}", args.out_dir, machine, config, results, notes)
+    suffix = "" if args.steer_layers == "half" else f"_{args.steer_layers}"
+    C.write_results(f"steering_overhead_{args.scale}{suffix}", args.out_dir, machine, config, results, notes)
     return results
 
 

@@ -40,6 +40,9 @@ __all__ = ["Operator", "check_layers", "registered", "capture", "collect_activat
 Operator = Callable[[Tensor], Tensor]
 STEER_MODES = ("prefill", "persist", "all", "constant")
 READ_MODES = ("steered", "frozen", "anchor")
+FROZEN_ROUTES = ("fork", "pass")
+# The KV cache's keyword across transformers versions (4.x: past_key_values / past_key_value, 5.x: cache).
+_CACHE_KWARGS = ("past_key_values", "past_key_value", "cache")
 
 
 def check_layers(adapter: Adapter, layers: Iterable[int] | None) -> list[int]:
@@ -118,7 +121,8 @@ def capture(
         ``{layer: [tensor per recorded pass]}``: with ``passes="all"``, generate() gives entry 0 for the prefill
         ((B, T_prompt, d)) and entry k for decode step k ((B, 1, d)). The recorded input is what the layer actually
         receives, i.e. after any steering hooks, regardless of the order in which contexts were entered; the extra
-        unsteered pass of ``steer(read="frozen")`` is recorded too (it is a prefill).
+        unsteered run of ``steer(read="frozen")`` is recorded too at the layers it runs (it is a prefill: the
+        steered span with the default fork, every layer up to the span's last with ``frozen_route="pass"``).
     """
     if position not in ("all", "last"):
         raise ValueError(f"position must be 'all' or 'last', got {position!r}")
@@ -221,6 +225,7 @@ def steer(
     read: str = "steered",
     anchor: int | None = None,
     record: dict | None = None,
+    frozen_route: str = "fork",
 ) -> Iterator[None]:
     """Add ``scale * operator(h)`` to the input of each steered layer: ``h~ = h + scale * operator(h)``.
 
@@ -244,13 +249,22 @@ def steer(
         read: which state an input-aware operator reads, in "prefill" mode (METHOD.md §8, the cascade):
             "steered" (the authors): each layer's own incoming state, already pushed by the steered layers
                 before it, so a gate can read values far outside what it was fitted on;
-            "frozen": the same layer's state from an extra *unsteered* prefill pass (run first, up to the last
-                steered layer, without KV cache): the gates read exactly the activations they were fitted on.
-                Costs one extra (partial) prefill per generate call;
+            "frozen": the same layer's state without any steering: the gates read exactly the activations they
+                were fitted on. How it is computed is ``frozen_route``; it costs the steered span's layers once
+                more per generate call (the fork);
             "anchor": one gate, that of layer ``anchor`` (which must be <= every steered layer, so its state is
                 still unsteered), read once and used to push every steered layer along its own direction:
                 delta_l = op_l.push(s_anchor). Needs :class:`erasekit.steering.GatedOperator` operators and no
                 extra pass.
+        frozen_route: for ``read="frozen"``: "fork" (default) forks the unsteered stream where it first differs,
+            at the first steered layer's input: that layer's pre-hook runs the layers up to the last steered one
+            unsteered (same inputs, same keyword arguments, no KV cache) and then lets the steered pass go on, so
+            the extra cost is the steered span only; "pass" runs a whole extra unsteered prefill from the embeddings
+            up to the last steered layer first. Both give the same gate values (the layers below the first steered
+            one see the same input either way; tests/test_hooks.py checks equality). "fork" falls back to "pass"
+            when the layers of the span declare different attention types (e.g. sliding-window layers, whose
+            masks differ per layer) or the model writes into the stream between them
+            (``adapter.layers_chain_from``: Qwen3-VL's DeepStack in its first layers).
         anchor: the reading layer for ``read="anchor"`` (its operator must be among ``operators``).
         record: if a dict, the gate values each gated operator reads on every prefill pass are appended to
             ``record[layer]`` (raw, before any floor; a diagnostic of the cascade).
@@ -267,8 +281,15 @@ def steer(
         raise ValueError(f"read must be one of {READ_MODES}, got {read!r}")
     if read != "steered" and mode not in ("prefill", "persist"):
         raise ValueError(f"read={read!r} applies to modes 'prefill' and 'persist' only (got mode={mode!r})")
+    if frozen_route not in FROZEN_ROUTES:
+        raise ValueError(f"frozen_route must be one of {FROZEN_ROUTES}, got {frozen_route!r}")
     layer_ids = check_layers(adapter, operators.keys())
     modules = adapter.layers
+    span = [modules[j] for j in range(layer_ids[0], layer_ids[-1] + 1)]
+    if read == "frozen" and frozen_route == "fork" and (
+            len({getattr(m, "attention_type", None) for m in span}) > 1
+            or not getattr(adapter, "layers_chain_from", lambda first: True)(layer_ids[0])):
+        frozen_route = "pass"
 
     def as_operator(op: Operator | Tensor) -> Operator:
         if isinstance(op, Tensor):
@@ -341,9 +362,9 @@ def steer(
                     if held is None or held.shape[0] != h.shape[0]:
                         return None
                     return _set_hidden(args, kwargs, h + held.to(h.dtype))
-                last = read_state(op, h) if read != "frozen" else None
-                if read == "frozen":
-                    last = state["frozen"][l]
+                if read == "frozen" and frozen_route == "fork" and l == layer_ids[0]:
+                    fork_unsteered(args, kwargs)
+                last = read_state(op, h) if read != "frozen" else state["frozen"][l]
                 if hasattr(op, "gate_value"):
                     if read == "anchor":
                         if l == anchor:
@@ -366,6 +387,26 @@ def steer(
 
         return hook
 
+    def fork_unsteered(args: tuple, kwargs: dict) -> None:
+        # The input of the first steered layer is still unsteered: run the span unsteered from it (the layers'
+        # hooks see state["inner"] and record), without the KV cache, which only the steered pass may fill.
+        kw = {**kwargs, "use_cache": False}
+        for name in _CACHE_KWARGS:
+            if name in kw:
+                kw[name] = None
+        state["inner"], state["frozen"] = True, {}
+        h = _get_hidden(args, kwargs)
+        try:
+            with torch.no_grad():
+                for m in span:
+                    a, k = _set_hidden(args, kw, h)
+                    out = m(*a, **k)
+                    h = out[0] if isinstance(out, tuple) else out
+        except _StopForward:
+            pass
+        finally:
+            state["inner"] = False
+
     def frozen_pass(module: nn.Module, args: tuple, kwargs: dict) -> None:
         # Before every multi-token forward of the whole model (the prefill), run it once unsteered up to the last
         # steered layer and keep each steered layer's last-token input. No KV cache: the real pass builds it.
@@ -378,7 +419,7 @@ def steer(
             return None
         # transformers 4.x passes the KV cache as past_key_values, 5.x as cache: neither may see this pass.
         inner_kwargs = {**kwargs, "use_cache": False}
-        for name in ("past_key_values", "cache"):
+        for name in _CACHE_KWARGS:
             if name in inner_kwargs:
                 inner_kwargs[name] = None
         state["inner"], state["frozen"] = True, {}
@@ -401,7 +442,7 @@ def steer(
     def handles():
         if located:
             yield adapter.model.register_forward_pre_hook(remember_mask, with_kwargs=True)
-        if read == "frozen":
+        if read == "frozen" and frozen_route == "pass":
             yield adapter.model.register_forward_pre_hook(frozen_pass, with_kwargs=True)
         for l in layer_ids:
             yield modules[l].register_forward_pre_hook(make_hook(l, ops[l]), with_kwargs=True)

@@ -36,8 +36,8 @@ class TaskSteering:
         mode: :func:`erasekit.hooks.steer` mode ("prefill": the authors' rule).
         layers: restrict to these layers (default: all of the steerer's; for a direction 1..L-1).
         read: which state the gates read (:func:`erasekit.hooks.steer`): "steered" (the authors: each layer's
-            upstream-steered input), "frozen" (an extra unsteered prefill pass) or "anchor" (the first steered
-            layer's gate for all).
+            upstream-steered input), "frozen" (the unsteered stream, forked at the first steered layer) or
+            "anchor" (the first steered layer's gate for all).
     """
 
     steerer: InputAwareSteerer | None = None

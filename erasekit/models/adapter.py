@@ -150,6 +150,12 @@ class ModelAdapter:
         """Differentiable raw pixels (B,3,H,W) in [0,1] -> the model's pixel kwargs."""
         raise ValueError(f"{self.family} model {self.model_id!r} is text-only: it takes no images")
 
+    def layers_chain_from(self, first: int) -> bool:
+        """Whether decoder layer ``first`` and those after it feed each other directly (layer j's output is layer
+        j+1's input, nothing added in between): what ``steer(read="frozen")``'s fork relies on. True here;
+        families that write into the stream between layers override it."""
+        return True
+
     def _num_image_tokens(self, pixel_kwargs: dict[str, torch.Tensor]) -> list[int]:
         """Number of placeholder tokens each image expands to, in image order."""
         raise NotImplementedError

@@ -177,6 +177,12 @@ class Qwen3VLAdapter(_QwenVLAdapter):
     mlp_in = ("gate_proj", "up_proj", "linear_fc1")  # the vision blocks' MLPs are linear_fc1 -> linear_fc2
     mlp_out = ("down_proj", "linear_fc2")
 
+    def layers_chain_from(self, first: int) -> bool:
+        """DeepStack adds visual features to the outputs of the first ``len(deepstack_visual_indexes)`` decoder
+        layers, outside the layers: from ``first`` on the layers chain directly only past those."""
+        n = len(getattr(self.model.config.vision_config, "deepstack_visual_indexes", None) or ())
+        return first >= n
+
 
 class CausalLMAdapter(ModelAdapter):
     """Plain decoder-only causal LM (Llama, Qwen2, ...): text only."""
