@@ -82,7 +82,9 @@ def test_parse_choice_zero_shot(response, letter):
 def test_doctests():
     import doctest
 
-    result = doctest.testmod(ev)
+    from erasekit import protocol
+
+    result = doctest.testmod(protocol)
     assert result.failed == 0 and result.attempted >= 4  # parse_choice, bench_response
 
 
