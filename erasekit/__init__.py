@@ -42,15 +42,7 @@ from .hooks import capture, collect_activations, steer  # noqa: E402
 from .models import Adapter, adapter_for, load_model  # noqa: E402
 from .nullspace import NullSpaceProjector, null_space_projector  # noqa: E402
 from .scoring import is_refusal  # noqa: E402
-from .steering import (  # noqa: E402
-                       GatedOperator,
-                       InputAwareSteerer,
-                       ablation_operator,
-                       constant_operator,
-                       constant_operators,
-                       fit_input_aware,
-                       fit_steerer,
-)
+from .steering import GatedOperator, InputAwareSteerer, constant_operators, fit_input_aware, fit_steerer  # noqa: E402
 from .strengths import TaskSteering  # noqa: E402
 from .tables import category_table, render_table, results_table  # noqa: E402
 from .tuning import auc, choose_gate, select_layers  # noqa: E402
@@ -63,9 +55,20 @@ __all__ = [
     "AdversarialImages", "pgd_attack",
     "NullSpaceProjector", "null_space_projector",
     "GatedOperator", "InputAwareSteerer", "fit_steerer", "fit_input_aware",
-    "constant_operator", "constant_operators", "ablation_operator",
+    "constant_operators", "fit_asru", "ASRUConfig",
     "auc", "choose_gate", "select_layers", "TaskSteering",
     "save_artifact", "load_artifact",
     "MLLMUBench", "ClearBench", "evaluate_model", "is_refusal",
     "results_table", "render_table", "category_table",
 ]
+
+# ASRU trains LoRA weights (peft, the baselines' training code): loaded on first use, so "import erasekit" stays light.
+_LAZY = {"fit_asru": "asru_fit", "ASRUFit": "asru_fit", "ASRUConfig": "asru"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -67,7 +67,7 @@ GATES = ("default", "paper")
 PAPER_GATE = {"gamma": 0.1, "null_space": 0.3}
 
 
-def _facts(items: Sequence[Any]) -> bool:
+def are_facts(items: Sequence[Any]) -> bool:
     """True when ``items`` are :class:`erasekit.forms.Fact` (all of them); a mix of facts and prompts is an error."""
     kinds = {isinstance(x, Fact) for x in items} if not isinstance(items, str) else {False}
     if kinds == {True, False}:
@@ -75,7 +75,7 @@ def _facts(items: Sequence[Any]) -> bool:
     return kinds == {True}
 
 
-def _split(prompts: Sequence[Any], what: str) -> tuple[list[str], list[Any] | None]:
+def split_prompts(prompts: Sequence[Any], what: str) -> tuple[list[str], list[Any] | None]:
     """Prompts given as strings or (text, image) pairs -> (texts, images or None)."""
     if isinstance(prompts, str) or not len(prompts):
         raise ValueError(f"{what} must be a non-empty list of prompts (strings or (text, image) pairs)")
@@ -129,14 +129,14 @@ class Eraser:
     def generate(self, adapter: Any, prompts: Sequence[Any], *, max_new_tokens: int = 64, batch_size: int = 16,
                  progress: bool = True) -> list[str]:
         """Greedy answers to ``prompts`` (strings or (text, image) pairs) with the erasure on."""
-        texts, images = _split(prompts, "prompts")
+        texts, images = split_prompts(prompts, "prompts")
         return generate(adapter, texts, images, context=lambda: self.context(adapter), max_new_tokens=max_new_tokens,
                         batch_size=batch_size, progress=progress, desc="generate (erased)")
 
     def gate_values(self, adapter: Any, prompts: Sequence[Any], batch_size: int = 16) -> dict[int, Tensor]:
         """The raw gate value per steered layer for each prompt (one prefill each): ``{layer: (N,)}``.
         Above the layer's floor the push is on; a forget prompt should read high, a retain prompt low."""
-        texts, images = _split(prompts, "prompts")
+        texts, images = split_prompts(prompts, "prompts")
         return prefill_gate_values(adapter, texts, images, lambda rec: self.context(adapter, record=rec), batch_size)
 
     def save(self, path: str | os.PathLike, model_id: str = "") -> None:
@@ -266,25 +266,25 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
     if read_at not in ("auto", "last", "subject"):
         raise ValueError(f"read_at must be 'auto', 'last' or 'subject', got {read_at!r}")
     if read_at == "auto":
-        read_at = "subject" if gate == "default" and _facts(forget) and _facts(retain) else "last"
-    if read_at == "subject" and not (_facts(forget) and _facts(retain) and (tune is None or _facts(tune))):
+        read_at = "subject" if gate == "default" and are_facts(forget) and are_facts(retain) else "last"
+    if read_at == "subject" and not (are_facts(forget) and are_facts(retain) and (tune is None or are_facts(tune))):
         raise ValueError("read_at='subject' needs forget, retain (and tune) given as erasekit.forms.Fact: the "
                          "subjects mark the tokens the locator learns")
     if read_at == "subject" and gate == "paper":
         raise ValueError("the paper gate reads the last token; use gate='default' with read_at='subject'")
     fact_meta, subjects, families = {}, {}, {}
-    if _facts(forget) or _facts(retain) or (tune is not None and _facts(tune)):
+    if are_facts(forget) or are_facts(retain) or (tune is not None and are_facts(tune)):
         if not forms:
             raise ValueError("forms is empty: name at least one family of erasekit.forms.FAMILIES")
         pool = [x for x in (*forget, *retain, *(tune or ())) if isinstance(x, Fact)]
-        if tune is None and _facts(retain):
+        if tune is None and are_facts(retain):
             retain, tune = split_subjects(retain)
             if not retain or not tune:
                 raise ValueError("retain facts need at least 2 subjects (every fourth subject tunes the rules)")
-        fact_meta = {"forms": list(forms), "n_forget_facts": len(forget) if _facts(forget) else None}
+        fact_meta = {"forms": list(forms), "n_forget_facts": len(forget) if are_facts(forget) else None}
 
         def as_prompts(items):
-            if not _facts(items):
+            if not are_facts(items):
                 return items
             ps = render(items, forms, pool=pool)
             for p in ps:
@@ -296,8 +296,8 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
 
         forget, retain = as_prompts(forget), as_prompts(retain)
         tune = None if tune is None else as_prompts(tune)
-    f_txt, f_im = _split(forget, "forget")
-    r_txt, r_im = _split(retain, "retain")
+    f_txt, f_im = split_prompts(forget, "forget")
+    r_txt, r_im = split_prompts(retain, "retain")
     if len(f_txt) < 4:
         raise ValueError(f"got {len(f_txt)} forget prompts; give at least 4 (the gate rule cross-validates on the "
                          "forget prompts in 4 folds)")
@@ -309,13 +309,13 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
         keep = [i for i in range(len(r_txt)) if i % 4 != 3]
         r_txt, r_im = [r_txt[i] for i in keep], None if r_im is None else [r_im[i] for i in keep]
     else:
-        t_txt, t_im = _split(tune, "tune")
+        t_txt, t_im = split_prompts(tune, "tune")
     layers = list(range(1, adapter.num_layers)) if layers is None else check_layers(adapter, layers)
     kw = dict(layers=layers, batch_size=batch_size, progress=progress)
     if direction is None:
         d_refuse, d_comply = default_refusal_prompts()
-        pos_t, pos_i = _split(refuse if refuse is not None else d_refuse, "refuse")
-        neg_t, neg_i = _split(comply if comply is not None else d_comply, "comply")
+        pos_t, pos_i = split_prompts(refuse if refuse is not None else d_refuse, "refuse")
+        neg_t, neg_i = split_prompts(comply if comply is not None else d_comply, "comply")
         direction = diff_in_means(collect_activations(adapter, pos_t, pos_i, **kw),
                                   collect_activations(adapter, neg_t, neg_i, **kw),
                                   meta={"kind": "refuse_minus_comply", "n_refuse": len(pos_t), "n_comply": len(neg_t)})

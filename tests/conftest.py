@@ -216,6 +216,15 @@ def tiny_causal_lm(tmp_path_factory):
     return _save_and_load(tmp_path_factory, "causal", *build_tiny_causal_lm())
 
 
+@pytest.fixture(scope="session")
+def organism_adapter():
+    """The committed model organism (data/organism), float32 on the CPU."""
+    from erasebook import paths
+    from erasekit.models import load_model
+
+    return load_model(str(paths.organism_dir()), device="cpu", dtype=torch.float32)
+
+
 @pytest.fixture(params=["tiny_llava", "tiny_qwen25vl", "tiny_qwen3vl", "tiny_causal_lm"])
 def any_adapter(request):
     """Each of the four tiny adapters in turn."""

@@ -36,7 +36,7 @@ def test_gate_fit_seconds_and_costs_sentence():
 
 
 def test_generation_throughput_ratios(tiny_llava):
-    op = {1: ek.constant_operator(torch.zeros(tiny_llava.hidden_size))}
+    op = {1: ek.steering.constant_operator(torch.zeros(tiny_llava.hidden_size))}
     settings = {"vanilla": None, "zero push": lambda: ek.steer(tiny_llava, op)}
     thr = efficiency.generation_throughput(tiny_llava, ["hi", "hello there"], settings, reps=2, max_new_tokens=3)
     assert list(thr.index) == ["vanilla", "zero push"] and thr.loc["vanilla", "vs vanilla"] == 1.0

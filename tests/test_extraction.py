@@ -219,7 +219,7 @@ def test_direction_ablation_removes_the_push(steered, facts):
     st = steered.steering
     q = [facts[0][0].question]
     batch = adapter.encode(q)
-    abl = {l: ek.ablation_operator(st.steerer[l].direction) for l in st.steerer.layers}
+    abl = {l: ek.steering.ablation_operator(st.steerer[l].direction) for l in st.steerer.layers}
 
     def logits(lam):
         ops = st.steerer.operators(lam)

@@ -379,14 +379,6 @@ def test_capture_passes_during_generate(tiny_llava):
             pass
 
 
-@pytest.fixture(scope="module")
-def organism_adapter():
-    from erasebook import paths
-    from erasekit.models import load_model
-
-    return load_model(str(paths.organism_dir()), device="cpu", dtype=torch.float32)
-
-
 @pytest.mark.parametrize("adapter_name", ["tiny_llava", "tiny_qwen3vl", "tiny_causal_lm", "organism_adapter"])
 def test_frozen_fork_equals_the_extra_pass(adapter_name, request):
     """read="frozen": forking the unsteered stream at the first steered layer gives exactly the gate values, logits

@@ -1,0 +1,82 @@
+"""ASRU's front door: fit_asru on any adapter returns a peft LoRA that loads with transformers + peft alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import erasekit as ek
+from erasekit.asru_fit import lora_from_delta
+from erasekit.forms import capital_facts, render
+
+CFG = dict(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=4, warm_epochs=1, warm_batch=4, lora_r=2,
+           lora_alpha=2)
+
+
+def _fit(adapter, **kw):
+    facts = capital_facts()
+    return ek.fit_asru(adapter, facts[:4], facts[4:12], cfg=ek.ASRUConfig(**CFG), forms=("question", "cloze"),
+                       max_new_tokens=4, eraser_kwargs={"strength": 1.0, "read_at": "last", "forms": ("question",)},
+                       progress=False, **kw)
+
+
+@pytest.mark.parametrize("adapter_name", ["tiny_causal_lm", "tiny_qwen3vl", "organism_adapter"])
+def test_fit_asru_returns_a_peft_lora_that_loads_without_erasekit(adapter_name, request, tmp_path):
+    from peft import PeftModel
+
+    a = request.getfixturevalue(adapter_name)
+    before = {n: p.clone() for n, p in a.model.named_parameters()}
+    fit = _fit(a)
+    assert all(torch.equal(p, before[n]) for n, p in a.model.named_parameters())  # the user's model is untouched
+    # float32 merges round W + ΔW: the floor of the relative error is ~eps * |W| / |ΔW|, not 0
+    assert fit.report["lora_rank"] == 4 and fit.report["lora_rel_error"] < 1e-3
+    facts = capital_facts()
+    n = lambda fs: len(render(fs, ("question", "cloze")))  # noqa: E731
+    assert (fit.report["n_forget_queries"], fit.report["n_retain_queries"]) == (n(facts[:4]), n(facts[4:12]))
+    fit.save(tmp_path / "lora")
+    assert (tmp_path / "lora" / "adapter_config.json").exists()
+    # transformers + peft alone: the base model from its folder, the adapter from peft's
+    base = type(a.model).from_pretrained(a.model_id, dtype=torch.float32)
+    loaded = PeftModel.from_pretrained(base, str(tmp_path / "lora")).eval()
+    batch = a.encode(["What is the capital of France?", "Name the capital of Peru."])
+    with torch.no_grad():
+        want = fit.result.model(**batch).logits
+        got = loaded(**batch).logits
+        vanilla = a.model(**batch).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(want, vanilla, atol=1e-4)  # training changed the model: the check can fail
+    merged = loaded.merge_and_unload()  # mergeable the peft way
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, want, atol=1e-4, rtol=1e-4)
+
+
+def test_lora_from_delta_is_exact_at_the_rank_and_refuses_other_changes(tiny_causal_lm):
+    import copy
+
+    from erasekit.baselines.lora import lora_targets
+
+    base = tiny_causal_lm.model
+    tuned = copy.deepcopy(base)
+    targets = lora_targets(base)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in targets[:3]:
+            w = tuned.get_submodule(t).weight
+            w += torch.randn(w.shape[0], 3, generator=g) @ torch.randn(3, w.shape[1], generator=g)
+    factors, err = lora_from_delta(base, tuned, targets, rank=3)
+    assert set(factors) == set(targets[:3]) and err < 1e-6
+    _, err2 = lora_from_delta(base, tuned, targets, rank=1)
+    assert err2 > 0.1  # a rank-3 change is not rank 1: the error is measured, not assumed
+    with torch.no_grad():
+        next(p for n, p in tuned.named_parameters() if "norm" in n).add_(1.0)  # not a LoRA target
+    with pytest.raises(RuntimeError, match="outside the LoRA targets"):
+        lora_from_delta(base, tuned, targets, rank=3)
+
+
+def test_fit_asru_errors(tiny_causal_lm):
+    with pytest.raises(ValueError, match="non-empty"):
+        ek.fit_asru(tiny_causal_lm, [], ["a"])
+    with pytest.raises(TypeError, match="ASRUConfig"):
+        ek.fit_asru(tiny_causal_lm, ["a"], ["b"], cfg={"steps": 1})
+    with pytest.raises(TypeError, match="Eraser"):
+        ek.fit_asru(tiny_causal_lm, ["a"], ["b"], eraser="gate")
