@@ -31,7 +31,11 @@ What :func:`fit_eraser` does, each step a stated rule (METHOD.md; notebooks 02�
    (a rule that prefers what transfers to a form the gate never saw). ``gate="paper"``: MLLMEraser's gate instead.
 5. λ: a number, or ``"auto"``: on the forget prompts and the tune prompts, the smallest λ of ``strength_grid``
    that reaches the highest forget refusal rate among those keeping the tune prompts' refusal rate within
-   ``max_retain_refusal`` of the vanilla model's (no λ qualifies: the smallest λ).
+   ``max_retain_refusal`` of the vanilla model's (no λ qualifies: the smallest λ). By default
+   (``strength_rule="fast"``, :func:`fast_refusal_strength`) only the answers that decide this choice are
+   generated (no answer where no gate opens, a row stops at its first refusal phrase, a λ drops out once it
+   cannot win); ``strength_rule="generate"`` answers every prompt at every λ: the same λ, measured ~9x slower on
+   the organism (``benchmarks/bench_front_door.py``).
 
 The eraser steers at generation time with the gates reading an unsteered prefill (``read="frozen"``,
 :func:`erasekit.hooks.steer`); the prompts' answers are generated in batches, left-padded, with a progress bar.
@@ -56,10 +60,14 @@ from .steering import InputAwareSteerer, fit_steerer
 from .tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
 from .world import make_world, safety_prompts
 
-__all__ = ["Eraser", "fit_eraser", "default_refusal_prompts", "STRENGTH_GRID", "GATES"]
+__all__ = ["Eraser", "fit_eraser", "default_refusal_prompts", "STRENGTH_GRID", "GATES", "STRENGTH_RULES",
+           "fast_refusal_strength"]
 
 STRENGTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 READS = ("frozen", "steered", "anchor")
+# How strength="auto" gets its refusal rates: "fast" (:func:`fast_refusal_strength`: only the answers that decide
+# the choice) or "generate" (every forget and tune answer at every λ; the same choice, measured slower).
+STRENGTH_RULES = ("fast", "generate")
 # "default": erasekit's contrastive gate (rules of :func:`erasekit.tuning.choose_gate`, frozen reading); "paper":
 # MLLMEraser's null-space gate as the authors run it (absolute gamma 0.1, null-space ratio 0.3, every layer 1..L-1,
 # each gate reading its own steered state), the reproduced reference.
@@ -170,6 +178,350 @@ def refusal_strength(scores: Sequence[Sequence[float]], base: float, max_retain_
             "chosen": float(lam)}
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The λ rule without generating every answer at every λ (strength_rule="fast")
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the gates have been read."""
+
+
+def _pad_left(batch: dict, T: int, pad_id: int) -> dict:
+    """Left-pad an encoded batch's per-token tensors to length ``T`` (the padded length of the prompts' batch in
+    the generating route): pads are masked, so every row sees exactly the positions it saw there."""
+    ids = batch["input_ids"]
+    extra = T - ids.shape[1]
+    if extra <= 0:
+        return batch
+    import torch
+
+    out = dict(batch)
+    for k in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"):
+        v = batch.get(k)
+        if isinstance(v, Tensor) and v.ndim == 2 and v.shape == ids.shape:
+            fill = pad_id if k == "input_ids" else 0
+            out[k] = torch.cat([v.new_full((v.shape[0], extra), fill), v], dim=1)
+    return out
+
+
+def _frozen_gates(adapter, ops: dict, batch: dict) -> dict[int, Tensor]:
+    """The gate values ``{layer: (B,)}`` that ``steer(mode="prefill", read="frozen")`` applies on this batch: the
+    same unsteered pass (inside ``generate``, with the prefill's kwargs, no KV cache) and the same reading, stopped
+    after the last steered layer."""
+    import torch
+
+    from .hooks import _get_hidden, registered
+
+    layer_ids = sorted(ops)
+    state: dict = {"inner": False, "mask": None, "gates": {}}
+
+    def layer_hook(l):
+        def hook(module, args, kwargs):
+            if not state["inner"]:
+                return None
+            h = _get_hidden(args, kwargs)
+            op, loc = ops[l], getattr(ops[l], "locator", None)
+            mask = state["mask"]
+            if mask is not None and mask.shape != h.shape[:2]:
+                mask = None
+            state["gates"][l] = op.gate_value(h[:, -1, :] if loc is None else loc.read(h, mask))
+            if l == layer_ids[-1]:
+                raise _Stop
+            return None
+        return hook
+
+    def model_hook(module, args, kwargs):
+        if state["inner"]:
+            return None
+        mask = kwargs.get("attention_mask")
+        state["mask"] = mask if isinstance(mask, Tensor) and mask.ndim == 2 and mask.shape[1] > 1 else None
+        inner = {**kwargs, "use_cache": False}
+        for name in ("past_key_values", "cache"):
+            if name in inner:
+                inner[name] = None
+        state["inner"] = True
+        with torch.no_grad():
+            module(*args, **inner)
+        return None
+
+    def handles():
+        yield adapter.model.register_forward_pre_hook(model_hook, with_kwargs=True)
+        for l in layer_ids:
+            yield adapter.layers[l].register_forward_pre_hook(layer_hook(l), with_kwargs=True)
+
+    try:
+        with registered(handles), torch.no_grad():
+            adapter.generate(batch, max_new_tokens=1)
+    except _Stop:
+        pass
+    return state["gates"]
+
+
+def _pushed(adapter, ops: dict, gates: dict[int, Tensor], lam: Tensor):
+    """``steer(mode="prefill", read="frozen")`` with the gate values given (one row each) and a strength per row:
+    on a prefill pass each steered layer adds ``push(λ_row · s_row)`` (with ``ops`` at strength 1 this is the same
+    float product ``λ s d`` as the operator at strength λ); decode steps are left to the KV cache."""
+    from .hooks import _get_hidden, _set_hidden, registered
+
+    def hook_for(l):
+        s = lam.to(gates[l].dtype) * gates[l]
+
+        def hook(module, args, kwargs):
+            h = _get_hidden(args, kwargs)
+            if h.shape[1] <= 1:
+                return None
+            delta = ops[l].push(s.to(h.device), h).unsqueeze(1)
+            return _set_hidden(args, kwargs, h + 1.0 * delta.to(h.dtype))
+        return hook
+
+    return registered(lambda: (adapter.layers[l].register_forward_pre_hook(hook_for(l), with_kwargs=True)
+                               for l in sorted(ops)))
+
+
+class _RowStrength:
+    """A gated operator at strength 1 whose gate is multiplied by a strength per batch row (any reading mode)."""
+
+    def __init__(self, op, lam: Tensor):
+        self.op, self.lam = op, lam
+        self.locator = getattr(op, "locator", None)
+        self.gate_range = getattr(op, "gate_range", None)
+
+    def raw_gate(self, h):
+        return self.op.raw_gate(h)
+
+    def gate_value(self, h):
+        s = self.op.gate_value(h)
+        return self.lam.to(device=s.device, dtype=s.dtype) * s
+
+    def push(self, s, like):
+        return self.op.push(s, like)
+
+    def __call__(self, h):
+        if hasattr(self.op, "push"):
+            return self.push(self.gate_value(h), h)
+        out = self.op(h)
+        return out * self.lam.to(device=out.device, dtype=out.dtype).view(-1, *([1] * (out.ndim - 1)))
+
+
+def _refusal_stop(tokenizer, start: int):
+    """Stop a row once its answer so far contains a refusal phrase: :func:`is_refusal` matches a phrase anywhere
+    in the normalised text, and a phrase present in a prefix of the tokens stays in the full answer."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class RefusalStop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            texts = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+            return torch.tensor([is_refusal(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([RefusalStop()])
+
+
+class _RulePrompts:
+    """One prompt set of the λ rule, in the generating route's batches: each batch's padded length, its rows'
+    gate values (frozen reading) and which rows have every gate at 0 (no push at any λ: the vanilla answer)."""
+
+    def __init__(self, adapter, texts, images, batch_size: int, ops: dict | None):
+        import torch
+
+        self.texts, self.images = list(texts), images
+        self.chunks, self.T, self.gates, self.open = [], [], [], []
+        for s in range(0, len(self.texts), batch_size):
+            idx = list(range(s, min(s + batch_size, len(self.texts))))
+            batch = adapter.encode(self.texts[s:s + batch_size], images=self._ims(idx))
+            self.chunks.append(idx)
+            self.T.append(int(batch["input_ids"].shape[1]))
+            if ops is None:  # gates read per λ (steered / anchor reading): every row is pushed
+                self.gates.append(None)
+                self.open.append(idx)
+                continue
+            g = _frozen_gates(adapter, ops, batch)
+            self.gates.append(g)
+            closed = torch.stack([g[l] == 0 for l in sorted(g)]).all(0).tolist()
+            self.open.append([i for i, c in zip(idx, closed) if not c])
+        self.n_open = sum(map(len, self.open))
+        # units of work: a few open rows of one batch (a λ is often out after a few answers)
+        step = max(1, batch_size // 4)
+        self.steps = [(k, rows[j:j + step]) for k, rows in enumerate(self.open) for j in range(0, len(rows), step)]
+        self.closed = [i for c, o in zip(self.chunks, self.open) for i in c if i not in set(o)]
+
+    def _ims(self, idx):
+        if self.images is None:
+            return None
+        ims = [self.images[i] for i in idx]
+        return None if all(im is None for im in ims) else ims
+
+    def refused(self, adapter, k: int, rows: list[int], lams: list[float], steerer, read: str, ops: dict | None,
+                max_new_tokens: int, stop: bool = True) -> list[bool]:
+        """Whether each (row, λ) of batch ``k`` is refused (λ = 0: the vanilla model), generated in one batch
+        padded to the generating route's length."""
+        import contextlib
+
+        import torch
+
+        if not rows:
+            return []
+        batch = _pad_left(adapter.encode([self.texts[i] for i in rows], images=self._ims(rows)), self.T[k],
+                          adapter.pad_token_id)
+        lam = torch.tensor(lams, dtype=torch.float32)
+        if ops is not None:
+            pos = {i: j for j, i in enumerate(self.chunks[k])}
+            sel = torch.tensor([pos[i] for i in rows])
+            ctx = _pushed(adapter, ops, {l: v[sel] for l, v in self.gates[k].items()}, lam)
+        elif any(lams):
+            ops1 = steerer.operators(1.0)
+            ctx = steer(adapter, {l: _RowStrength(o, lam) for l, o in ops1.items()}, mode="prefill", read=read,
+                        anchor=min(ops1) if read == "anchor" else None)
+        else:
+            ctx = contextlib.nullcontext()
+        kw = {"stopping_criteria": _refusal_stop(adapter.tokenizer, self.T[k])} if stop else {}
+        with ctx, torch.no_grad():
+            answers = adapter.generate(batch, max_new_tokens=max_new_tokens, **kw)
+        return [is_refusal(a) for a in answers]
+
+
+def _tune_ok(a: tuple[int, int], b: tuple[int, int], c: tuple[int, int], n: int, tol: float) -> bool | None:
+    """:func:`refusal_strength`'s test ``tune rate <= vanilla rate + tol`` in its float arithmetic, decided over
+    every count still possible: ``a`` vanilla refusals of the tune rows no gate opens on (the same at every λ),
+    ``b`` vanilla refusals of the others, ``c`` their refusals at λ, each a (low, high) range. None: undecided."""
+    import numpy as np
+
+    A = np.arange(a[0], a[1] + 1, dtype=np.float64)
+    if bool(np.all((A + c[1]) / n <= (A + b[0]) / n + tol)):
+        return True
+    if not bool(np.any((A + c[0]) / n <= (A + b[1]) / n + tol)):
+        return False
+    return None
+
+
+def fast_refusal_strength(adapter, steerer: InputAwareSteerer, read: str, forget: tuple, tune: tuple,
+                          strength_grid: Sequence[float], max_retain_refusal: float, max_new_tokens: int,
+                          batch_size: int) -> dict:
+    """:func:`refusal_strength`'s choice of λ, computed from as few answers as decide it.
+
+    The generating route answers every forget and tune prompt at every λ (and the tune prompts unsteered) and
+    applies the rule to the refusal rates. This route gets the same choice from fewer answers:
+
+    1. Rows no gate opens on. With the frozen reading a prompt's gates do not depend on λ; a row whose floored
+       gate is exactly 0 at every steered layer gets a zero push, so its answer at every λ is the vanilla answer.
+       Forget such rows add the same count at every λ, which changes no comparison of forget rates: they are never
+       generated. Tune such rows add the same count to the vanilla and every steered tune rate; only when the
+       float test of the rule could go either way for some possible count are they generated (unsteered).
+    2. Early stops. A row stops generating once its answer so far holds a refusal phrase (:func:`is_refusal`
+       looks for phrases anywhere, and a phrase in a prefix stays in the whole answer).
+    3. Bounds. Each λ keeps the range of forget refusal counts still possible (refusals found, plus the rows
+       not answered yet) and a tune test that is passed, failed or still open (:func:`_tune_ok`: decided once
+       every count still possible gives the same float result). A λ drops out when its test fails, or when a λ
+       that passes it refuses more forget prompts than the λ still can (or as many, being smaller): it cannot
+       be the rule's choice. Work goes where it decides most: one batch of forget prompts at every λ, then the
+       λ refusing most so far (its tune test, then all its forget prompts), then the others, a few prompts at a
+       time, until they drop out. The λ left is the rule's choice; none left (every tune test failed): the
+       smallest λ, as the rule says.
+
+    Every answer it does generate is the generating route's answer: the same prompts in the same batches, padded
+    to the same length, greedy, with the push of the same float products λ·s·d (a strength per row times the
+    gate values read on the same unsteered pass); the other rows of a batch (other λ, other prompts) do not enter
+    a row's arithmetic, which ``tests/test_eraser_fast_lambda.py`` checks answer by answer. Other gate readings
+    (``"steered"``: MLLMEraser's gate) read the gates per λ: every row is open, steps 2 and 3 still apply.
+    Returns :func:`refusal_strength`'s dict (``scores`` holds what was measured: the open rows' counts).
+    """
+    from .steering import GatedOperator
+
+    lams = sorted({float(x) for x in strength_grid})
+    if not lams:
+        raise ValueError("strength_grid is empty")
+    ops1 = steerer.operators(1.0)
+    frozen = read == "frozen" and all(isinstance(o, GatedOperator) for o in ops1.values())
+    ops = ops1 if frozen else None
+    F = _RulePrompts(adapter, forget[0], forget[1], batch_size, ops)
+    T = _RulePrompts(adapter, tune[0], tune[1], batch_size, ops)
+    n = max(len(T.texts), 1)
+    tol = float(max_retain_refusal)
+    gen = dict(steerer=steerer, read=read, ops=ops, max_new_tokens=max_new_tokens)
+    fr = {l: 0 for l in lams}              # forget refusals among the open rows answered so far
+    fu = {l: F.n_open for l in lams}       # open forget rows not answered yet
+    fk = {l: 0 for l in lams}              # next forget batch
+    tc = {l: [0, T.n_open] for l in lams}  # range of tune refusals among the open rows
+    tk = {l: 0 for l in lams}              # next tune batch
+    van: dict[int, int] = {}               # tune batch -> vanilla refusals among its open rows
+    a = (0, len(T.closed))                 # range of vanilla refusals among the closed tune rows
+    ok: dict[float, bool | None] = {l: None for l in lams}
+    alive = list(lams)
+    n_rows = 0
+
+    def forget_step(group: list[float], whole: bool = False) -> None:
+        """The next step of forget rows for every λ of ``group`` (all at the same step), in one batch; ``whole``:
+        every remaining step of that batch of prompts."""
+        nonlocal n_rows
+        j = fk[group[0]]
+        k = F.steps[j][0]
+        js = [j] + ([i for i in range(j + 1, len(F.steps)) if F.steps[i][0] == k] if whole else [])
+        rows = [i for jj in js for i in F.steps[jj][1]]
+        jobs = [(i, l) for l in group for i in rows]
+        out = F.refused(adapter, k, [i for i, _ in jobs], [l for _, l in jobs], **gen)
+        n_rows += len(jobs)
+        for l in group:
+            fr[l] += sum(o for (_, m), o in zip(jobs, out) if m == l)
+            fu[l] -= len(rows)
+            fk[l] += len(js)
+
+    def tune_step(l: float) -> None:
+        nonlocal n_rows
+        k = tk[l]
+        rows = T.open[k]
+        jobs = [(i, l) for i in rows] + ([(i, 0.0) for i in rows] if k not in van else [])
+        out = T.refused(adapter, k, [i for i, _ in jobs], [m for _, m in jobs], **gen)
+        n_rows += len(jobs)
+        r = sum(out[:len(rows)])
+        tc[l] = [tc[l][0] + r, tc[l][1] - (len(rows) - r)]
+        if k not in van:
+            van[k] = sum(out[len(rows):])
+        tk[l] += 1
+
+    if F.steps:  # a first look at every λ: which one leads
+        forget_step(list(lams), whole=True)
+    while True:
+        known = sum(van.values())
+        b = (known, known + T.n_open - sum(len(T.open[k]) for k in van))
+        for l in alive:
+            if ok[l] is None:
+                ok[l] = _tune_ok(a, b, tuple(tc[l]), n, tol)
+        passing = [l for l in alive if ok[l]]
+        alive = [l for l in alive if ok[l] is not False and not any(
+            fr[m] > fr[l] + fu[l] or (fr[m] == fr[l] + fu[l] and m < l) for m in passing if m != l)]
+        if not alive or (len(alive) == 1 and ok[alive[0]]):
+            break
+        # the likely winner first (highest forget refusal rate so far): its tune test, then all its forget rows;
+        # then the others, each only until it is out
+        lead = max(alive, key=lambda l: (fr[l] / max(F.n_open - fu[l], 1), -l))
+        if ok[lead] is None and tk[lead] < len(T.chunks):
+            tune_step(lead)
+        elif fu[lead] > 0:
+            forget_step([lead], whole=True)
+        elif any(fu[l] > 0 for l in alive):
+            k = min(fk[l] for l in alive if fu[l] > 0)
+            forget_step([l for l in alive if fu[l] > 0 and fk[l] == k])
+        elif any(ok[l] is None and tk[l] < len(T.chunks) for l in alive):
+            tune_step(next(l for l in alive if ok[l] is None and tk[l] < len(T.chunks)))
+        elif a[0] != a[1]:  # the float test hinges on the rows no gate opens on: answer them (unsteered)
+            r = 0
+            for k, idx in enumerate(T.chunks):
+                rows = [i for i in idx if i not in set(T.open[k])]
+                r += sum(T.refused(adapter, k, rows, [0.0] * len(rows), **gen))
+                n_rows += len(rows)
+            a = (r, r)
+        else:  # pragma: no cover
+            raise RuntimeError("the fast λ rule ran out of answers before deciding (a bug)")
+    chosen = alive[0] if alive else lams[0]
+    return {"rule": f"smallest λ with the highest forget refusal rate among those with tune refusal <= vanilla "
+                    f"+ {max_retain_refusal} (fast route: only the answers that decide it)",
+            "route": "fast", "chosen": float(chosen), "rows_generated": n_rows,
+            "n_open_forget": F.n_open, "n_open_tune": T.n_open, "n_forget": len(F.texts), "n_tune": len(T.texts),
+            "scores": [[l, fr[l], fr[l] + fu[l], tc[l][0], tc[l][1], ok[l]] for l in lams],
+            "scores_columns": ["λ", "open forget refused (at least)", "(at most)", "open tune refused (at least)",
+                               "(at most)", "tune test passed"]}
+
+
 def _subject_states(adapter, forget, retain, tune, subjects: dict, layers, batch_size: int,
                     generic: Sequence[str] = ()):
     """H_f, H_r at the subject's last token of each prompt; the per-layer locators fitted on every position of the
@@ -234,7 +586,7 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
                max_retain_refusal: float = 0.1, gammas: Sequence[float] = GAMMA_GRID, alpha: float = 1.0,
                margin: float = LAYER_AUC_MARGIN, floor_quantile: float | None = 0.9, max_new_tokens: int = 32,
                forms: Sequence[str] = FAMILIES, gate: str = "default", read_at: str = "auto",
-               rule_prompts: int | None = None,
+               rule_prompts: int | None = None, strength_rule: str = "fast",
                batch_size: int = 16,
                progress: bool = True) -> Eraser:
     """Fit an :class:`Eraser` on any supported adapter from forget and retain prompts (see the module docstring).
@@ -255,6 +607,9 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
             (a fitted :class:`erasekit.locate.Locator` finds the subject's last token; needs facts: their subjects
             mark the positions it learns), ``"auto"``: ``"subject"`` when forget and retain are facts, else
             ``"last"``. The paper gate always reads the last token.
+        strength_rule: how ``strength="auto"`` gets the refusal rates: ``"fast"`` (default,
+            :func:`fast_refusal_strength`: the same λ from only the answers that decide it) or ``"generate"``
+            (every forget and tune answer at every λ of the grid, and the tune answers unsteered).
         rule_prompts: the λ rule generates for at most this many forget and tune prompts each (a seeded, evenly
             spread sample; None: all).
         direction: the erasure direction; default: from ``refuse`` − ``comply`` prompts.
@@ -265,6 +620,8 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
     """
     if strength != "auto" and (isinstance(strength, str) or not isinstance(strength, (int, float))):
         raise ValueError(f"strength must be a number or 'auto', got {strength!r}")
+    if strength_rule not in STRENGTH_RULES:
+        raise ValueError(f"strength_rule must be one of {STRENGTH_RULES}, got {strength_rule!r}")
     if gate not in GATES:
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
     if read_at not in ("auto", "last", "subject"):
@@ -354,14 +711,37 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
     read = "steered" if gate == "paper" else "frozen"
     if strength != "auto":
         return Eraser(steerer, float(strength), read)
-    g_kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
     (f_txt, f_im), (t_txt, t_im) = _sample(f_txt, f_im, rule_prompts), _sample(t_txt, t_im, rule_prompts)
-    base = _refusal_rate(generate(adapter, t_txt, t_im, **g_kw))
-    scores = []
-    for lam in sorted(strength_grid):
-        er = Eraser(steerer, float(lam), read)
-        ctx = lambda er=er: er.context(adapter)
-        scores.append((lam, _refusal_rate(generate(adapter, f_txt, f_im, context=ctx, **g_kw)),
-                       _refusal_rate(generate(adapter, t_txt, t_im, context=ctx, **g_kw))))
-    steerer.meta["strength_rule"] = refusal_strength(scores, base, max_retain_refusal)
+    steerer.meta["strength_rule"] = _strength_rule(adapter, steerer, read, (f_txt, f_im), (t_txt, t_im),
+                                                   strength_grid=strength_grid, max_retain_refusal=max_retain_refusal,
+                                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                                   route=strength_rule)
     return Eraser(steerer, steerer.meta["strength_rule"]["chosen"], read)
+
+
+def _strength_rule(adapter: Any, steerer: InputAwareSteerer, read: str, forget: tuple, tune: tuple, *,
+                   strength_grid: Sequence[float], max_retain_refusal: float, max_new_tokens: int, batch_size: int,
+                   route: str = "fast") -> dict:
+    """λ by the refusal rule on the (sampled) forget and tune prompts ``(texts, images)``, by either route
+    (:data:`STRENGTH_RULES`); :func:`refusal_strength`'s dict with ``route`` and ``seconds`` added."""
+    import time
+
+    t0 = time.perf_counter()
+    if route == "fast":
+        out = fast_refusal_strength(adapter, steerer, read, forget, tune, strength_grid, max_retain_refusal,
+                                    max_new_tokens, batch_size)
+    elif route == "generate":
+        (f_txt, f_im), (t_txt, t_im) = forget, tune
+        g_kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+        base = _refusal_rate(generate(adapter, t_txt, t_im, **g_kw))
+        scores = []
+        for lam in sorted(strength_grid):
+            er = Eraser(steerer, float(lam), read)
+            ctx = lambda er=er: er.context(adapter)
+            scores.append((lam, _refusal_rate(generate(adapter, f_txt, f_im, context=ctx, **g_kw)),
+                           _refusal_rate(generate(adapter, t_txt, t_im, context=ctx, **g_kw))))
+        out = {**refusal_strength(scores, base, max_retain_refusal), "route": "generate"}
+    else:
+        raise ValueError(f"strength_rule must be one of {STRENGTH_RULES}, got {route!r}")
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
