@@ -340,9 +340,6 @@ class _RulePrompts:
             closed = torch.stack([g[l] == 0 for l in sorted(g)]).all(0).tolist()
             self.open.append([i for i, c in zip(idx, closed) if not c])
         self.n_open = sum(map(len, self.open))
-        # units of work: a few open rows of one batch (a λ is often out after a few answers)
-        step = max(1, batch_size // 4)
-        self.steps = [(k, rows[j:j + step]) for k, rows in enumerate(self.open) for j in range(0, len(rows), step)]
         self.closed = [i for c, o in zip(self.chunks, self.open) for i in c if i not in set(o)]
 
     def _ims(self, idx):
@@ -438,9 +435,7 @@ def fast_refusal_strength(adapter, steerer: InputAwareSteerer, read: str, forget
     n = max(len(T.texts), 1)
     tol = float(max_retain_refusal)
     gen = dict(steerer=steerer, read=read, ops=ops, max_new_tokens=max_new_tokens)
-    fr = {l: 0 for l in lams}              # forget refusals among the open rows answered so far
-    fu = {l: F.n_open for l in lams}       # open forget rows not answered yet
-    fk = {l: 0 for l in lams}              # next forget batch
+    fdec: dict[float, dict[int, bool]] = {l: {} for l in lams}  # forget answers so far: row -> refused
     tc = {l: [0, T.n_open] for l in lams}  # range of tune refusals among the open rows
     tk = {l: 0 for l in lams}              # next tune batch
     van: dict[int, int] = {}               # tune batch -> vanilla refusals among its open rows
@@ -448,22 +443,23 @@ def fast_refusal_strength(adapter, steerer: InputAwareSteerer, read: str, forget
     ok: dict[float, bool | None] = {l: None for l in lams}
     alive = list(lams)
     n_rows = 0
+    chunk_of = {i: k for k, rows in enumerate(F.open) for i in rows}
+    step = max(1, batch_size // 4)
 
-    def forget_step(group: list[float], whole: bool = False) -> None:
-        """The next step of forget rows for every λ of ``group`` (all at the same step), in one batch; ``whole``:
-        every remaining step of that batch of prompts."""
+    def fr(l):  # forget refusals among the open rows answered so far
+        return sum(fdec[l].values())
+
+    def fu(l):  # open forget rows not answered yet
+        return F.n_open - len(fdec[l])
+
+    def forget_step(group: list[float], k: int, rows: list[int]) -> None:
+        """``rows`` (open forget rows of batch ``k``) answered at every λ of ``group``, in one batch."""
         nonlocal n_rows
-        j = fk[group[0]]
-        k = F.steps[j][0]
-        js = [j] + ([i for i in range(j + 1, len(F.steps)) if F.steps[i][0] == k] if whole else [])
-        rows = [i for jj in js for i in F.steps[jj][1]]
         jobs = [(i, l) for l in group for i in rows]
         out = F.refused(adapter, k, [i for i, _ in jobs], [l for _, l in jobs], **gen)
         n_rows += len(jobs)
-        for l in group:
-            fr[l] += sum(o for (_, m), o in zip(jobs, out) if m == l)
-            fu[l] -= len(rows)
-            fk[l] += len(js)
+        for (i, l), o in zip(jobs, out):
+            fdec[l][i] = o
 
     def tune_step(l: float) -> None:
         nonlocal n_rows
@@ -478,8 +474,17 @@ def fast_refusal_strength(adapter, steerer: InputAwareSteerer, read: str, forget
             van[k] = sum(out[len(rows):])
         tk[l] += 1
 
-    if F.steps:  # a first look at every λ: which one leads
-        forget_step(list(lams), whole=True)
+    def next_rows(l: float, lead: float) -> tuple[int, tuple[int, ...]]:
+        """The next few forget rows to answer at λ (not the leader): first those the leader did not refuse (the
+        likeliest to be refused at λ neither, which is what puts λ out), within one batch of prompts."""
+        todo = sorted((i for i in chunk_of if i not in fdec[l]),
+                      key=lambda i: (fdec[lead].get(i, True), chunk_of[i], i))
+        k = chunk_of[todo[0]]
+        return k, tuple([i for i in todo if chunk_of[i] == k][:step])
+
+    if F.n_open:  # a first look at every λ: which one leads
+        k0 = next(k for k, rows in enumerate(F.open) if rows)
+        forget_step(list(lams), k0, F.open[k0])
     while True:
         known = sum(van.values())
         b = (known, known + T.n_open - sum(len(T.open[k]) for k in van))
@@ -488,19 +493,21 @@ def fast_refusal_strength(adapter, steerer: InputAwareSteerer, read: str, forget
                 ok[l] = _tune_ok(a, b, tuple(tc[l]), n, tol)
         passing = [l for l in alive if ok[l]]
         alive = [l for l in alive if ok[l] is not False and not any(
-            fr[m] > fr[l] + fu[l] or (fr[m] == fr[l] + fu[l] and m < l) for m in passing if m != l)]
+            fr(m) > fr(l) + fu(l) or (fr(m) == fr(l) + fu(l) and m < l) for m in passing if m != l)]
         if not alive or (len(alive) == 1 and ok[alive[0]]):
             break
         # the likely winner first (highest forget refusal rate so far): its tune test, then all its forget rows;
         # then the others, each only until it is out
-        lead = max(alive, key=lambda l: (fr[l] / max(F.n_open - fu[l], 1), -l))
+        lead = max(alive, key=lambda l: (fr(l) / max(len(fdec[l]), 1), -l))
         if ok[lead] is None and tk[lead] < len(T.chunks):
             tune_step(lead)
-        elif fu[lead] > 0:
-            forget_step([lead], whole=True)
-        elif any(fu[l] > 0 for l in alive):
-            k = min(fk[l] for l in alive if fu[l] > 0)
-            forget_step([l for l in alive if fu[l] > 0 and fk[l] == k])
+        elif fu(lead) > 0:
+            k = next(k for k, rows in enumerate(F.open) if any(i not in fdec[lead] for i in rows))
+            forget_step([lead], k, [i for i in F.open[k] if i not in fdec[lead]])
+        elif any(fu(l) > 0 for l in alive):
+            nxt = {l: next_rows(l, lead) for l in alive if fu(l) > 0}
+            k, rows = nxt[min(nxt)]
+            forget_step([l for l in nxt if nxt[l] == (k, rows)], k, list(rows))
         elif any(ok[l] is None and tk[l] < len(T.chunks) for l in alive):
             tune_step(next(l for l in alive if ok[l] is None and tk[l] < len(T.chunks)))
         elif a[0] != a[1]:  # the float test hinges on the rows no gate opens on: answer them (unsteered)
@@ -517,7 +524,7 @@ def fast_refusal_strength(adapter, steerer: InputAwareSteerer, read: str, forget
                     f"+ {max_retain_refusal} (fast route: only the answers that decide it)",
             "route": "fast", "chosen": float(chosen), "rows_generated": n_rows,
             "n_open_forget": F.n_open, "n_open_tune": T.n_open, "n_forget": len(F.texts), "n_tune": len(T.texts),
-            "scores": [[l, fr[l], fr[l] + fu[l], tc[l][0], tc[l][1], ok[l]] for l in lams],
+            "scores": [[l, fr(l), fr(l) + fu(l), tc[l][0], tc[l][1], ok[l]] for l in lams],
             "scores_columns": ["λ", "open forget refused (at least)", "(at most)", "open tune refused (at least)",
                                "(at most)", "tune test passed"]}
 
