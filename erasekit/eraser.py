@@ -34,8 +34,8 @@ What :func:`fit_eraser` does, each step a stated rule (METHOD.md; notebooks 02鈥
    ``max_retain_refusal`` of the vanilla model's (no 位 qualifies: the smallest 位). By default
    (``strength_rule="fast"``, :func:`fast_refusal_strength`) only the answers that decide this choice are
    generated (no answer where no gate opens, a row stops at its first refusal phrase, a 位 drops out once it
-   cannot win); ``strength_rule="generate"`` answers every prompt at every 位: the same 位, measured ~9x slower on
-   the organism (``benchmarks/bench_front_door.py``).
+   cannot win); ``strength_rule="generate"`` answers every prompt at every 位: the same 位, slower by the ratio
+   ``benchmarks/bench_front_door.py`` measures (its ``results/front_door_cpu.json``).
 
 The eraser steers at generation time with the gates reading an unsteered prefill (``read="frozen"``,
 :func:`erasekit.hooks.steer`); the prompts' answers are generated in batches, left-padded, with a progress bar.
