@@ -264,7 +264,7 @@ def _pushed(adapter, ops: dict, gates: dict[int, Tensor], lam: Tensor):
     from .hooks import _get_hidden, _set_hidden, registered
 
     def hook_for(l):
-        s = lam.to(gates[l].dtype) * gates[l]
+        s = lam.to(device=gates[l].device, dtype=gates[l].dtype) * gates[l]
 
         def hook(module, args, kwargs):
             h = _get_hidden(args, kwargs)
