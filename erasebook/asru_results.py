@@ -116,8 +116,8 @@ def stage1_strength(session: Session, setup: GateSetup, forget_pct: int, grid: S
     the ``tune`` retain profiles stays within ``max_retain_refusal`` of the vanilla model's. Text questions (ASRU's
     training mode). Cached as JSON; returns ``{"chosen": λ, "scores": [[λ, forget, tune], ...], "rule": ...}``.
     """
-    from erasekit.eraser import refusal_rate, refusal_strength
     from erasekit.generation import generate
+    from erasekit.strength_rule import refusal_rate, refusal_strength
 
     grid = sorted(setup.config.lambda_grid if grid is None else grid)
     forget = build_items({"Fgt": session.source.split(f"forget_{forget_pct}")}, modes=("QA",), tasks=("generation",))[
@@ -206,9 +206,9 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
     import time
 
     from erasekit.asru import distil_stage1
-    from erasekit.eraser import refusal_rate as rate
     from erasekit.generation import generate
     from erasekit.response_quality import is_contextual_refusal
+    from erasekit.strength_rule import refusal_rate as rate
 
     stage1, _ = asru_stage1(session, setup, forget_pct)
     tune = build_items(group_rows(session, forget_pct, ("Ret",), "tune"), modes=("QA",), tasks=("generation",))

@@ -31,7 +31,11 @@ What :func:`fit_eraser` does, each step a stated rule (METHOD.md; notebooks 02�
    (a rule that prefers what transfers to a form the gate never saw). ``gate="paper"``: MLLMEraser's gate instead.
 5. λ: a number, or ``"auto"``: on the forget prompts and the tune prompts, the smallest λ of ``strength_grid``
    that reaches the highest forget refusal rate among those keeping the tune prompts' refusal rate within
-   ``max_retain_refusal`` of the vanilla model's (no λ qualifies: the smallest λ).
+   ``max_retain_refusal`` of the vanilla model's (no λ qualifies: the smallest λ). By default
+   (``strength_rule="fast"``, :func:`fast_refusal_strength`) only the answers that decide this choice are
+   generated (no answer where no gate opens, a row stops at its first refusal phrase, a λ drops out once it
+   cannot win); ``strength_rule="generate"`` answers every prompt at every λ: the same λ, slower by the ratio
+   ``benchmarks/bench_front_door.py`` measures (its ``results/front_door_cpu.json``).
 
 The eraser steers at generation time with the gates reading an unsteered prefill (``read="frozen"``,
 :func:`erasekit.hooks.steer`); the prompts' answers are generated in batches, left-padded, with a progress bar.
@@ -52,14 +56,16 @@ from .forms import FAMILIES, Fact, render, split_subjects
 from .generation import generate, prefill_gate_values
 from .hooks import check_layers, collect_activations, steer
 from .prompts import default_requests
-from .scoring import is_refusal
 from .steering import InputAwareSteerer, fit_steerer
+from .strength_rule import STRENGTH_RULES, choose_strength
 from .tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
 
-__all__ = ["Eraser", "fit_eraser", "default_refusal_prompts", "STRENGTH_GRID", "GATES"]
+__all__ = ["Eraser", "fit_eraser", "default_refusal_prompts", "STRENGTH_GRID", "GATES", "STRENGTH_RULES"]
 
 STRENGTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 READS = ("frozen", "steered", "anchor")
+# How strength="auto" gets its refusal rates: "fast" (:func:`fast_refusal_strength`: only the answers that decide
+# the choice) or "generate" (every forget and tune answer at every λ; the same choice, measured slower).
 # "default": erasekit's contrastive gate (rules of :func:`erasekit.tuning.choose_gate`, frozen reading); "paper":
 # MLLMEraser's null-space gate as the authors run it (absolute gamma 0.1, null-space ratio 0.3, every layer 1..L-1,
 # each gate reading its own steered state), the reproduced reference.
@@ -155,17 +161,6 @@ class Eraser:
         return cls(steerer, float(hyper["eraser"]["strength"]), hyper["eraser"]["read"])
 
 
-def refusal_strength(scores: Sequence[Sequence[float]], base: float, max_retain_refusal: float) -> dict:
-    """The refusal rule for λ: ``scores`` are ``(λ, forget refusal rate, tune refusal rate)``; the smallest λ with the
-    highest forget refusal rate among those whose tune refusal rate is within ``max_retain_refusal`` of ``base`` (the
-    vanilla model's), else the smallest λ. Returns ``{"rule", "scores", "chosen"}``."""
-    ok = [s for s in scores if s[2] <= base + max_retain_refusal]
-    lam = min(ok, key=lambda s: (-s[1], s[0]))[0] if ok else min(s[0] for s in scores)
-    return {"rule": f"smallest λ with the highest forget refusal rate among those with tune refusal <= vanilla "
-                    f"({base:.3f}) + {max_retain_refusal}", "scores": [list(map(float, s)) for s in scores],
-            "chosen": float(lam)}
-
-
 def _subject_states(adapter, forget, retain, tune, subjects: dict, layers, batch_size: int,
                     generic: Sequence[str] = ()):
     """H_f, H_r at the subject's last token of each prompt; the per-layer locators fitted on every position of the
@@ -219,10 +214,6 @@ def _sample(texts: list[str], images: list | None, n: int | None) -> tuple[list[
     return [texts[i] for i in idx], None if images is None else [images[i] for i in idx]
 
 
-def refusal_rate(answers: Sequence[str]) -> float:
-    return sum(map(is_refusal, answers)) / max(len(answers), 1)
-
-
 def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tune: Sequence[Any] | None = None,
                direction: ErasureDirection | None = None, refuse: Sequence[Any] | None = None,
                comply: Sequence[Any] | None = None, layers: Sequence[int] | None = None,
@@ -230,7 +221,7 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
                max_retain_refusal: float = 0.1, gammas: Sequence[float] = GAMMA_GRID, alpha: float = 1.0,
                margin: float = LAYER_AUC_MARGIN, floor_quantile: float | None = 0.9, max_new_tokens: int = 32,
                forms: Sequence[str] = FAMILIES, gate: str = "default", read_at: str = "auto",
-               rule_prompts: int | None = None,
+               rule_prompts: int | None = None, strength_rule: str = "fast",
                batch_size: int = 16,
                progress: bool = True) -> Eraser:
     """Fit an :class:`Eraser` on any supported adapter from forget and retain prompts (see the module docstring).
@@ -251,6 +242,9 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
             (a fitted :class:`erasekit.locate.Locator` finds the subject's last token; needs facts: their subjects
             mark the positions it learns), ``"auto"``: ``"subject"`` when forget and retain are facts, else
             ``"last"``. The paper gate always reads the last token.
+        strength_rule: how ``strength="auto"`` gets the refusal rates: ``"fast"`` (default,
+            :func:`fast_refusal_strength`: the same λ from only the answers that decide it) or ``"generate"``
+            (every forget and tune answer at every λ of the grid, and the tune answers unsteered).
         rule_prompts: the λ rule generates for at most this many forget and tune prompts each (a seeded, evenly
             spread sample; None: all).
         direction: the erasure direction; default: from ``refuse`` − ``comply`` prompts.
@@ -261,6 +255,8 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
     """
     if strength != "auto" and (isinstance(strength, str) or not isinstance(strength, (int, float))):
         raise ValueError(f"strength must be a number or 'auto', got {strength!r}")
+    if strength_rule not in STRENGTH_RULES:
+        raise ValueError(f"strength_rule must be one of {STRENGTH_RULES}, got {strength_rule!r}")
     if gate not in GATES:
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
     if read_at not in ("auto", "last", "subject"):
@@ -350,14 +346,9 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
     read = "steered" if gate == "paper" else "frozen"
     if strength != "auto":
         return Eraser(steerer, float(strength), read)
-    g_kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
     (f_txt, f_im), (t_txt, t_im) = _sample(f_txt, f_im, rule_prompts), _sample(t_txt, t_im, rule_prompts)
-    base = refusal_rate(generate(adapter, t_txt, t_im, **g_kw))
-    scores = []
-    for lam in sorted(strength_grid):
-        er = Eraser(steerer, float(lam), read)
-        ctx = lambda er=er: er.context(adapter)
-        scores.append((lam, refusal_rate(generate(adapter, f_txt, f_im, context=ctx, **g_kw)),
-                       refusal_rate(generate(adapter, t_txt, t_im, context=ctx, **g_kw))))
-    steerer.meta["strength_rule"] = refusal_strength(scores, base, max_retain_refusal)
+    steerer.meta["strength_rule"] = choose_strength(adapter, steerer, read, (f_txt, f_im), (t_txt, t_im),
+                                                   strength_grid=strength_grid, max_retain_refusal=max_retain_refusal,
+                                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                                   route=strength_rule)
     return Eraser(steerer, steerer.meta["strength_rule"]["chosen"], read)

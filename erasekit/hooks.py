@@ -60,7 +60,7 @@ def check_layers(adapter: Adapter, layers: Iterable[int] | None) -> list[int]:
     return out
 
 
-def _get_hidden(args: tuple, kwargs: dict) -> Tensor:
+def layer_input(args: tuple, kwargs: dict) -> Tensor:
     if args:
         return args[0]
     if "hidden_states" in kwargs:
@@ -68,7 +68,7 @@ def _get_hidden(args: tuple, kwargs: dict) -> Tensor:
     raise RuntimeError("decoder layer called without hidden_states (neither positional nor keyword)")
 
 
-def _set_hidden(args: tuple, kwargs: dict, hidden: Tensor) -> tuple[tuple, dict]:
+def with_layer_input(args: tuple, kwargs: dict, hidden: Tensor) -> tuple[tuple, dict]:
     if args:
         return (hidden, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": hidden}
@@ -135,7 +135,7 @@ def capture(
     def make_hook(l: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             # A forward (post) hook sees the args after every pre-hook ran: the steered input when steering.
-            h = _get_hidden(args, kwargs)
+            h = layer_input(args, kwargs)
             if passes != "all" and (h.shape[1] > 1) != (passes == "prefill"):
                 return
             h = h[:, -1, :] if position == "last" else h
@@ -350,7 +350,7 @@ def steer(
 
     def make_hook(l: int, op: Operator):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-            h = _get_hidden(args, kwargs)
+            h = layer_input(args, kwargs)
             if state["inner"]:  # the extra unsteered pass of read="frozen": record, do not touch
                 state["frozen"][l] = read_state(op, h)
                 if l == layer_ids[-1]:
@@ -361,7 +361,7 @@ def steer(
                     held = state["held"].get(l) if mode == "persist" else None
                     if held is None or held.shape[0] != h.shape[0]:
                         return None
-                    return _set_hidden(args, kwargs, h + held.to(h.dtype))
+                    return with_layer_input(args, kwargs, h + held.to(h.dtype))
                 if read == "frozen" and frozen_route == "fork" and l == layer_ids[0]:
                     fork_unsteered(args, kwargs)
                 last = read_state(op, h) if read != "frozen" else state["frozen"][l]
@@ -383,7 +383,7 @@ def steer(
                 delta = op(h)
             else:
                 delta = op(h.new_zeros(h.shape[-1]))  # (d,)
-            return _set_hidden(args, kwargs, h + scale * delta.to(h.dtype))
+            return with_layer_input(args, kwargs, h + scale * delta.to(h.dtype))
 
         return hook
 
@@ -395,11 +395,11 @@ def steer(
             if name in kw:
                 kw[name] = None
         state["inner"], state["frozen"] = True, {}
-        h = _get_hidden(args, kwargs)
+        h = layer_input(args, kwargs)
         try:
             with torch.no_grad():
                 for m in span:
-                    a, k = _set_hidden(args, kw, h)
+                    a, k = with_layer_input(args, kw, h)
                     out = m(*a, **k)
                     h = out[0] if isinstance(out, tuple) else out
         except _StopForward:

@@ -30,7 +30,10 @@ step() {  # step NAME CMD...: run, remember a failure, go on
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
 step "lint (ruff)" .venv/bin/ruff check erasekit erasebook tests scripts benchmarks
 step "types (mypy, the typed core in pyproject.toml)" .venv/bin/mypy
-step "unit tests" "${PYTEST[@]}" -q tests -m "not book" "$@"
+# "heavy" tests (minutes each: a real pretrained LM end to end) run only with ERASEKIT_HEAVY=1.
+MARK="not book and not heavy"
+if [ "${ERASEKIT_HEAVY:-0}" = "1" ]; then MARK="not book"; fi
+step "unit tests" "${PYTEST[@]}" -q tests -m "$MARK" "$@"
 
 STAGE=.cache/book-stage
 rm -rf "$STAGE"

@@ -69,3 +69,15 @@ def test_quick_results_are_sane(tmp_path):
     mem = _load("bench_memory").main(["--quick", "--no-progress", "--out-dir", str(tmp_path)])
     assert mem["llava15_7b"]["ratio_dense_over_rank_one"] == 2048
     assert mem["organism"]["dense_bytes_float64"] == 6 * 192 * 192 * 8
+
+
+@pytest.mark.slow
+def test_front_door_quick_run_chooses_the_same_strength_by_both_routes(tmp_path):
+    """bench_front_door (the λ rule by both routes on a small organism fit, ~40 s): same λ, both times recorded."""
+    _load("bench_front_door").main(["--quick", "--no-progress", "--threads", "1", "--device", "cpu",
+                                    "--out-dir", str(tmp_path)])
+    payload = json.loads((tmp_path / "front_door_cpu.json").read_text())
+    assert MACHINE_KEYS <= set(payload["machine"])
+    r = payload["results"]["organism"]
+    assert r["same_choice"] and r["chosen_generate"] == r["chosen_fast"]
+    assert r["generate_s"] and r["fast_s"] and r["median_ratio_generate_over_fast"] > 0
