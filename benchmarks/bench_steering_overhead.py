@@ -133,17 +133,16 @@ def main(argv: list[str] | None = None) -> dict:
     # extra pass; record whether the cascade warning fires in each reading mode.
     calls = {"n": 0, "first": 0}
 
-    def count(module, args_, kwargs_):
-        calls["n"] += 1
-
-    def count_first(module, args_, kwargs_):
-        calls["first"] += 1
+    def counter(key):
+        def count(module, args_, kwargs_):
+            calls[key] += 1
+        return count
 
     checks: dict = {}
     with torch.no_grad():
         base = prefill_once().logits[:, -1].float()
-        handle = adapter.layers[anchor].register_forward_pre_hook(count, with_kwargs=True)
-        handle0 = adapter.layers[0].register_forward_pre_hook(count_first, with_kwargs=True)
+        handle = adapter.layers[anchor].register_forward_pre_hook(counter("n"), with_kwargs=True)
+        handle0 = adapter.layers[0].register_forward_pre_hook(counter("first"), with_kwargs=True)
         frozen_logits = {}
         try:
             for name, spec in PREFILL_VARIANTS.items():

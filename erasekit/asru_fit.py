@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import time
@@ -37,7 +36,7 @@ import torch
 from torch import nn
 
 from .asru import ASRUConfig, ASRUResult, Query, train_asru
-from .baselines.lora import lora_targets
+from .baselines.lora import fresh_copy, lora_model, lora_targets
 from .eraser import Eraser, are_facts, fit_eraser, split_prompts
 from .forms import Fact, render
 from .generation import generate
@@ -162,23 +161,17 @@ def fit_asru(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, eras
     fq, rq = _queries(adapter, forget, True, **kw), _queries(adapter, retain, False, **kw)
     result = train_asru(adapter, fq, rq, cfg, stage1=lambda q: eraser.context(adapter), progress=progress)
 
-    from peft import LoraConfig, get_peft_model
-
     targets = lora_targets(adapter.model, cfg.lora_vision)
     rank = cfg.lora_r * (2 if cfg.warm_epochs > 0 else 1)
     factors, err = lora_from_delta(adapter.model, result.model, targets, rank)
-    base = copy.deepcopy(adapter.model)
-    for p in base.parameters():
-        p.requires_grad_(False)
-    peft = get_peft_model(base, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, bias="none",
-                                           target_modules=targets))
+    # the baselines' LoRA on the same targets, at rank k with scaling 1; peft starts B at 0, so an untouched layer
+    # stays a zero update
+    peft = lora_model(fresh_copy(adapter), dataclasses.replace(cfg, lora_r=rank, lora_alpha=rank, lora_dropout=0.0))
     with torch.no_grad():
         for t, (A, B) in factors.items():
             layer = peft.base_model.model.get_submodule(t)
             layer.lora_A["default"].weight.copy_(A)
             layer.lora_B["default"].weight.copy_(B)
-        for t in set(targets) - set(factors):  # untouched layers: a zero update
-            peft.base_model.model.get_submodule(t).lora_B["default"].weight.zero_()
     peft.eval()
     report = {"n_forget_queries": len(fq), "n_retain_queries": len(rq), "lora_rank": rank,
               "lora_modules": len(targets), "lora_rel_error": err,

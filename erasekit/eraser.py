@@ -32,10 +32,10 @@ What :func:`fit_eraser` does, each step a stated rule (METHOD.md; notebooks 02�
 5. λ: a number, or ``"auto"``: on the forget prompts and the tune prompts, the smallest λ of ``strength_grid``
    that reaches the highest forget refusal rate among those keeping the tune prompts' refusal rate within
    ``max_retain_refusal`` of the vanilla model's (no λ qualifies: the smallest λ). By default
-   (``strength_rule="fast"``, :func:`fast_refusal_strength`) only the answers that decide this choice are
-   generated (no answer where no gate opens, a row stops at its first refusal phrase, a λ drops out once it
-   cannot win); ``strength_rule="generate"`` answers every prompt at every λ: the same λ, slower by the ratio
-   ``benchmarks/bench_front_door.py`` measures (its ``results/front_door_cpu.json``).
+   (``strength_rule="fast"``, :func:`erasekit.strength_rule.fast_refusal_strength`) only the answers that decide
+   this choice are generated (no answer where no gate opens, a row stops at its first refusal phrase, a λ drops
+   out once it cannot win); ``strength_rule="generate"`` answers every prompt at every λ: the same λ, slower by
+   the ratio ``benchmarks/bench_front_door.py`` measures (its ``results/front_door_cpu.json``).
 
 The eraser steers at generation time with the gates reading an unsteered prefill (``read="frozen"``,
 :func:`erasekit.hooks.steer`); the prompts' answers are generated in batches, left-padded, with a progress bar.
@@ -64,8 +64,6 @@ __all__ = ["Eraser", "fit_eraser", "default_refusal_prompts", "STRENGTH_GRID", "
 
 STRENGTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 READS = ("frozen", "steered", "anchor")
-# How strength="auto" gets its refusal rates: "fast" (:func:`fast_refusal_strength`: only the answers that decide
-# the choice) or "generate" (every forget and tune answer at every λ; the same choice, measured slower).
 # "default": erasekit's contrastive gate (rules of :func:`erasekit.tuning.choose_gate`, frozen reading); "paper":
 # MLLMEraser's null-space gate as the authors run it (absolute gamma 0.1, null-space ratio 0.3, every layer 1..L-1,
 # each gate reading its own steered state), the reproduced reference.
@@ -243,8 +241,8 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
             mark the positions it learns), ``"auto"``: ``"subject"`` when forget and retain are facts, else
             ``"last"``. The paper gate always reads the last token.
         strength_rule: how ``strength="auto"`` gets the refusal rates: ``"fast"`` (default,
-            :func:`fast_refusal_strength`: the same λ from only the answers that decide it) or ``"generate"``
-            (every forget and tune answer at every λ of the grid, and the tune answers unsteered).
+            :func:`erasekit.strength_rule.fast_refusal_strength`: the same λ from only the answers that decide it)
+            or ``"generate"`` (every forget and tune answer at every λ of the grid, and the tune answers unsteered).
         rule_prompts: the λ rule generates for at most this many forget and tune prompts each (a seeded, evenly
             spread sample; None: all).
         direction: the erasure direction; default: from ``refuse`` − ``comply`` prompts.

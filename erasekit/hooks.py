@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 from .models import Adapter
 
-__all__ = ["Operator", "check_layers", "registered", "capture", "collect_activations", "steer", "STEER_MODES",
-           "READ_MODES"]
+__all__ = ["Operator", "check_layers", "registered", "layer_input", "with_layer_input", "without_cache", "capture",
+           "collect_activations", "steer", "STEER_MODES", "READ_MODES", "FROZEN_ROUTES"]
 
 Operator = Callable[[Tensor], Tensor]
 STEER_MODES = ("prefill", "persist", "all", "constant")
@@ -66,6 +66,16 @@ def layer_input(args: tuple, kwargs: dict) -> Tensor:
     if "hidden_states" in kwargs:
         return kwargs["hidden_states"]
     raise RuntimeError("decoder layer called without hidden_states (neither positional nor keyword)")
+
+
+def without_cache(kwargs: dict) -> dict:
+    """A forward's keyword arguments for an extra pass that must not touch the KV cache: ``use_cache=False`` and
+    the cache keyword (whichever name this transformers version uses) set to None."""
+    out = {**kwargs, "use_cache": False}
+    for name in _CACHE_KWARGS:
+        if name in out:
+            out[name] = None
+    return out
 
 
 def with_layer_input(args: tuple, kwargs: dict, hidden: Tensor) -> tuple[tuple, dict]:
@@ -387,25 +397,31 @@ def steer(
 
         return hook
 
-    def fork_unsteered(args: tuple, kwargs: dict) -> None:
-        # The input of the first steered layer is still unsteered: run the span unsteered from it (the layers'
-        # hooks see state["inner"] and record), without the KV cache, which only the steered pass may fill.
-        kw = {**kwargs, "use_cache": False}
-        for name in _CACHE_KWARGS:
-            if name in kw:
-                kw[name] = None
+    def run_unsteered(run: Callable[[], None]) -> None:
+        # The extra unsteered run of read="frozen": the layers' hooks see state["inner"], record each steered
+        # layer's reading and stop the run after the last one.
         state["inner"], state["frozen"] = True, {}
-        h = layer_input(args, kwargs)
         try:
             with torch.no_grad():
-                for m in span:
-                    a, k = with_layer_input(args, kw, h)
-                    out = m(*a, **k)
-                    h = out[0] if isinstance(out, tuple) else out
+                run()
         except _StopForward:
             pass
         finally:
             state["inner"] = False
+
+    def fork_unsteered(args: tuple, kwargs: dict) -> None:
+        # The input of the first steered layer is still unsteered: run the span unsteered from it, without the KV
+        # cache, which only the steered pass may fill.
+        kw = without_cache(kwargs)
+
+        def run():
+            h = layer_input(args, kwargs)
+            for m in span:
+                a, k = with_layer_input(args, kw, h)
+                out = m(*a, **k)
+                h = out[0] if isinstance(out, tuple) else out
+
+        run_unsteered(run)
 
     def frozen_pass(module: nn.Module, args: tuple, kwargs: dict) -> None:
         # Before every multi-token forward of the whole model (the prefill), run it once unsteered up to the last
@@ -417,19 +433,8 @@ def steer(
         seq = (ids if ids is not None else emb).shape[1]
         if seq <= 1:
             return None
-        # transformers 4.x passes the KV cache as past_key_values, 5.x as cache: neither may see this pass.
-        inner_kwargs = {**kwargs, "use_cache": False}
-        for name in _CACHE_KWARGS:
-            if name in inner_kwargs:
-                inner_kwargs[name] = None
-        state["inner"], state["frozen"] = True, {}
-        try:
-            with torch.no_grad():
-                module(*args, **inner_kwargs)
-        except _StopForward:
-            pass
-        finally:
-            state["inner"] = False
+        inner_kwargs = without_cache(kwargs)  # the real pass builds the KV cache, not this one
+        run_unsteered(lambda: module(*args, **inner_kwargs))
         return None
 
     def remember_mask(module: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -63,7 +63,7 @@ def _frozen_gates(adapter, ops: dict, batch: dict) -> dict[int, Tensor]:
     same unsteered pass (inside ``generate``, with the prefill's kwargs, no KV cache) and the same reading, stopped
     after the last steered layer."""
 
-    from .hooks import layer_input, registered
+    from .hooks import layer_input, registered, without_cache
 
     layer_ids = sorted(ops)
     state: dict = {"inner": False, "mask": None, "gates": {}}
@@ -88,10 +88,7 @@ def _frozen_gates(adapter, ops: dict, batch: dict) -> dict[int, Tensor]:
             return None
         mask = kwargs.get("attention_mask")
         state["mask"] = mask if isinstance(mask, Tensor) and mask.ndim == 2 and mask.shape[1] > 1 else None
-        inner = {**kwargs, "use_cache": False}
-        for name in ("past_key_values", "cache"):
-            if name in inner:
-                inner[name] = None
+        inner = without_cache(kwargs)
         state["inner"] = True
         with torch.no_grad():
             module(*args, **inner)
