@@ -43,7 +43,7 @@ from erasekit.response_quality import fluency_nll, quality_table
 from erasekit.strengths import PAPER_STRENGTHS, TaskSteering
 
 from .baseline_configs import organism_config
-from .cache import VERSION, cache_path, cached_frame
+from .cache import VERSION, cache_path, cached_frame, cached_weights
 from .pipeline import group_rows
 from .recipes import GATE_NAMES, GateSetup, score_summary
 from .session import Session
@@ -169,14 +169,37 @@ def asru_stage1(session: Session, setup: GateSetup, forget_pct: int) -> tuple[Ta
     return setup.steering("default", forget_pct, strengths=lam1["chosen"]), lam1
 
 
+def trained_asru(session: Session, forget_pct: int, stage1: TaskSteering, cfg: ASRUConfig = ASRUConfig(), *,
+                 stage1_task: str | None = "generation", retain_fraction: float | None = None,
+                 teacher_fraction: float | None = None, train_modes: Sequence[str] = ("QA",),
+                 progress: bool = False) -> tuple[Any, dict]:
+    """ASRU trained on :func:`asru_queries` with stage 1 = ``stage1`` (see :func:`run_asru` for ``stage1_task``;
+    fractions None: :data:`TRAIN`'s): (adapter, summary: the reward curve, costs and the numbers of queries).
+    Trained once per model, config, stage 1 and training data (:func:`erasebook.cache.cached_weights`): chapter 08
+    scores it, chapter 09 attacks it."""
+    data = asru_queries(session, forget_pct, TRAIN["retain_fraction"] if retain_fraction is None else retain_fraction,
+                        TRAIN["teacher_fraction"] if teacher_fraction is None else teacher_fraction, train_modes)
+    key = cache_key(step="asru_weights", version=VERSION, model=session.model_key, data=session.data_key,
+                    config=dataclasses.asdict(cfg), stage1=stage1.key(), stage1_task=stage1_task,
+                    forget_pct=forget_pct, train_ids=data.ids, train_modes=list(train_modes))
+
+    def train():
+        res = _train(session, data, stage1, cfg, stage1_task, progress)
+        return adapter_for(res.model, session.adapter.processor), {
+            **res.summary(), "n_forget_queries": len(data.forget), "n_retain_queries": len(data.retain),
+            "n_unlabelled_queries": len(data.unlabelled),
+            "supervision_profiles": {k: len(v) for k, v in data.ids.items() if k != "forget"},
+            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "weights"}}
+
+    return cached_weights("asru_weights", key, train, session.adapter, session.model_key)
+
+
 def asru_model(session: Session, setup: GateSetup, forget_pct: int, cfg: ASRUConfig = ASRUConfig(), *,
                progress: bool = False):
-    """ASRU's unlearned model as :func:`asru_record` trains it (same stage 1, data and seed), wrapped in an adapter:
-    what :mod:`erasebook.leakage` attacks (the evaluation cache keeps scores, not weights)."""
+    """ASRU's unlearned model as :func:`asru_record` trains it (same stage 1, data and seed): what
+    :mod:`erasebook.leakage` attacks."""
     stage1, _ = asru_stage1(session, setup, forget_pct)
-    res = _train(session, asru_queries(session, forget_pct, TRAIN["retain_fraction"], TRAIN["teacher_fraction"]),
-                 stage1, cfg, "generation", progress)
-    return adapter_for(res.model, session.adapter.processor)
+    return trained_asru(session, forget_pct, stage1, cfg, progress=progress)[0]
 
 
 def asru_key(session: Session, setup: GateSetup, forget_pct: int, cfg: ASRUConfig = ASRUConfig()) -> dict:
@@ -277,12 +300,9 @@ def run_asru(session: Session, forget_pct: int, stage1: TaskSteering, cfg: ASRUC
     box: dict = {}
 
     def compute():
-        res = _train(session, data, stage1, cfg, stage1_task, progress)
-        box["summary"] = {**res.summary(), "n_forget_queries": len(data.forget),
-                          "n_retain_queries": len(data.retain), "n_unlabelled_queries": len(data.unlabelled),
-                          "supervision_profiles": {k: len(v) for k, v in ids.items() if k != "forget"},
-                          "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "weights"}}
-        tuned = adapter_for(res.model, session.adapter.processor)
+        tuned, box["summary"] = trained_asru(session, forget_pct, stage1, cfg, stage1_task=stage1_task,
+                                             retain_fraction=retain_fraction, teacher_fraction=teacher_fraction,
+                                             train_modes=train_modes, progress=progress)
         return evaluate(tuned, eval_rows, forget_pct, groups=list(eval_rows), modes=modes, tasks=tasks,
                         batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
 

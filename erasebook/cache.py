@@ -11,6 +11,7 @@ in any order, and a second call, in the same process or another, only reads the 
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from erasekit.files import atomic_write
 
 from . import paths
 
-__all__ = ["VERSION", "STATS", "cache_path", "cached", "cached_frame", "key_of", "image_digests"]
+__all__ = ["VERSION", "STATS", "cache_path", "cached", "cached_frame", "cached_weights", "key_of", "image_digests"]
 
 # Bump when a step's computation changes: every cached result made by an older version is then recomputed.
 VERSION = 1
@@ -73,6 +74,39 @@ def cached_frame(step: str, key: str, compute: Callable[[], pd.DataFrame], refre
         df = pd.read_parquet(path)  # the same types on a miss as on a hit
     _MEMO[memo] = df
     return df.copy()
+
+
+def cached_weights(step: str, key: str, train: Callable[[], tuple[Any, dict]], base: Any,
+                   model_id: str) -> tuple[Any, dict]:
+    """A model trained from ``base`` (a :class:`erasekit.models.ModelAdapter`), trained once per ``key``:
+    ``train()`` returns (trained adapter, JSON-able summary); what is stored is the summary and only the tensors
+    training changed (a LoRA merge, a masked or pruned copy: same architecture as ``base``). A hit rebuilds the model
+    as a fresh copy of ``base`` with those tensors loaded, so chapters that score and chapters that attack one
+    trained baseline or ASRU model train it once. Returns (adapter, summary). Weights and summary are written
+    atomically; a summary without its weights (or the reverse) retrains."""
+    import torch
+
+    from erasekit.baselines.lora import as_adapter, fresh_copy
+
+    path = cache_path(step, key)
+    summary_path = path.with_suffix(".summary.json")
+    if summary_path.exists() and artifact_exists(path, data_hash=key):
+        STATS[f"{step}:hit"] += 1
+        changed = load_artifact(path)
+        model = fresh_copy(base)
+        missing, unexpected = model.load_state_dict(changed, strict=False)
+        if unexpected:
+            raise RuntimeError(f"cached weights {path} name tensors {base.model.__class__.__name__} does not have: "
+                               f"{unexpected[:3]}; delete the file to retrain")
+        return as_adapter(base, model), json.loads(summary_path.read_text())
+    STATS[f"{step}:miss"] += 1
+    adapter, summary = train()
+    before = base.model.state_dict()
+    changed = {k: v for k, v in adapter.model.state_dict().items()
+               if k not in before or v.shape != before[k].shape or not torch.equal(v, before[k])}
+    atomic_write(summary_path, json.dumps(summary, indent=1))
+    save_artifact(path, changed, model_id=model_id, hyperparameters={"changed_tensors": len(changed)}, data_hash=key)
+    return adapter, summary
 
 
 def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:

@@ -116,10 +116,8 @@ def method_targets(session: Session, setup: GateSetup, baselines: Sequence[str] 
     Table 1), ASRU (trained when built, as :func:`erasebook.asru_results.asru_record` trains it, with the
     :class:`erasekit.asru.ASRUConfig` ``asru``; ``"default"``: its defaults; None: left out) and every registered
     method."""
-    from erasekit.baselines import unlearn
-
     from .baseline_configs import organism_config
-    from .runs import baseline_data
+    from .runs import trained_baseline
 
     out = {"Vanilla": Method("Vanilla", "vanilla", lambda: ex.Target("Vanilla", session.adapter))}
     steerings = {GATE_NAMES[g]: setup.steering(g, forget_pct) for g in ("paper", "default") if g in setup.strengths}
@@ -129,9 +127,8 @@ def method_targets(session: Session, setup: GateSetup, baselines: Sequence[str] 
         out[name] = Method(name, st.key(), lambda name=name, st=st: ex.Target(name, session.adapter, st))
 
     def train(name):
-        forget, retain = baseline_data(session, forget_pct, retain_train)
-        res = unlearn(session.adapter, forget, retain, organism_config(name, progress=progress))
-        return ex.Target(name, res.adapter, weight_based=True)
+        adapter, _ = trained_baseline(session, forget_pct, organism_config(name, progress=progress), retain_train)
+        return ex.Target(name, adapter, weight_based=True)
 
     for name in baselines:
         cfg = dataclasses.asdict(organism_config(name))

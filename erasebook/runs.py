@@ -25,7 +25,7 @@ from erasekit.scoring import is_refusal
 from erasekit.strengths import TaskSteering
 from erasekit.tables import results_table
 
-from .cache import VERSION, cache_path, cached_frame, image_digests
+from .cache import VERSION, cache_path, cached_frame, cached_weights, image_digests
 from .pipeline import group_items, group_rows
 from .session import Session
 
@@ -192,6 +192,26 @@ def baseline_data(
     return build_examples(fgt, modes=modes), build_examples(rows["Ret"] + rows["Cele"], modes=modes)
 
 
+def trained_baseline(session: Session, forget_pct: int, config: Any, retain_train: int | None = 40
+                     ) -> tuple[Any, dict]:
+    """One baseline unlearned on :func:`baseline_data` (:func:`erasekit.baselines.unlearn`): (adapter, the
+    training's :meth:`UnlearnResult.summary`). Trained once per model, config and training data: the changed
+    weights are cached (:func:`erasebook.cache.cached_weights`), so the chapter that scores a baseline and the one
+    that attacks it share one training."""
+    cfg = dataclasses.asdict(config)
+    cfg.pop("progress", None)
+    key = cache_key(step="baseline_weights", version=VERSION, model=session.model_key, method=config.method,
+                    config=cfg, forget_pct=forget_pct, retain_train=retain_train, data=session.data_key,
+                    train_ids={g: [r["ID"] for r in rs] for g, rs in
+                               group_rows(session, forget_pct, ("Ret", "Cele"), "fit", retain_train).items()})
+
+    def train():
+        res = unlearn(session.adapter, *baseline_data(session, forget_pct, retain_train), config)
+        return res.adapter, res.summary()
+
+    return cached_weights("baseline_weights", key, train, session.adapter, session.model_key)
+
+
 def run_baseline(session: Session, forget_pct: int, config: Any, *, retain_train: int | None = 40,
                  retain_sample: int | None = None, celeb_sample: int | None = None,
                  groups: Sequence[str] = ("Fgt", "Test", "Ret", "Cele"), modes: Sequence[str] = ("VQA", "QA"),
@@ -215,10 +235,8 @@ def run_baseline(session: Session, forget_pct: int, config: Any, *, retain_train
     box: dict = {}
 
     def compute():
-        forget, retain = baseline_data(session, forget_pct, retain_train)
-        res = unlearn(session.adapter, forget, retain, config)
-        box["summary"] = res.summary()
-        return evaluate(res.adapter, eval_rows, forget_pct, groups=list(eval_rows), modes=modes, tasks=tasks,
+        adapter, box["summary"] = trained_baseline(session, forget_pct, config, retain_train)
+        return evaluate(adapter, eval_rows, forget_pct, groups=list(eval_rows), modes=modes, tasks=tasks,
                         batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
 
     if refresh or not summary_path.exists():  # the frame and its summary are (re)made together

@@ -353,3 +353,31 @@ def test_organism_config_reads_the_sweep_choice(tmp_path, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setenv("ERASEKIT_DATA", str(tmp_path))  # the sweep file follows ERASEKIT_DATA
     assert bc.sweep_file() == tmp_path / "results" / "baseline_sweep.json"
+
+
+@pytest.mark.parametrize("method", ["GA", "MANU"])
+def test_cached_weights_rebuild_the_trained_model(tiny_llava, data, method, tmp_path, monkeypatch):
+    """erasebook.cache.cached_weights: one training per key; a hit rebuilds the same weights from the changed
+    tensors alone (a merged LoRA, a pruned copy), with the training's summary, and leaves vanilla untouched."""
+    from erasebook import cache
+
+    monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path))
+    forget, retain = data
+    cfg = (dataclasses.replace(B.GAConfig(), **FAST) if method == "GA"
+           else B.MANUConfig(max_examples=8, progress=False, positive_only=False))
+    calls = []
+
+    def train():
+        calls.append(1)
+        res = B.unlearn(tiny_llava, forget, retain, cfg)
+        return res.adapter, res.summary()
+
+    before = _state(tiny_llava.model)
+    trained, s1 = cache.cached_weights("w", "k" * 64, train, tiny_llava, "tiny")
+    again, s2 = cache.cached_weights("w", "k" * 64, train, tiny_llava, "tiny")
+    assert calls == [1] and s1 == s2 and again.model is not trained.model
+    assert _same(_state(trained.model), _state(again.model))
+    assert not _same(before, _state(again.model)) and _same(before, _state(tiny_llava.model))
+    stored = cache.load_artifact(cache.cache_path("w", "k" * 64))
+    assert 0 < len(stored) < len(before)   # only what training changed
+    assert not again.model.training and not any(p.requires_grad for p in again.model.parameters())

@@ -202,7 +202,13 @@ def test_asru_is_attacked_as_a_weight_based_method(setup, monkeypatch):
         stage1 = asru_results.asru_stage1(setup.session, setup, 5)[0]
         assert m.key["asru"]["steps"] == 1 and m.key["stage1"] == stage1.key()
         target = m.build()
+        from erasebook.cache import STATS
+        misses, hits = STATS["asru_weights:miss"], STATS["asru_weights:hit"]
+        again = m.build()   # chapter 09 after chapter 08: the trained weights are read back, not retrained
+        assert (STATS["asru_weights:miss"], STATS["asru_weights:hit"]) == (misses, hits + 1)
     assert target.weight_based and target.steering is None
+    rebuilt = again.adapter.model.state_dict()
+    assert all(torch.equal(v, rebuilt[k]) for k, v in target.adapter.model.state_dict().items())
     vanilla = setup.session.adapter.model.state_dict()
     trained = target.adapter.model.state_dict()
     assert any(not torch.equal(vanilla[k], trained[k]) for k in vanilla if k in trained)
