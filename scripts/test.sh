@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Set up (idempotent) and run every check; exits non-zero if any step fails (all steps still run):
 #   0. ruff over the code, mypy over the library's typed core (pyproject.toml [tool.ruff], [tool.mypy]);
-#   1. unit tests of erasekit (tests/, without the built-book tests);
+#   1. unit tests of erasekit (tests/, without the built-book tests), beside step 2's first stream;
 #   2. every notebook, executed ONCE by pytest --nbmake on a staged copy (.cache/book-stage; the committed
 #      notebooks stay output-free), with the outputs written into the copy (--overwrite), under the documented
-#      ci profile (ERASEKIT_PROFILE=ci: fewer forget splits / PGD budgets / baselines, same code paths);
+#      ci profile (ERASEKIT_PROFILE=ci: fewer forget splits / PGD budgets / baselines, same code paths), in two
+#      single-threaded streams where the chapters' step-cache order allows (see below);
 #   3. the book built from those executed copies with execution off, into book/_build/html;
 #   4. the built site checked in headless Chromium (tests/test_book.py: figures present and fitting the column, no
 #      error output, tables as <table>, no local paths / NaN / raw LaTeX, math served locally); screenshots of the
@@ -33,7 +34,6 @@ step "types (mypy, the typed core in pyproject.toml)" .venv/bin/mypy
 # "heavy" tests (minutes each: a real pretrained LM end to end) run only with ERASEKIT_HEAVY=1.
 MARK="not book and not heavy"
 if [ "${ERASEKIT_HEAVY:-0}" = "1" ]; then MARK="not book"; fi
-step "unit tests" "${PYTEST[@]}" -q tests -m "$MARK" "$@"
 
 STAGE=.cache/book-stage
 rm -rf "$STAGE"
@@ -44,11 +44,35 @@ cp notebooks/*.ipynb "$STAGE/notebooks/"
 sed -i 's/^\(\s*execute_notebooks:\s*\)\(force\|cache\|auto\)/\1"off"/' "$STAGE/_config.yml"
 grep -q 'execute_notebooks: "off"' "$STAGE/_config.yml" || failed+=("stage config (execute_notebooks not switched off)")
 
-# The documented ci profile (ERASEKIT_PROFILE=ci, read by the parameters cells of 05, 07 and 10): fewer forget splits,
-# PGD budgets and baselines (one per training code path), the same code paths. scripts/main.sh builds the published
-# book with the full profile.
-ERASEKIT_PROFILE=ci step "notebooks (nbmake, ci profile)" "${PYTEST[@]}" -q --nbmake --overwrite \
-  --nbmake-timeout=3600 --durations=0 "$STAGE"/notebooks/*.ipynb
+# The documented ci profile (ERASEKIT_PROFILE=ci, read by the parameters cells of 05, 07, 08, 09 and 10): fewer
+# forget splits, PGD budgets and baselines (one per training code path), the same code paths. scripts/main.sh builds
+# the published book with the full profile.
+#
+# Two streams at a time, one core each: on the organism the work is per-call overhead, not arithmetic (a second
+# thread buys nothing), so two single-threaded processes finish in about half the time of one after the other. The
+# order follows what each chapter reads from the step cache: 01-04 make the shared set-up (direction, PGD images,
+# both gates and their λ) while the unit tests run; then 07 -> 05 -> 06 beside 08 -> 09: 08 scores vanilla, the gates
+# and NPO first, which 05 then reads instead of computing them at the same time, and 09 attacks the ASRU model 08
+# trained (erasebook.cache.cached_weights); 10 (timings) and 11 last, alone, on both cores.
+NB=(--nbmake --overwrite --nbmake-timeout=3600 --durations=0)
+stage() { for n in "$@"; do echo "$STAGE/notebooks/${n}_"*.ipynb; done; }
+pair() {  # pair NAME_A "CMD_A" NAME_B "CMD_B": both at once, one thread each; each one's output after both end
+  local logs; logs=$(mktemp -d)
+  ( export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; eval "$2" >"$logs/a" 2>&1 ) & local pa=$!
+  ( export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; eval "$4" >"$logs/b" 2>&1 ) & local pb=$!
+  wait $pa; local ra=$?
+  wait $pb; local rb=$?
+  echo "==> $1"; cat "$logs/a"; [ "$ra" -ne 0 ] && failed+=("$1 (exit $ra)")
+  echo "==> $3"; cat "$logs/b"; [ "$rb" -ne 0 ] && failed+=("$3 (exit $rb)")
+  rm -rf "$logs"; return 0
+}
+UNIT_ARGS=("$@")
+UNIT='"${PYTEST[@]}" -q tests -m "$MARK" "${UNIT_ARGS[@]}"'
+pair "unit tests" "$UNIT" \
+     "notebooks 01-04 (nbmake, ci profile)" 'ERASEKIT_PROFILE=ci "${PYTEST[@]}" -q "${NB[@]}" $(stage 01 02 03 04)'
+pair "notebooks 07, 05, 06 (nbmake, ci profile)" 'ERASEKIT_PROFILE=ci "${PYTEST[@]}" -q "${NB[@]}" $(stage 07 05 06)' \
+     "notebooks 08, 09 (nbmake, ci profile)" 'ERASEKIT_PROFILE=ci "${PYTEST[@]}" -q "${NB[@]}" $(stage 08 09)'
+ERASEKIT_PROFILE=ci step "notebooks 10, 11 (nbmake, ci profile)" "${PYTEST[@]}" -q "${NB[@]}" $(stage 10 11)
 
 rm -rf book/_build/html
 if step "book build" .venv/bin/jupyter-book build "$STAGE" --all -W --keep-going; then :; fi
