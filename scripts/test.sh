@@ -50,8 +50,8 @@ grep -q 'execute_notebooks: "off"' "$STAGE/_config.yml" || failed+=("stage confi
 #
 # Two streams at a time, one core each: on the organism the work is per-call overhead, not arithmetic (a second
 # thread buys nothing), so two single-threaded processes finish in about half the time of one after the other. The
-# order follows what each chapter reads from the step cache: 01-04 make the shared set-up (direction, PGD images,
-# both gates and their λ) while the unit tests run; then 07 -> 05 -> 06 beside 08 -> 09: 08 scores vanilla, the gates
+# order follows what each chapter reads from the step cache: 02-04 make the shared set-up (direction, PGD images,
+# both gates and their λ) while the unit tests and 01 (which needs none of it) run; then 07 -> 05 -> 06 beside 08 -> 09: 08 scores vanilla, the gates
 # and NPO first, which 05 then reads instead of computing them at the same time, and 09 attacks the ASRU model 08
 # trained (erasebook.cache.cached_weights); 10 (timings) and 11 last, alone, on both cores.
 NB=(--nbmake --overwrite --nbmake-timeout=3600 --durations=0)
@@ -68,8 +68,8 @@ pair() {  # pair NAME_A "CMD_A" NAME_B "CMD_B": both at once, one thread each; e
 }
 UNIT_ARGS=("$@")
 UNIT='"${PYTEST[@]}" -q tests -m "$MARK" "${UNIT_ARGS[@]}"'
-pair "unit tests" "$UNIT" \
-     "notebooks 01-04 (nbmake, ci profile)" 'ERASEKIT_PROFILE=ci "${PYTEST[@]}" -q "${NB[@]}" $(stage 01 02 03 04)'
+pair "unit tests, then notebook 01 (nbmake, ci profile)" "$UNIT"'; r=$?; ERASEKIT_PROFILE=ci "${PYTEST[@]}" -q "${NB[@]}" $(stage 01) || r=1; exit $r' \
+     "notebooks 02-04 (nbmake, ci profile)" 'ERASEKIT_PROFILE=ci "${PYTEST[@]}" -q "${NB[@]}" $(stage 02 03 04)'
 pair "notebooks 07, 05, 06 (nbmake, ci profile)" 'ERASEKIT_PROFILE=ci "${PYTEST[@]}" -q "${NB[@]}" $(stage 07 05 06)' \
      "notebooks 08, 09 (nbmake, ci profile)" 'ERASEKIT_PROFILE=ci "${PYTEST[@]}" -q "${NB[@]}" $(stage 08 09)'
 ERASEKIT_PROFILE=ci step "notebooks 10, 11 (nbmake, ci profile)" "${PYTEST[@]}" -q "${NB[@]}" $(stage 10 11)
