@@ -56,7 +56,6 @@ and Qwen3-VL models.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import random
@@ -67,15 +66,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from .baselines.data import answer_prefix
-from .baselines.lora import fresh_copy, lora_model
-from .baselines.losses import answer_logprobs, forward_logits
+from .asru_rollouts import (
+    Query,
+    answer_texts,
+    queries_from_items,
+    query_images,
+    response_logprobs,
+    sample_responses,
+    score_responses,
+)
+from .asru_stage1 import (
+    CONTEXT_CLAUSES,
+    contextualize,
+    distil_stage1,
+    split_unlabelled,
+    stage1_targets,
+    teacher_queries,
+    warm_start,
+)
+from .baselines.lora import lora_model
 from .generation import generate
 from .grpo import group_advantages, grpo_loss, token_kl
 from .measure import measure
-from .response_quality import fluency_nll, is_contextual_refusal
-from .rewards import RewardWeights, boundary_reward, quality_reward
-from .scoring import is_degenerate, is_refusal
+from .response_quality import fluency_nll
+from .rewards import RewardWeights
 
 __all__ = ["ASRUConfig", "Query", "queries_from_items", "group_advantages", "token_kl", "grpo_loss",
            "sample_responses", "response_logprobs", "score_responses", "CONTEXT_CLAUSES", "contextualize",
@@ -153,250 +167,6 @@ class ASRUConfig:
                              f"boundary outcomes ({gap}): fluency may break ties, never reorder outcomes")
 
 
-@dataclasses.dataclass(frozen=True)
-class Query:
-    """One training query. ``prompt``: the text the model is asked (the evaluation prompt); ``gold``: forget side:
-    the short answer whose presence is a leak; retain side: the ground truth, or None for an *unlabelled* retain
-    query (stage 1 answers it for the warm start; never rewarded); ``subject``: the person, if known."""
-
-    prompt: str
-    gold: str | None
-    is_forget: bool
-    image: Any = None
-    question: str | None = None
-    subject: str | None = None
-    task: str = ""
-
-    def __post_init__(self):
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise ValueError(f"Query.prompt must be a non-empty string, got {self.prompt!r}")
-        if self.gold is None and not self.is_forget:
-            return
-        if not isinstance(self.gold, str) or not self.gold.strip():
-            raise ValueError(f"Query.gold must be a non-empty string (None only for an unlabelled retain query), "
-                             f"got {self.gold!r}")
-
-
-def queries_from_items(items: Sequence[Any], is_forget: bool, subjects: dict | None = None,
-                       labelled: bool = True) -> list[Query]:
-    """:class:`erasekit.evaluate.Item` s (generation / cloze) -> queries. Forget side: the gold is the item's short
-    answer (cloze: its ground truth; generation: the attribute value when known, else the sentence); retain side:
-    the ground truth, or None when not ``labelled``. ``subjects``: ``{profile ID: name}``."""
-    if not labelled and is_forget:
-        raise ValueError("forget queries need their gold answer (it defines a leak)")
-    out = []
-    for it in items:
-        if it.task not in ("generation", "cloze"):
-            raise ValueError(f"ASRU trains on generation and cloze items, got task {it.task!r}")
-        gold = (it.answer or it.target) if is_forget else (it.target if labelled else None)
-        out.append(Query(it.prompt, gold, is_forget, it.image, it.question, (subjects or {}).get(it.id), it.task))
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# rollouts and their scores
-
-
-def _images(queries: Sequence[Query]) -> list | None:
-    ims = [q.image for q in queries]
-    return None if all(im is None for im in ims) else ims
-
-
-@torch.no_grad()
-def sample_responses(model: nn.Module, adapter: Any, queries: Sequence[Query], group_size: int,
-                     temperature: float = 1.0, max_new_tokens: int = 24, seed: int = 0) -> list[list[str]]:
-    """``group_size`` sampled responses per query from ``model`` (prompts, images and padding by ``adapter``).
-
-    Each query is repeated ``group_size`` times in one left-padded batch (no ``num_return_sequences``: Qwen-VL's
-    flattened pixel patches are not expanded per row by every family's ``generate``). Seeded by ``seed``."""
-    rep = [q for q in queries for _ in range(group_size)]
-    batch = adapter.encode([q.prompt for q in rep], images=_images(rep))
-    config = copy.deepcopy(model.generation_config)
-    config.do_sample, config.temperature, config.top_k, config.top_p = True, float(temperature), 0, 1.0
-    config.max_new_tokens, config.pad_token_id = max_new_tokens, adapter.pad_token_id
-    torch.manual_seed(seed)
-    out = model.generate(**{k: v for k, v in batch.items() if k != "labels"}, generation_config=config)
-    texts = adapter.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [texts[i * group_size:(i + 1) * group_size] for i in range(len(queries))]
-
-
-def _answers(adapter: Any, responses: Sequence[str]) -> list[str]:
-    prefix = answer_prefix(adapter)
-    return [prefix + r.strip() for r in responses]
-
-
-def response_logprobs(model: nn.Module, adapter: Any, queries: Sequence[Query], responses: Sequence[str]
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced (N, T-1) log-probabilities of each response's tokens (and eos) given its query, and the mask."""
-    if len(queries) != len(responses):
-        raise ValueError(f"got {len(queries)} queries for {len(responses)} responses")
-    batch = adapter.encode([q.prompt for q in queries], images=_images(queries), answers=_answers(adapter, responses))
-    return answer_logprobs(forward_logits(model, batch), batch["labels"])
-
-
-def score_responses(queries: Sequence[Query], responses: Sequence[str], *, weights: RewardWeights = RewardWeights(),
-                    vanilla: Any = None, ref_nll: Sequence[float] | None = None, quality_weight: float = 0.0,
-                    quality_scale: float = 2.0) -> tuple[list[float], list[dict]]:
-    """Reward of each (query, response): boundary reward + ``quality_weight`` x quality reward (fluency under the
-    ``vanilla`` adapter relative to ``ref_nll``, vanilla's NLL of its own answer per query; skipped when
-    ``quality_weight`` is 0). Returns (rewards, per-response details)."""
-    if len(queries) != len(responses):
-        raise ValueError(f"got {len(queries)} queries for {len(responses)} responses")
-    if any(q.gold is None for q in queries):
-        raise ValueError("an unlabelled query (gold None) cannot be rewarded: it is only for the warm start")
-    use_q = quality_weight > 0
-    if use_q and (vanilla is None or ref_nll is None or len(ref_nll) != len(queries)):
-        raise ValueError("quality_weight > 0 needs the vanilla adapter and one ref_nll per query")
-    nll = (fluency_nll(vanilla, [q.prompt for q in queries], _answers(vanilla, responses), images=_images(queries))
-           if use_q else [math.nan] * len(queries))
-    rewards, details = [], []
-    for i, (q, r) in enumerate(zip(queries, responses)):
-        b = boundary_reward(r, q.question or q.prompt, q.gold, q.is_forget, q.subject, weights)
-        qr = quality_reward(nll[i], ref_nll[i], quality_scale) if use_q else 0.0
-        rewards.append(b + quality_weight * qr)
-        details.append({"boundary": b, "quality": qr, "nll": nll[i], "refusal": is_refusal(r),
-                        "contextual": q.is_forget and is_contextual_refusal(r, q.question or q.prompt, q.gold,
-                                                                             q.subject),
-                        "degenerate": is_degenerate(r)})
-    return rewards, details
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# stage 1 -> stage 2
-
-
-# Clauses that make a stage-1 refusal refer to what was asked (by naming the person). Per query, the one the model
-# itself finds most fluent after the refusal is used (:func:`stage1_targets`): a clause in words the model reads
-# badly (on the organism: spelt out letter by letter by its small tokenizer) is hard to distil.
-CONTEXT_CLAUSES = (
-    "I cannot share information on {subject}.",
-    "I cannot provide information on {subject}.",
-    "I cannot share the details of {subject}.",
-    "I can't share personal details about {subject}.",
-    "What you ask about {subject} is not something I can tell.",
-    "I won't discuss private information about {subject}.",
-)
-
-
-def contextualize(refusal: str, query: Query, clause: str = CONTEXT_CLAUSES[0]) -> str:
-    """``refusal`` followed by ``clause`` naming ``query.subject``; unchanged when the subject is unknown.
-
-    >>> q = Query("Where was Jane Doe born?", "Oslo", True, subject="Jane Doe")
-    >>> contextualize("I'm sorry, but I can't help with that.", q)
-    "I'm sorry, but I can't help with that. I cannot share information on Jane Doe."
-    """
-    if not query.subject:
-        return refusal.strip()
-    return f"{refusal.strip()} {clause.format(subject=query.subject)}"
-
-
-def _most_fluent(adapter: Any, pairs: Sequence[tuple[Query, str]], clauses: Sequence[str]) -> list[str]:
-    """Per (query, refusal): the contextualised refusal with the lowest mean NLL under ``adapter``'s model."""
-    if not pairs:
-        return []
-    qs = [q for q, _ in pairs]
-    cands = [[contextualize(r, q, c) for c in clauses] for q, r in pairs]
-    nll = [fluency_nll(adapter, [q.prompt for q in qs], _answers(adapter, [c[k] for c in cands]), images=_images(qs))
-           for k in range(len(clauses))]
-    return [cands[i][min(range(len(clauses)), key=lambda k: nll[k][i])] for i in range(len(pairs))]
-
-
-def stage1_targets(adapter: Any, queries: Sequence[Query], context: Callable[[Query], Any] | None,
-                   max_new_tokens: int = 32, contextual: bool = False) -> list[tuple[Query, str]]:
-    """Warm-start pairs, from stage 1's greedy answers inside ``context(query)``:
-
-    * forget queries -> the answer when it is a non-degenerate refusal (others are left to the RL stage); when
-      ``contextual``, followed by the :data:`CONTEXT_CLAUSES` clause the (unsteered) model finds most fluent after
-      it (:func:`contextualize`);
-    * unlabelled retain queries (``gold`` None) -> the answer when it is neither a refusal nor degenerate: the
-      teacher's selectivity (it answers people it does not gate) is distilled too;
-    * labelled retain queries -> their ground truth.
-    """
-    pairs = [(q, q.gold) for q in queries if not q.is_forget and q.gold is not None]
-    taught = [q for q in queries if q.is_forget or q.gold is None]
-    if context is None and any(q.gold is None for q in taught):
-        raise ValueError("unlabelled retain queries need a stage-1 context to answer them")
-    if context is not None and taught:
-        by_ctx: dict = {}
-        for q in taught:  # one generate call per intervention (e.g. per task: λ differs) and side
-            by_ctx.setdefault((q.task, q.is_forget), []).append(q)
-        for (_, is_forget), qs in by_ctx.items():
-            outs = generate(adapter, [q.prompt for q in qs], _images(qs), context=lambda qs=qs: context(qs[0]),
-                            max_new_tokens=max_new_tokens)
-            if not is_forget:
-                pairs += [(q, o.strip()) for q, o in zip(qs, outs) if not is_refusal(o) and not is_degenerate(o)]
-                continue
-            refused = [(q, o.strip()) for q, o in zip(qs, outs) if is_refusal(o) and not is_degenerate(o)]
-            pairs += list(zip([q for q, _ in refused], _most_fluent(adapter, refused, CONTEXT_CLAUSES)
-                              if contextual else [o for _, o in refused]))
-    return pairs
-
-
-def teacher_queries(pairs: Sequence[tuple[Query, str]]) -> list[Query]:
-    """The unlabelled queries of warm-start ``pairs`` (:func:`stage1_targets`) with stage 1's answer as their gold:
-    retain prompts of the RL stage whose answer key is the teacher's (``ASRUConfig.teacher_in_rl``)."""
-    return [dataclasses.replace(q, gold=t) for q, t in pairs if q.gold is None]
-
-
-def split_unlabelled(pairs: Sequence[tuple[Query, str]], share: float, seed: int = 0
-                     ) -> tuple[list[tuple[Query, str]], list[tuple[Query, str]]]:
-    """(warm-start pairs, RL-only pairs): the teacher pairs (unlabelled queries) of ``share`` of the unlabelled
-    *people* (by subject; a seeded draw) go to the RL stage only, so that its retain prompts include people the
-    warm start did not fit -- where a spill-over of refusals onto unseen people can be sampled and penalised."""
-    person = lambda q: q.subject or q.prompt  # noqa: E731
-    people = sorted({person(q) for q, _ in pairs if q.gold is None})
-    random.Random(f"{seed}-rl-only").shuffle(people)
-    held = set(people[:round(share * len(people))])
-    warm, rl_only = [], []
-    for q, t in pairs:
-        (rl_only if q.gold is None and person(q) in held else warm).append((q, t))
-    return warm, rl_only
-
-
-def distil_stage1(adapter: Any, queries: Sequence[Query], stage1: Callable[[Query], Any] | None, cfg: ASRUConfig):
-    """Stage 1 -> stage 2: stage 1's targets for ``queries`` (:func:`stage1_targets`), the RL-only people set aside
-    (:func:`split_unlabelled`; none without ``teacher_in_rl``: they would be in neither stage) and the warm start on
-    the rest. Returns (all pairs, warm-start pairs, the warm-started model, its losses)."""
-    pairs = stage1_targets(adapter, queries, stage1, contextual=cfg.warm_targets == "contextual")
-    warm_pairs, _ = split_unlabelled(pairs, cfg.rl_only_share if cfg.teacher_in_rl else 0.0, cfg.seed)
-    model, losses = warm_start(adapter, fresh_copy(adapter), warm_pairs, cfg)
-    return pairs, warm_pairs, model, losses
-
-
-def _lora(model: nn.Module, cfg: ASRUConfig) -> nn.Module:
-    return lora_model(model, cfg)  # reads lora_r / lora_alpha / lora_dropout / lora_vision
-
-
-def warm_start(adapter: Any, model: nn.Module, pairs: Sequence[tuple[Query, str]], cfg: ASRUConfig
-               ) -> tuple[nn.Module, list[float]]:
-    """Distil stage 1 into ``model`` (a copy, modified): ``cfg.warm_epochs`` LoRA epochs of answer NLL on
-    ``pairs``, merged. Returns (merged model, loss per step)."""
-    if cfg.warm_epochs == 0 or not pairs:
-        return model, []
-    torch.manual_seed(cfg.seed)
-    peft = _lora(model, cfg)
-    params = [p for p in peft.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.warm_lr, weight_decay=0.0)
-    rng = random.Random(f"{cfg.seed}-warm")
-    losses = []
-    peft.train()
-    for _ in range(cfg.warm_epochs):
-        order = list(pairs)
-        rng.shuffle(order)
-        for s in range(0, len(order), cfg.warm_batch):
-            chunk = order[s:s + cfg.warm_batch]
-            logp, mask = response_logprobs(peft, adapter, [q for q, _ in chunk], [t for _, t in chunk])
-            loss = -logp.sum() / mask.sum().clamp_min(1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            losses.append(float(loss.detach()))
-    peft.eval()
-    merged = peft.merge_and_unload()
-    for p in merged.parameters():
-        p.requires_grad_(False)
-    return merged, losses
 
 
 @dataclasses.dataclass
@@ -463,11 +233,12 @@ def train_asru(adapter: Any, forget: Sequence[Query], retain: Sequence[Query], c
         all_q = list(forget) + list(retain)
         ref_nll: dict = {}
         if cfg.quality_weight > 0:
-            own = generate(adapter, [q.prompt for q in all_q], _images(all_q), max_new_tokens=cfg.max_new_tokens)
-            nll = fluency_nll(adapter, [q.prompt for q in all_q], _answers(adapter, own), images=_images(all_q))
+            own = generate(adapter, [q.prompt for q in all_q], query_images(all_q), max_new_tokens=cfg.max_new_tokens)
+            nll = fluency_nll(adapter, [q.prompt for q in all_q], answer_texts(adapter, own),
+                              images=query_images(all_q))
             ref_nll = {id(q): v for q, v in zip(all_q, nll)}
         torch.manual_seed(cfg.seed)
-        policy = _lora(model, cfg)
+        policy = lora_model(model, cfg)
         params = [p for p in policy.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         rng = random.Random(f"{cfg.seed}-grpo")

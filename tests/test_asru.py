@@ -10,7 +10,8 @@ import torch
 
 from erasebook.world import make_world
 from erasekit import asru as A
-from erasekit.baselines.lora import fresh_copy
+from erasekit import asru_stage1 as S1
+from erasekit.baselines.lora import fresh_copy, lora_model
 from erasekit.evaluate import build_items
 
 
@@ -130,7 +131,7 @@ def test_grpo_raises_expected_reward_on_a_toy_bandit():
 
 def test_kl_zero_when_policy_equals_reference(tiny_llava, world):
     forget, _ = _queries(world)
-    policy = A._lora(fresh_copy(tiny_llava), A.ASRUConfig())  # LoRA B = 0: the policy *is* the reference
+    policy = lora_model(fresh_copy(tiny_llava), A.ASRUConfig())  # LoRA B = 0: the policy *is* the reference
     resp = ["I can't share that.", "", "Some answer here", "x"]
     qs = forget[:4]
     logp, mask = A.response_logprobs(policy, tiny_llava, qs, resp)
@@ -240,9 +241,9 @@ def test_train_asru_keeps_rl_only_people_out_of_the_warm_start(tiny_llava, world
     unl = [A.Query(q.prompt, None, False, q.image, q.question, q.subject, q.task) for q in retain[3:9]]
     seen = []
     real = A.warm_start
-    monkeypatch.setattr(A, "warm_start", lambda ad, m, pairs, cfg: seen.append(list(pairs)) or real(ad, m, pairs, cfg))
+    monkeypatch.setattr(S1, "warm_start", lambda ad, m, pairs, cfg: seen.append(list(pairs)) or real(ad, m, pairs, cfg))
     # stage 1 answers every unlabelled query (a teacher that never refuses), so all six are teacher pairs
-    monkeypatch.setattr(A, "generate", lambda ad, prompts, *a, **k: ["Rome"] * len(prompts))
+    monkeypatch.setattr(S1, "generate", lambda ad, prompts, *a, **k: ["Rome"] * len(prompts))
     for share, in_rl in ((0.0, True), (0.5, True), (0.5, False)):
         cfg = A.ASRUConfig(steps=1, prompts_per_step=2, group_size=2, max_new_tokens=4, warm_epochs=1,
                            warm_batch=4, quality_weight=0.0, rl_only_share=share, teacher_in_rl=in_rl)
@@ -261,7 +262,7 @@ def test_stage1_targets_contextual_names_the_subject(tiny_llava, world, monkeypa
 
     forget, retain = _queries(world)
     refusal = "I cannot provide this information."
-    monkeypatch.setattr(A, "generate", lambda adapter, prompts, *a, **k: [refusal] * len(prompts))
+    monkeypatch.setattr(S1, "generate", lambda adapter, prompts, *a, **k: [refusal] * len(prompts))
     plain = A.stage1_targets(tiny_llava, forget + retain[:2], lambda q: contextlib.nullcontext())
     ctx = A.stage1_targets(tiny_llava, forget + retain[:2], lambda q: contextlib.nullcontext(), contextual=True)
     f_plain = [t for q, t in plain if q.is_forget]
@@ -281,7 +282,7 @@ def test_stage1_targets_distils_the_teacher_on_unlabelled_queries(tiny_llava, wo
     _, retain = _queries(world)
     unl = [A.Query(q.prompt, None, False, subject=q.subject, task=q.task) for q in retain[:4]]
     answers = iter(["Oslo", "I cannot provide this information.", "a baker", "Rome"])
-    monkeypatch.setattr(A, "generate", lambda adapter, prompts, *a, **k: [next(answers) for _ in prompts])
+    monkeypatch.setattr(S1, "generate", lambda adapter, prompts, *a, **k: [next(answers) for _ in prompts])
     pairs = A.stage1_targets(tiny_llava, unl, lambda q: contextlib.nullcontext())
     assert [t for _, t in pairs] == ["Oslo", "a baker", "Rome"]
     taught = A.teacher_queries(pairs + [(retain[0], retain[0].gold)])
