@@ -15,3 +15,9 @@ def check_rows(name: str, H: Tensor, d: int | None = None, need: str = "at least
     if H.shape[0] == 0:
         raise ValueError(f"{name} is empty ({rows} = 0): need {need}")
     return int(H.shape[0]), int(H.shape[1])
+
+
+def check_width(h: Tensor, d: int, who: str = "") -> None:
+    """Check that activations ``h`` are (..., d): the width a fitted map, gate or projector was fitted at."""
+    if h.shape[-1] != d:
+        raise ValueError(f"{who + ': ' if who else ''}expected activations (..., {d}), got {tuple(h.shape)}")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ._checks import check_rows
+from ._checks import check_rows, check_width
 from .nullspace import NullSpaceProjector, null_space_projector
 
 __all__ = [
@@ -78,8 +78,7 @@ class InputAwareMap:
         return int(self.direction.shape[0])
 
     def _check(self, h: Tensor) -> None:
-        if h.shape[-1] != self.d:
-            raise ValueError(f"expected activations (..., {self.d}), got {tuple(h.shape)}")
+        check_width(h, self.d)
 
     def gate_value(self, h: Tensor) -> Tensor:
         """s(h) = g . h for h (..., d) -> (...,), in float32 or better."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_width
 from .gates import check_fit_inputs, compute_dtype, resolve_projector
 from .nullspace import NullSpaceProjector
 
@@ -39,8 +40,7 @@ class MLPMap:
         return int(self.w1.shape[1])
 
     def __call__(self, h: Tensor) -> Tensor:
-        if h.shape[-1] != self.d:
-            raise ValueError(f"expected activations (..., {self.d}), got {tuple(h.shape)}")
+        check_width(h, self.d)
         cdt = compute_dtype(h)
         w1, b1, w2, b2 = (t.to(device=h.device, dtype=cdt) for t in (self.w1, self.b1, self.w2, self.b2))
         return (torch.relu(h.to(cdt) @ w1.T + b1) @ w2.T + b2).to(h.dtype)

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ._checks import check_rows
+from ._checks import check_rows, check_width
 
 __all__ = ["NullSpaceProjector", "null_space_projector", "projector_summary"]
 
@@ -60,8 +60,7 @@ class NullSpaceProjector:
 
     def apply(self, h: Tensor) -> Tensor:
         """P h for h of shape (..., d); computed in float64, returned in h's dtype and device."""
-        if h.shape[-1] != self.d:
-            raise ValueError(f"NullSpaceProjector.apply: expected (..., {self.d}), got {tuple(h.shape)}")
+        check_width(h, self.d, "NullSpaceProjector.apply")
         u = self.basis.to(h.device)
         x = h.to(torch.float64)
         return ((x @ u) @ u.T).to(h.dtype)
