@@ -192,18 +192,24 @@ def baseline_data(
     return build_examples(fgt, modes=modes), build_examples(rows["Ret"] + rows["Cele"], modes=modes)
 
 
+def _baseline_training(session: Session, forget_pct: int, config: Any, retain_train: int | None) -> dict:
+    """What defines one baseline's training (for the cache keys of its weights and of its scores)."""
+    cfg = dataclasses.asdict(config)
+    cfg.pop("progress", None)
+    return {"method": config.method, "config": cfg, "forget_pct": forget_pct, "retain_train": retain_train,
+            "data": session.data_key,
+            "train_ids": {g: [r["ID"] for r in rs] for g, rs in
+                          group_rows(session, forget_pct, ("Ret", "Cele"), "fit", retain_train).items()}}
+
+
 def trained_baseline(session: Session, forget_pct: int, config: Any, retain_train: int | None = 40
                      ) -> tuple[Any, dict]:
     """One baseline unlearned on :func:`baseline_data` (:func:`erasekit.baselines.unlearn`): (adapter, the
     training's :meth:`UnlearnResult.summary`). Trained once per model, config and training data: the changed
     weights are cached (:func:`erasebook.cache.cached_weights`), so the chapter that scores a baseline and the one
     that attacks it share one training."""
-    cfg = dataclasses.asdict(config)
-    cfg.pop("progress", None)
-    key = cache_key(step="baseline_weights", version=VERSION, model=session.model_key, method=config.method,
-                    config=cfg, forget_pct=forget_pct, retain_train=retain_train, data=session.data_key,
-                    train_ids={g: [r["ID"] for r in rs] for g, rs in
-                               group_rows(session, forget_pct, ("Ret", "Cele"), "fit", retain_train).items()})
+    key = cache_key(step="baseline_weights", version=VERSION, model=session.model_key,
+                    **_baseline_training(session, forget_pct, config, retain_train))
 
     def train():
         res = unlearn(session.adapter, *baseline_data(session, forget_pct, retain_train), config)
@@ -222,13 +228,9 @@ def run_baseline(session: Session, forget_pct: int, config: Any, *, retain_train
     The unlearned model lives only in memory (the organism on disk is never touched); the evaluation rows and the
     cost summary are cached together, keyed by the model, the config, the training data and the evaluation spec.
     """
-    cfg = dataclasses.asdict(config)
-    cfg.pop("progress", None)
     eval_rows = group_rows(session, forget_pct, groups, "eval", retain_sample, celeb_sample)
-    key = cache_key(step="baseline", version=VERSION, model=session.model_key, method=config.method, config=cfg,
-                    forget_pct=forget_pct, retain_train=retain_train, data=session.data_key,
-                    train_ids={g: [r["ID"] for r in rs] for g, rs in
-                               group_rows(session, forget_pct, ("Ret", "Cele"), "fit", retain_train).items()},
+    key = cache_key(step="baseline", version=VERSION, model=session.model_key,
+                    **_baseline_training(session, forget_pct, config, retain_train),
                     eval_ids={g: [r["ID"] for r in rs] for g, rs in eval_rows.items()}, modes=list(modes),
                     tasks=list(tasks), max_new_tokens=max_new_tokens)
     summary_path = cache_path("baseline", key).with_suffix(".json")

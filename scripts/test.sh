@@ -48,12 +48,13 @@ grep -q 'execute_notebooks: "off"' "$STAGE/_config.yml" || failed+=("stage confi
 # forget splits, PGD budgets and baselines (one per training code path), the same code paths. scripts/main.sh builds
 # the published book with the full profile.
 #
-# Two streams at a time, one core each: on the organism the work is per-call overhead, not arithmetic (a second
-# thread buys nothing), so two single-threaded processes finish in about half the time of one after the other. The
-# order follows what each chapter reads from the step cache: 02-04 make the shared set-up (direction, PGD images,
-# both gates and their λ) while the unit tests and 01 (which needs none of it) run; then 07 -> 05 -> 06 beside 08 -> 09: 08 scores vanilla, the gates
-# and NPO first, which 05 then reads instead of computing them at the same time, and 09 attacks the ASRU model 08
-# trained (erasebook.cache.cached_weights); 10 (timings) and 11 last, alone, on both cores.
+# Two streams at a time, one core each: on the organism most of the work is per-call overhead, so a second thread
+# buys little (PGD and ASRU's training do slow down on one), and two single-threaded processes finish sooner than one
+# after the other (README: 28.6 -> 22 min). The order follows what each chapter reads from the step cache: 02-04
+# make the shared set-up (direction, PGD images, both gates and their λ) while the unit tests and 01 (which needs
+# none of it) run; then 07 -> 05 -> 06 beside 08 -> 09: 08 scores vanilla, the gates and NPO first, which 05 then
+# reads instead of computing them at the same time, and 09 attacks the ASRU model 08 trained
+# (erasebook.cache.cached_weights); 10 (timings) and 11 last, alone, on both cores.
 NB=(--nbmake --overwrite --nbmake-timeout=3600 --durations=0)
 stage() { for n in "$@"; do echo "$STAGE/notebooks/${n}_"*.ipynb; done; }
 pair() {  # pair NAME_A "CMD_A" NAME_B "CMD_B": both at once, one thread each; each one's output after both end
