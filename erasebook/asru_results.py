@@ -466,7 +466,7 @@ def plot_reward_curve(curves: dict, ax: Any = None, keys: Sequence[str] = ("rewa
     import matplotlib.pyplot as plt
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3.2))
+        fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
     else:
         fig = ax.figure
     styles = {"reward_forget": "-", "reward_retain": "--", "reward": ":"}
@@ -477,7 +477,7 @@ def plot_reward_curve(curves: dict, ax: Any = None, keys: Sequence[str] = ("rewa
                     label=f"{label}: {k.replace('reward_', '')}")
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward of the sampled responses")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # never over the curves
     ax.grid(alpha=0.3)
     return fig
 

@@ -93,12 +93,15 @@ def _ratios(tree: Mapping, path: tuple = ()) -> Iterator[tuple[str, float]]:
 
 def benchmark_ratios(folder: str | Path) -> pd.DataFrame:
     """Every ratio recorded in ``folder/*.json`` (the ``benchmarks/`` results), with the machine and date it was
-    measured on. Columns: ``benchmark, ratio, value, device, date``; empty when the folder has no results."""
+    measured on. Columns: ``benchmark, ratio, value, device, date`` (names with spaces, so a page can wrap them;
+    the day of the run); empty when the folder has no results."""
     recs = []
     for f in sorted(Path(folder).glob("*.json")):
         r = json.loads(f.read_text())
         m = r.get("machine", {})
         for name, value in _ratios(r.get("results", {})):
-            recs.append({"benchmark": f.stem, "ratio": name, "value": round(float(value), 3),
-                         "device": m.get("gpu") or m.get("device") or m.get("processor"), "date": m.get("date")})
+            recs.append({"benchmark": f.stem.replace("_", " "), "ratio": name.replace("_", " "),
+                         "value": round(float(value), 3),
+                         "device": m.get("gpu") or m.get("device") or m.get("processor"),
+                         "date": (m.get("date") or "")[:10] or None})
     return pd.DataFrame(recs, columns=["benchmark", "ratio", "value", "device", "date"])

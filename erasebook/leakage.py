@@ -36,6 +36,7 @@ from .recipes import GATE_NAMES, GateSetup
 from .session import Session
 
 __all__ = [
+    "describe_attack_summary",
     "AttackConfig",
     "BASELINES",
     "Method",
@@ -297,6 +298,87 @@ def describe_attacks(summary: Mapping[str, Mapping[str, Mapping]], method: str, 
     text += (f"Every attack here leaks above {bar:.0f} %: {', '.join(over)}." if len(over) == len(parts) else
              f"Above {bar:.0f} %: {', '.join(over) if over else 'none'}.")
     return text
+
+
+def describe_attack_summary(summary: Mapping[str, Mapping[str, Mapping]], records: pd.DataFrame, ours: str,
+                            paper: str, authors: str, trained: Sequence[str] = (), asru: str | None = None,
+                            bar: float = 20.0, retain_drop: float = 10.0, shallow: float = 50.0) -> str:
+    """Chapter 09's reading of every method's leak, as Markdown bullets from the numbers, with verdicts by stated
+    rules: a gate is within the bar when it leaks at most ``bar`` % under both rephrasing and context; a method
+    "refuses retain people too" when its retain accuracy under an attack falls more than ``retain_drop`` points
+    below vanilla's under the same prompts (both rephrasing and context); the baselines' unlearning is "shallow"
+    when every one of them leaks at least ``shallow`` % under plain rephrasing."""
+    def get(method, attack, value="leak"):
+        v = summary.get(method, {}).get(attack, {}).get(value)
+        return None if v is None else float(v)
+
+    def cell(method, attack, value="leak"):
+        v = get(method, attack, value)
+        return "–" if v is None else f"{v:.0f} %"
+
+    def refuses_retain(method):
+        pairs = [(get(method, a, "retain_acc"), get("Vanilla", a, "retain_acc")) for a in ("rephrase", "context")]
+        return all(m is not None and v is not None and v - m > retain_drop for m, v in pairs)
+
+    def forget_rows(attack):
+        return records[(records["attack"] == attack) & (records["target"] == ours) & (records["split"] == "forget")]
+
+    lines = [f"* **The ceiling.** The vanilla model leaks {cell('Vanilla', 'rephrase')} of the forget facts under "
+             f"rephrasing, {cell('Vanilla', 'context')} under context wrappers: what an attack recovers from another "
+             "method is measured against that."]
+    line = (f"* **MLLMEraser's paper gate** with the rule's λ (notebook 05) leaks {cell(paper, 'rephrase')} / "
+            f"{cell(paper, 'context')} (rephrase / context)")
+    if authors in summary:
+        kept = (f"{cell(authors, 'rephrase', 'retain_acc')} / {cell(authors, 'context', 'retain_acc')} of the retain "
+                f"answers against vanilla's {cell('Vanilla', 'rephrase', 'retain_acc')} / "
+                f"{cell('Vanilla', 'context', 'retain_acc')} under the same prompts")
+        line += (f"; with the authors' λ it leaks {cell(authors, 'rephrase')} / {cell(authors, 'context')} and keeps "
+                 + kept + (": it refuses retain people too." if refuses_retain(authors)
+                           else f" (within {retain_drop:.0f} points: its leak is the number to read)."))
+    lines.append(line + ("" if line.endswith(".") else "."))
+    within = all((get(ours, a) or 0.0) <= bar for a in ("rephrase", "context") if get(ours, a) is not None)
+    lines.append(f"* **erasekit's gate** leaks {cell(ours, 'rephrase')} under rephrasing and {cell(ours, 'context')} "
+                 f"under context (per fact, best of the variants; {cell(ours, 'rephrase', 'leak_mean')} / "
+                 f"{cell(ours, 'context', 'leak_mean')} per prompt): {'within' if within else 'above'} the "
+                 f"{bar:.0f} % bar. The cause table above splits the leaking prompts by whether the gate fired.")
+    ev = forget_rows("gate_evasion")
+    if len(ev):
+        below = 100 * float((ev["objective_after"] <= 0).mean())
+        lines.append(f"* **Gate evasion.** The suffix search drove the gate below its threshold at every layer for "
+                     f"{below:.0f} % of the forget facts it attacked; erasekit's gate leaked "
+                     f"{cell(ours, 'gate_evasion')} at a retain accuracy of {cell(ours, 'gate_evasion', 'retain_acc')} "
+                     f"(vanilla under its own suffix search: {cell('Vanilla', 'gate_evasion')} at "
+                     f"{cell('Vanilla', 'gate_evasion', 'retain_acc')}).")
+    pgd = forget_rows("image_pgd")
+    if len(pgd):
+        lines.append(f"* **Image PGD** (an optimised image attached to the named question): {cell(ours, 'image_pgd')} "
+                     f"for erasekit's gate, {cell('Vanilla', 'image_pgd')} for vanilla; the gold statement's NLL under "
+                     f"erasekit's gate went from {pgd['objective_before'].median():.2f} to "
+                     f"{pgd['objective_after'].median():.2f} (median).")
+    lines.append(f"* **Direction-aware (reported, not scored).** Ablating the erasure direction: "
+                 f"{cell(ours, 'direction_ablate')} leak for erasekit's gate; subtracting λd: "
+                 f"{cell(ours, 'direction_subtract')} leak at {cell(ours, 'direction_subtract', 'retain_acc')} retain. "
+                 "Any test-time method that ships the model unchanged is open to this: it protects a deployed model "
+                 "behind an API, not released weights.")
+    if asru and asru in summary:
+        lines.append(
+            f"* **ASRU** (weights changed, so relearning applies): {cell(asru, 'rephrase')} under rephrasing, "
+            f"{cell(asru, 'context')} under context, {cell(asru, 'gate_evasion')} under the suffix search, "
+            f"{cell(asru, 'image_pgd')} under image PGD, at retain accuracies of "
+            f"{cell(asru, 'rephrase', 'retain_acc')} / {cell(asru, 'context', 'retain_acc')} / "
+            f"{cell(asru, 'gate_evasion', 'retain_acc')} / {cell(asru, 'image_pgd', 'retain_acc')}; after "
+            f"relearning on retain data {cell(asru, 'relearn_retain')}, on half of the forget facts "
+            f"{cell(asru, 'relearn_forget')}.")
+    trained = [b for b in trained if b in summary]
+    if trained:
+        shallow_all = all((get(b, "rephrase") or 0.0) >= shallow for b in trained)
+        lines.append("* **Relearning** (weight-based methods; retain-data / forget-facts fine-tuning): " + "; ".join(
+            f"{b} {cell(b, 'relearn_retain')} / {cell(b, 'relearn_forget')}" for b in trained)
+            + f" (vanilla {cell('Vanilla', 'relearn_retain')} / {cell('Vanilla', 'relearn_forget')}). Under plain "
+            "rephrasing the baselines leak " + ", ".join(f"{b} {cell(b, 'rephrase')}" for b in trained)
+            + (f": every one at least {shallow:.0f} %, so their unlearning on this organism is shallow, as Łucki et "
+               "al. report for LLMs." if shallow_all else "."))
+    return "\n".join(lines)
 
 
 def cause_table(diag: pd.DataFrame) -> pd.DataFrame:

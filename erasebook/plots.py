@@ -12,12 +12,26 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["image_grid", "per_layer", "loss_curves", "bars", "spectra", "gate_strip", "identity_scatter", "tradeoff",
-           "layer_distributions", "embedding", "PAGE_WIDTH"]
+__all__ = ["hires", "image_grid", "per_layer", "loss_curves", "bars", "spectra", "gate_strip", "identity_scatter",
+           "tradeoff", "layer_distributions", "embedding", "PAGE_WIDTH"]
 
 # Width (inches) of the book's content column: ~770 px at the notebook backend's 100 dpi (1400 px window). A wider
 # figure is scaled down in the page, and its 7-9 pt labels with it.
 PAGE_WIDTH = 7.5
+
+
+def hires() -> bool:
+    """Notebook figures as PNGs at twice their pixel size, shown at their own size (IPython's "retina" format:
+    200 dpi at the book's 100 dpi layout). The notebooks call it once; outside IPython it does nothing (False)."""
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:  # pragma: no cover - IPython ships with the notebooks' environment
+        return False
+    if get_ipython() is None:
+        return False
+    set_matplotlib_formats("retina")
+    return True
 
 
 def _ax(ax, figsize=(6, 3.5)):
@@ -124,7 +138,10 @@ def loss_curves(history: Any, labels: Sequence[str] | None = None, ax=None, titl
 
 def bars(table: Any, ylabel: str = "", title: str | None = None, ax=None, ylim: tuple | None = (0, 100),
          fmt: str = "{:.0f}"):
-    """Grouped bar chart of a DataFrame: one group per row, one bar per column; values written on the bars."""
+    """Grouped bar chart of a DataFrame: one group per row, one bar per column; values written on the bars.
+
+    A missing value (NaN: the measurement does not apply) draws no bar and is labelled "n/a", never drawn as 0.
+    """
     fig, ax = _ax(ax)
     rows = [" / ".join(map(str, r)) if isinstance(r, tuple) else str(r) for r in table.index]
     cols = list(table.columns)
@@ -132,8 +149,9 @@ def bars(table: Any, ylabel: str = "", title: str | None = None, ax=None, ylim: 
     x = np.arange(len(rows))
     for j, c in enumerate(cols):
         vals = np.asarray(table[c], dtype=float)
-        b = ax.bar(x + (j - (len(cols) - 1) / 2) * width, vals, width, label=str(c))
-        ax.bar_label(b, labels=[fmt.format(v) for v in vals], fontsize=7, padding=1)
+        b = ax.bar(x + (j - (len(cols) - 1) / 2) * width, np.nan_to_num(vals), width, label=str(c))
+        ax.bar_label(b, labels=["n/a" if np.isnan(v) else fmt.format(v) for v in vals], fontsize=7, padding=1,
+                     rotation=90 if len(cols) * len(rows) > 24 else 0)
     # long group labels would run into each other: slant them (room per group ~ 60 / groups characters)
     slant = max(map(len, rows), default=0) > 60 / max(1, len(rows))
     ax.set_xticks(x, rows, fontsize=8, rotation=30 if slant else 0, ha="right" if slant else "center",
@@ -218,7 +236,7 @@ def tradeoff(points: Any, x: str = "forget", y: str = "retain", label: str = "me
              diagonal: bool = False):
     """Paper Fig. 3: one marker per row of ``points`` (a DataFrame), colour by ``label``, marker by ``style``;
     ``diagonal`` draws y = x (forget and retain lost in equal measure)."""
-    fig, ax = _ax(ax, figsize=(6, 4.5))
+    fig, ax = _ax(ax, figsize=(PAGE_WIDTH, 4.5))
     if diagonal:
         lo = float(min(points[x].min(), points[y].min(), 0.0))
         hi = float(max(points[x].max(), points[y].max(), 1.0))
@@ -239,7 +257,8 @@ def tradeoff(points: Any, x: str = "forget", y: str = "retain", label: str = "me
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=7, ncols=2)
+    # beside the axes: the good corner (low forget, high retain) stays visible
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(alpha=0.3)
     return fig
 
@@ -266,13 +285,13 @@ def layer_distributions(values: Mapping[str, Mapping[int, Any]], ncols: int = 4,
         ax.set_title(f"layer {l}" + (f" · AUC {scores[l]:.2f}" if scores is not None and l in scores else ""),
                      fontsize=9)
         ax.tick_params(labelsize=7)
-        if xlabel:
-            ax.set_xlabel(xlabel, fontsize=8)
         if i % ncols == 0:
             ax.set_ylabel("density", fontsize=8)
     for ax in axes.ravel()[len(layers):]:
         ax.set_axis_off()
     axes.ravel()[0].legend(fontsize=7)
+    if xlabel:  # once for the figure: one per panel runs into its neighbours'
+        fig.supxlabel(xlabel, fontsize=8)
     if title:
         fig.suptitle(title)
     return fig

@@ -21,6 +21,9 @@ from .paper import paper_results_table
 from .recipes import GATE_NAMES, GateSetup
 
 __all__ = [
+    "MAX_COLUMNS",
+    "column_parts",
+    "wrap_labels",
     "describe_refusal_quality",
     "heldout_auc_per_layer",
     "describe_costs",
@@ -46,6 +49,44 @@ __all__ = [
     "describe_separability",
     "steered_embedding",
 ]
+
+
+# Value columns a table may have to be read in the book's content column (1400 px window).
+MAX_COLUMNS = 10
+
+
+def column_parts(frame: pd.DataFrame, max_cols: int = MAX_COLUMNS) -> list[pd.DataFrame]:
+    """A wide table as a few narrower ones with the same rows: columns split between groups of the first column
+    level (a group is never cut), into as few parts as fit ``max_cols`` columns each, groups shared out evenly.
+    A group wider than ``max_cols`` is a ValueError (transpose or select instead)."""
+    keys = list(dict.fromkeys(frame.columns.get_level_values(0))) if frame.columns.nlevels > 1 else None
+    if keys is None:
+        keys, width = list(frame.columns), {c: 1 for c in frame.columns}
+    else:
+        width = {k: int((frame.columns.get_level_values(0) == k).sum()) for k in keys}
+    if max(width.values(), default=0) > max_cols:
+        raise ValueError(f"a column group is {max(width.values())} columns wide, more than {max_cols}")
+    n = 1
+    while True:
+        per = -(-len(keys) // n)  # groups per part
+        parts = [keys[i:i + per] for i in range(0, len(keys), per)]
+        if all(sum(width[k] for k in p) <= max_cols for p in parts):
+            break
+        n += 1
+    if frame.columns.nlevels > 1:
+        return [frame.loc[:, [c for c in frame.columns if c[0] in p]] for p in parts]
+    return [frame.loc[:, p] for p in parts]
+
+
+def wrap_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with ``_`` in its column labels (every level) read as spaces, so a page can wrap a long header."""
+    def fix(c):
+        return tuple(fix(x) for x in c) if isinstance(c, tuple) else (c.replace("_", " ") if isinstance(c, str) else c)
+
+    out = frame.copy()
+    out.columns = pd.MultiIndex.from_tuples([fix(c) for c in frame.columns], names=frame.columns.names) \
+        if frame.columns.nlevels > 1 else [fix(c) for c in frame.columns]
+    return out
 
 
 def strengths_frame(setup: GateSetup) -> pd.DataFrame:
@@ -124,14 +165,38 @@ def describe_table1(tables: dict, aucs: dict | None = None) -> str:
                f"{sel['paper']:.0f} points for the paper's gate, {sel['default']:.0f} for erasekit's. ")
     auth = "MLLMEraser (paper gate, authors' λ)"
     if auth in first.index.get_level_values("method"):
-        verdict += (f"At the authors' λ the paper's gate erases forget and retain alike (cloze Fgt "
+        verdict += (f"At the authors' λ the paper's gate {_effect(first, auth)} (cloze Fgt "
                     f"{_cell(first, auth, 'Fgt'):.0f}, Ret {_cell(first, auth, 'Ret'):.0f}, Cele "
-                    f"{_cell(first, auth, 'Cele'):.0f}); at the rule's λ it changes little. ")
+                    f"{_cell(first, auth, 'Cele'):.0f}); at the rule's λ it {_effect(first, GATE_NAMES['paper'])}. ")
     if aucs and len(aucs) > 1:
-        verdict += ("erasekit's gate is less selective on larger forget sets: its best held-out gate AUC on the tuning "
-                    "data is " + ", ".join(f"{a:.2f} at {p} %" for p, a in aucs.items()) + " — one linear gate has to "
-                    "read 1 on more people and 0 on the rest, and λ stays as chosen at 5 %. ")
+        first_pct, first_auc = next(iter(aucs.items()))
+        lower = all(a < first_auc for p, a in aucs.items() if p != first_pct)
+        verdict += ("erasekit's gate's best held-out gate AUC on the tuning data is "
+                    + ", ".join(f"{a:.2f} at {p} %" for p, a in aucs.items())
+                    + (" — lower on the larger forget sets, where one linear gate has to read 1 on more people and 0 "
+                       "on the rest (λ stays as chosen at 5 %). " if lower else ". "))
     return "\n\n".join(lines + [verdict + _describe_vqa(first, next(iter(tables)))])
+
+
+def _effect(table: pd.DataFrame, method: str, mode: str = "QA") -> str:
+    """What ``method`` does to text cloze against vanilla, by :mod:`erasebook.findings`' rules: "selects" (its
+    selection rule), "erases forget and retain alike" (both drop by more than its retain budget), "changes little"
+    (neither does), "lowers forget, not to the selection rule's bars", or "costs retain answers without erasing
+    forget"."""
+    from .findings import RETAIN_DROP, selects
+
+    cl = {s: _cell(table, method, s, mode=mode) for s in ("Fgt", "Test", "Ret", "Cele")}
+    van = {s: _cell(table, "Vanilla", s, mode=mode) for s in ("Fgt", "Test", "Ret", "Cele")}
+    if selects(cl, van)[0]:
+        return "selects"
+    f_drop, r_drop = van["Fgt"] - cl["Fgt"], van["Ret"] - cl["Ret"]
+    if f_drop > RETAIN_DROP and r_drop > RETAIN_DROP:
+        return "erases forget and retain alike"
+    if f_drop <= RETAIN_DROP and r_drop <= RETAIN_DROP:
+        return "changes little"
+    if f_drop > RETAIN_DROP:
+        return "lowers forget, not to the selection rule's bars"
+    return "costs retain answers without erasing forget"
 
 
 def _describe_vqa(table: pd.DataFrame, pct: int) -> str:

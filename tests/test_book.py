@@ -190,15 +190,23 @@ def test_page_text_reads_clean(name):
 
 
 def test_landing_page_states_the_finding():
-    """The landing page says what the book found, not only what its chapters contain."""
+    """The landing page says what the book found: chapter 11's findings list (erasebook.findings, verdicts by rule
+    from the recorded numbers), pasted as is, with its numbers."""
     _require_site()
     text, _ = _source_text("intro")
     assert "What we found" in text and "erasekit" in text and "paper" in text, \
         "the landing page (book/intro.md) must state the finding up front"
-    # the findings list glued from chapter 11: computed numbers, not prose alone
-    found = text[text.index("What we found"):]
-    assert "contrastive gate selects" in found and len(re.findall(r"\d+(?:\.\d+)?\s*%", found)) >= 8, \
-        "the landing page must show chapter 11's findings with their numbers (glued from chapter 11)"
+    landing = _soup("intro").select("div.erasekit-findings li")
+    chapter = _soup("notebooks/11_what_we_found").select("div.cell_output li")
+    assert landing, "no findings list on the landing page (the {glue} findings directive from chapter 11)"
+
+    def norm(items):  # the chapter's Markdown output gets typographic quotes, the pasted HTML keeps straight ones
+        return [" ".join(li.get_text(" ").replace("\u2019", "'").split()) for li in items]
+
+    assert norm(landing) == norm(chapter)[:len(landing)] and len(landing) >= 4, \
+        "the landing page's findings differ from chapter 11's"
+    found = " ".join(norm(landing))
+    assert re.search(r"\b(selects|does not select)\b", found) and len(re.findall(r"\d+(?:\.\d+)?\s*%", found)) >= 8
 
 
 def _code(nb: Path) -> str:
@@ -207,6 +215,10 @@ def _code(nb: Path) -> str:
 
 # The chapters that show a results table (erasekit.tables.render_table)
 TABLE_NOTEBOOKS = [nb for nb in NOTEBOOKS if "render_table(" in _code(nb)]
+# Readable in the page column: at most this many value columns (+ the row labels) per table (erasebook.report).
+MAX_COLUMNS = 10
+# A figure's PNG has at least this many pixels per pixel shown (1.5: >= 150 dpi at the book's 100 dpi layout).
+MIN_PIXEL_RATIO = 1.5
 
 
 @pytest.mark.parametrize("nb", TABLE_NOTEBOOKS, ids=[p.stem for p in TABLE_NOTEBOOKS])
@@ -214,12 +226,21 @@ def test_results_tables_are_tables(nb):
     """A chapter that renders a results table (render_table) shows it as an HTML <table> in its outputs."""
     _require_site()
     soup = _soup(f"notebooks/{nb.stem}")
-    tables = soup.select("div.cell_output table")
-    assert tables, f"{nb.stem}: render_table is called but no <table> in the outputs"
-    # readable in the page column: at most 10 value columns (+ the row labels) per table
-    for t in tables:
-        widths = [len(tr.find_all(["td"])) for tr in t.find_all("tr")]
-        assert max(widths, default=0) <= 10, f"{nb.stem}: a table {max(widths)} value columns wide (split it)"
+    assert soup.select("div.cell_output table"), f"{nb.stem}: render_table is called but no <table> in the outputs"
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_tables_fit_the_column(name):
+    """Every table on every page (outputs and prose) has at most MAX_COLUMNS value cells in a row: wider ones are
+    split (erasebook.report.column_parts) or transposed."""
+    _require_site()
+    wide = []
+    for t in _soup(name).select("article table"):
+        widths = [len(tr.find_all("td")) for tr in t.find_all("tr")]
+        if max(widths, default=0) > MAX_COLUMNS:
+            head = " | ".join(c.get_text(" ", strip=True)[:14] for c in t.find("tr").find_all(["th", "td"]))
+            wide.append(f"{max(widths)} value columns: {head[:160]}")
+    assert not wide, f"{name}: tables wider than {MAX_COLUMNS} columns (split them):\n" + "\n".join(wide)
 
 
 def test_math_is_served_from_the_site():
@@ -258,7 +279,10 @@ const blocks = Array.from(art.querySelectorAll('p, div.cell_output pre')).map(e 
 const w = art.getBoundingClientRect().width;
 const figs = Array.from(art.querySelectorAll('div.cell_output img')).map(i => ({
   src: i.getAttribute('src'), width: i.getBoundingClientRect().width, natural: i.naturalWidth}));
-return {text: art.innerText, blocks: blocks, article_width: w, figures: figs,
+const tables = Array.from(art.querySelectorAll('table')).map(t => ({
+  width: t.getBoundingClientRect().width, scroll: t.parentElement.scrollWidth,
+  head: (t.querySelector('tr') || t).innerText.slice(0, 120)}));
+return {text: art.innerText, blocks: blocks, article_width: w, figures: figs, tables: tables,
         math: art.querySelectorAll('.math').length, typeset: art.querySelectorAll('mjx-container').length};
 """
 
@@ -312,6 +336,29 @@ def test_browser_figures_fit_the_column(reader):
     assert not bad, "\n".join(bad)
 
 
+def test_browser_figures_are_sharp(reader):
+    """Every drawn figure has at least MIN_PIXEL_RATIO image pixels per pixel shown (>= 150 dpi: erasebook.plots.hires),
+    so it stays sharp when the reader zooms."""
+    blurry = []
+    for nb in NOTEBOOKS:
+        for f in reader(f"notebooks/{nb.stem}")["figures"]:
+            if f["natural"] > 0 and f["width"] > 0 and f["natural"] < MIN_PIXEL_RATIO * f["width"] - 1:
+                blurry.append(f"{nb.stem}: {f['src']} {f['natural']}px shown at {f['width']:.0f}px")
+    assert not blurry, "figures below 150 dpi (call erasebook.plots.hires() in the chapter):\n" + "\n".join(blurry)
+
+
+def test_browser_tables_fit_the_column(reader):
+    """No table is wider than the content column at 1400 px (nothing the reader must scroll sideways to see)."""
+    wide = []
+    for name in PAGES:
+        info = reader(name)
+        for t in info["tables"]:
+            if max(t["width"], t["scroll"]) > info["article_width"] + 1:
+                wide.append(f"{name}: {max(t['width'], t['scroll']):.0f}px in a {info['article_width']:.0f}px column: "
+                            + " ".join(t["head"].split())[:100])
+    assert not wide, "\n".join(wide)
+
+
 def _full_page_png(browser) -> bytes:
     """A PNG of the whole page at the window's width (Chrome DevTools capture beyond the viewport)."""
     import base64
@@ -333,8 +380,10 @@ def test_browser_screenshots(browser, reader):
     for label, prefix in SHOT_PAGES.items():
         names = [n for n in PAGES if n == prefix or n.startswith(prefix)]
         assert names, f"no page for {label} ({prefix})"
+        browser.set_window_size(WIDTH, 1000)
         browser.get(_html(names[0]).as_uri())  # the landing page: intro (index.html only redirects to it)
         browser.execute_async_script(_TYPESET)
+        browser.execute_script("window.scrollTo(0, 0)")
         width = browser.execute_script("return window.innerWidth")
         assert abs(width - WIDTH) <= 20, f"window is {width}px wide, not {WIDTH}"
         out = SHOTS / ("landing.png" if label == "landing" else f"{Path(names[0]).name}.png")

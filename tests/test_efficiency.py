@@ -55,6 +55,6 @@ def test_state_bytes_and_benchmark_ratios(tmp_path):
     (tmp_path / "fit.json").write_text(json.dumps({"machine": {"gpu": "X", "date": "2026"}, "results": {
         "target": {"ratio_dense_over_default": {"ratio_of_medians": 12.3456}, "other": 1}}}))
     table = efficiency.benchmark_ratios(tmp_path)
-    assert table.to_dict("records") == [{"benchmark": "fit", "ratio": "target / ratio_dense_over_default",
+    assert table.to_dict("records") == [{"benchmark": "fit", "ratio": "target / ratio dense over default",
                                          "value": 12.346, "device": "X", "date": "2026"}]
     assert efficiency.benchmark_ratios(tmp_path / "none").empty

@@ -81,3 +81,16 @@ def test_bars_slant_long_labels_and_keep_the_legend_off_the_bars():
     legend = ax.get_legend()
     assert legend is not None and legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1  # right of the axes
     plt.close("all")
+
+
+def test_missing_values_are_not_drawn_as_zero_and_legends_stay_off_the_data():
+    """A NaN bar (the measurement does not apply) is labelled n/a, not 0; the trade-off plot's legend sits right
+    of the axes; hires() does nothing outside IPython."""
+    ax = plots.bars(pd.DataFrame({"a": [10.0, np.nan], "b": [np.nan, 0.0]}, index=["x", "y"])).axes[0]
+    labels = [t.get_text() for t in ax.texts]
+    assert labels.count("n/a") == 2 and "0" in labels and "nan" not in labels
+    pts = pd.DataFrame({"method": ["a", "b"], "forget": [0.1, 0.9], "retain": [0.9, 0.1]})
+    ax = plots.tradeoff(pts).axes[0]
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1
+    assert plots.hires() is False
+    plt.close("all")

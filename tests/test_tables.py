@@ -41,7 +41,8 @@ def test_results_table_layout_and_render():
     assert re.fullmatch(r"\|(:?-{3,}:?\|){13}", lines[1])
     assert all(line.count("|") == 14 for line in lines)
     assert lines[2] == "| **VQA** |" + " |" * 12
-    assert lines[4].startswith("| Ours | **0.00** | **0.00** | 50.00 | 50.00 | **0.100** | **0.100** | 0.100")
+    # Ours forgets generation by breaking it (Ret 0.1 against 0.6): out of the retain budget, not bolded for Fgt/Test
+    assert lines[4].startswith("| Ours | **0.00** | **0.00** | 50.00 | 50.00 | 0.100 | 0.100 | 0.100")
     assert lines[3].startswith("| Vanilla | 50.00 | 50.00 | 50.00 | 50.00 | 0.600 | 0.600 | **0.600**")
     html = render_table(t, fmt="html")
     assert html.startswith("<table") and html.rstrip().endswith("</table>")
@@ -64,3 +65,35 @@ def test_results_table_layout_and_render():
     assert list(cats.columns) == list(CATEGORIES)
     assert cats.loc[("Ours", "VQA", "Fgt", "classification"), "wrong"] == 50.0
     assert cats.loc[("Ours", "VQA", "Fgt", "generation"), "wrong"] == 100.0
+
+
+def test_best_at_forgetting_only_within_the_retain_budget():
+    """A method that zeroes the forget column by wrecking retain is not bolded as best at forgetting; the best
+    among those that keep retain (within RETAIN_BUDGET of the block's best Ret) is."""
+    from erasekit.tables import RETAIN_BUDGET
+
+    cols = pd.MultiIndex.from_tuples([("cloze", g) for g in GROUPS], names=["task", "split"])
+    rows = pd.MultiIndex.from_tuples([("QA", m) for m in ("Vanilla", "GA", "Ours")], names=["mode", "method"])
+    t = pd.DataFrame([[100, 90, 100, 100], [0, 0, 20, 30], [10, 30, 95, 96]], index=rows, columns=cols, dtype=float)
+    html = render_table(t, "html")
+    assert "<tr><th>GA</th><td>0.00</td><td>0.00</td>" in html
+    assert "<tr><th>Ours</th><td><strong>10.00</strong></td><td><strong>30.00</strong></td>" in html
+    assert RETAIN_BUDGET["cloze"] < 100 - 20
+
+
+def test_wide_tables_split_into_parts_that_fit_the_page():
+    """erasebook.report.column_parts: as few parts as fit, a column group never cut, every column once, in order;
+    wrap_labels lets long headers wrap."""
+    from erasebook.report import MAX_COLUMNS, column_parts, wrap_labels
+
+    attacks = ["rephrase", "context", "gate_evasion", "image_pgd", "a5", "a6", "a7", "a8"]
+    wide = pd.DataFrame([range(16)], columns=pd.MultiIndex.from_product([attacks, ["leak", "retain"]]))
+    parts = column_parts(wide)
+    assert [p.shape[1] for p in parts] == [8, 8]
+    assert [c for p in parts for c in p.columns] == list(wide.columns)
+    assert all(p.shape[1] <= MAX_COLUMNS for p in column_parts(wide.iloc[:, :10]))
+    assert len(column_parts(wide.iloc[:, :10])) == 1
+    assert [p.shape[1] for p in column_parts(pd.DataFrame([range(7)]), max_cols=3)] == [3, 3, 1]
+    with pytest.raises(ValueError):
+        column_parts(wide, max_cols=1)
+    assert list(wrap_labels(wide).columns)[4] == ("gate evasion", "leak")

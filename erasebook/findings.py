@@ -1,0 +1,201 @@
+"""The book's findings, written from the recorded results by stated rules (chapter 11 and the landing page).
+
+Every verdict here ("selects", "does not select", "holds", "leaks") is decided by a rule on the numbers it quotes,
+so a retrain that changes the numbers changes the sentence: nothing in the findings is typed by hand. Inputs are the
+files the project records by code: ``gate_selectivity.json`` (``erasekit gate-selectivity``), ``asru.json``
+(``erasekit asru``), ``attacks.json`` (``erasekit attacks``), ``benchmarks/results/fit.json``
+(``benchmarks/bench_fit.py``) and the paper's own Table 6 (:func:`erasebook.paper.paper_table`).
+
+The rules:
+
+* a gate **selects** when, on held-out profiles and text cloze, forget accuracy is at most ``SELECT_BARS["Fgt"]``,
+  test (paraphrases) at most ``SELECT_BARS["Test"]``, and retain and celebrity accuracy fall by at most
+  ``RETAIN_DROP`` points from the vanilla model's;
+* a method **holds under attack** when it leaks at most ``LEAK_BAR`` % of forget facts under both rephrasing and
+  context wrappers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from html import escape
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SELECT_BARS", "RETAIN_DROP", "LEAK_BAR", "load_records", "selects", "gate_finding", "vqa_finding",
+           "asru_finding", "attacks_finding", "cost_finding", "findings", "findings_html", "glue_numbers"]
+
+SELECT_BARS = {"Fgt": 20.0, "Test": 25.0}
+RETAIN_DROP = 10.0
+LEAK_BAR = 20.0
+ASRU = "ASRU (steering + GRPO)"
+GATE = "erasekit gate"
+_GATE_NAMES = {"default": "erasekit's gate", "paper": "the paper's null-space gate (rule λ)",
+               "paper_authors_lambda": "the paper's null-space gate (authors' λ)"}
+
+
+def _display(method: str) -> str:
+    """A method's name in a sentence ("erasekit gate" is "erasekit's gate" there)."""
+    return "erasekit's gate" if method == GATE else method
+
+
+def load_records(results: str | Path, bench: str | Path | None = None) -> dict:
+    """The recorded results the findings read: ``sel`` (required), ``asru``, ``attacks``, ``fit`` (None where the
+    file is absent) and ``paper`` (the paper's Table 6, text cloze, Vanilla and Ours)."""
+    from .paper import paper_table
+
+    root = Path(results)
+
+    def read(folder, name):
+        p = Path(folder) / name
+        return json.loads(p.read_text()) if p.exists() else None
+
+    sel = read(root, "gate_selectivity.json")
+    if sel is None:
+        raise FileNotFoundError(f"no gate_selectivity.json in {root}: run `erasekit gate-selectivity`")
+    paper = paper_table("table6", mode="QA", method=["Vanilla", "Ours"], task="cloze").pivot_table(
+        index="method", columns="split", values="value")
+    return {"sel": sel, "asru": read(root, "asru.json"), "attacks": read(root, "attacks.json"),
+            "fit": read(bench, "fit.json") if bench is not None else None,
+            "paper": {m: {s: float(paper.loc[m, s]) for s in paper.columns} for m in paper.index}}
+
+
+def selects(cloze: Mapping[str, float], vanilla: Mapping[str, float]) -> tuple[bool, list[str]]:
+    """The selection rule on one cloze record (``{split: accuracy %}``) against vanilla's: (passed, the bars
+    missed, each as a short phrase with its number)."""
+    missed = [f"{'forget' if s == 'Fgt' else 'test'} {cloze[s]:.1f} % (rule: ≤ {bar:.0f})"
+              for s, bar in SELECT_BARS.items() if s in cloze and cloze[s] > bar]
+    missed += [f"{'retain' if s == 'Ret' else 'celebrities'} {vanilla[s]:.0f} → {cloze[s]:.1f} % "
+               f"(rule: within {RETAIN_DROP:.0f} points)"
+               for s in ("Ret", "Cele") if s in cloze and vanilla[s] - cloze[s] > RETAIN_DROP]
+    return not missed, missed
+
+
+def _cloze_numbers(c: Mapping[str, float], v: Mapping[str, float]) -> str:
+    return (f"forget {v['Fgt']:.0f} → {c['Fgt']:.1f} %, test {c['Test']:.1f} %, retain {v['Ret']:.0f} → "
+            f"{c['Ret']:.1f} %, celebrities {v['Cele']:.0f} → {c['Cele']:.1f} %")
+
+
+def gate_finding(sel: dict, key: str = "default", mode: str = "QA") -> str:
+    """One bullet: the gate ``key`` of ``gate_selectivity.json`` judged by :func:`selects` on cloze in ``mode``."""
+    c, v = sel[key][mode]["cloze"], sel["vanilla"][mode]["cloze"]
+    ok, missed = selects(c, v)
+    name = _GATE_NAMES.get(key, key)
+    name = name if name.startswith("erasekit") else name[0].upper() + name[1:]
+    verdict = f"{name} {'selects' if ok else 'does not select on this organism'}"
+    text = f"* **{verdict}.** Text cloze, held-out profiles: {_cloze_numbers(c, v)}"
+    if key == "default" and "generation" in sel[key][mode]:
+        g = sel[key][mode]["generation"]
+        text += f"; generation ROUGE-L forget {g['Fgt']:.2f}, retain {g['Ret']:.2f}"
+    return text + ("." if ok else f". Missed: {'; '.join(missed)}.")
+
+
+def vqa_finding(sel: dict) -> str:
+    """The image-question bullet: no signal when the vanilla organism cannot answer them (forget cloze < 40 %),
+    else erasekit's gate judged by the same rule on image cloze."""
+    v = sel.get("vanilla", {}).get("VQA", {}).get("cloze")
+    if not v:
+        return "* **Image questions** were not scored in this record."
+    if v["Fgt"] < 40:
+        return (f"* **Image questions carry no signal on this organism**: with the portrait its forget cloze "
+                f"accuracy is {v['Fgt']:.0f} % before any erasure.")
+    c = sel["default"]["VQA"]["cloze"]
+    ok, missed = selects(c, v)
+    return (f"* **With the portrait, erasekit's gate {'selects' if ok else 'does not select'}.** Image cloze: "
+            f"{_cloze_numbers(c, v)}" + ("." if ok else f". Missed: {'; '.join(missed)}."))
+
+
+def asru_finding(asru: dict | None, pct: str = "5") -> str:
+    """ASRU against vanilla and its stage 1 (``asru.json``), numbers only: contextual refusal, over-refusal,
+    confident wrong answers, cloze."""
+    if not asru or pct not in asru:
+        return "* **ASRU** has no record yet (`erasekit asru`)."
+    r = asru[pct]
+    a, g, v = r[ASRU], r[asru["stage1"]], r["Vanilla"]
+    return (f"* **ASRU (chapter 08)**, {pct} % forget: it refuses "
+            f"{a['boundary_generation']['Fgt']['appropriate_refusal']:.0f} % of forget generation questions in "
+            f"context ({a['boundary']['Fgt']['appropriate_refusal']:.0f} % with the cloze form counted) and "
+            f"over-refuses {a['boundary']['Ret']['over_refusal']:.0f} % of retain and "
+            f"{a['boundary']['Cele']['over_refusal']:.0f} % of celebrity questions; text cloze forget "
+            f"{v['mllmu']['QA']['cloze']['Fgt']:.0f} → {a['mllmu']['QA']['cloze']['Fgt']:.0f} %, retain "
+            f"{a['mllmu']['QA']['cloze']['Ret']:.0f} %; confident wrong answers on forget questions "
+            f"{a['boundary']['Fgt']['hallucination']:.0f} % against {g['boundary']['Fgt']['hallucination']:.0f} % for "
+            f"{_display(asru['stage1'])} at the λ rule's strength.")
+
+
+_ATTACKS = {"rephrase": "rephrasing", "context": "context wrappers", "gate_evasion": "gate evasion",
+            "image_pgd": "image PGD", "relearn_retain": "relearning on retain data",
+            "relearn_forget": "relearning on other forget facts"}
+
+
+def attacks_finding(attacks: dict | None, method: str = GATE) -> str:
+    """``method`` under the extraction attacks (``attacks.json``): holds when it leaks at most :data:`LEAK_BAR` %
+    under both rephrasing and context, with vanilla's leak beside each; ASRU's leaks follow where recorded."""
+    if not attacks or method not in attacks:
+        return "* **Attacks** have no record yet (`erasekit attacks`)."
+    m, v = attacks[method], attacks["Vanilla"]
+    holds = all(k in m and m[k]["leak"] <= LEAK_BAR for k in ("rephrase", "context"))
+    parts = ", ".join(f"{_ATTACKS[k]} {m[k]['leak']:.0f} % (vanilla {v[k]['leak']:.0f} %)"
+                      for k in ("rephrase", "context", "gate_evasion", "image_pgd") if k in m and k in v)
+    line = (f"* **Under attack (chapter 09), {_display(method)} {'holds' if holds else 'leaks'}** (rule: at most "
+            f"{LEAK_BAR:.0f} % of forget facts under rephrasing and context): {parts}.")
+    a = attacks.get(ASRU)
+    if a:
+        line += " ASRU, whose refusals live in its weights: " + ", ".join(
+            f"{_ATTACKS[k]} {a[k]['leak']:.0f} % (retain accuracy {a[k]['retain_acc']:.0f} %)"
+            for k in _ATTACKS if k in a) + "."
+    return line
+
+
+def cost_finding(fit: dict | None) -> str:
+    """The rank-one fit's cost against the authors' dense route (``benchmarks/results/fit.json``)."""
+    t = (fit or {}).get("results", {}).get("target")
+    if not t:
+        return "* **Cost** has no record yet (`benchmarks/bench_fit.py`)."
+    return (f"* **The rank-one identity W P = d gᵀ** holds on the model's own activations (chapter 04), and fitting "
+            f"erasekit's gate for every layer of a 7B-sized model (d = {t['d']}) takes "
+            f"{t['all_layers_total_s']['default']:.2f} s against {t['all_layers_total_s']['dense']:.0f} s for the "
+            f"authors' dense route ({t['ratio_dense_over_default']:.0f}×, {fit['machine'].get('gpu', 'accelerator')}; "
+            f"chapter 10 lists every recorded ratio).")
+
+
+def findings(records: dict) -> list[str]:
+    """The findings as Markdown bullets, in the book's order: erasekit's gate, the paper's gate and the paper's own
+    numbers, image questions, ASRU, attacks, cost."""
+    sel, paper = records["sel"], records["paper"]
+    out = [gate_finding(sel, "default")]
+    if "paper" in sel:
+        line = gate_finding(sel, "paper")
+        if "paper_authors_lambda" in sel:
+            c, v = sel["paper_authors_lambda"]["QA"]["cloze"], sel["vanilla"]["QA"]["cloze"]
+            ok, _ = selects(c, v)
+            line += (f" At the authors' λ it {'selects' if ok else 'does not select either'}: "
+                     f"{_cloze_numbers(c, v)}.")
+        line += (f" The paper reports, on LLaVA-1.5-7B text questions, forget {paper['Vanilla']['Fgt']:.0f} → "
+                 f"{paper['Ours']['Fgt']:.0f} with retain {paper['Vanilla']['Ret']:.0f} → "
+                 f"{paper['Ours']['Ret']:.0f} (its Table 6).")
+        out.append(line)
+    out += [vqa_finding(sel), asru_finding(records.get("asru")), attacks_finding(records.get("attacks")),
+            cost_finding(records.get("fit"))]
+    return out
+
+
+def findings_html(lines: list[str]) -> str:
+    """The bullets as one HTML list (CommonMark), for pasting into the landing page across documents."""
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark").render("\n".join(lines))
+    return f'<div class="erasekit-findings">\n{html}</div>' if html.strip() else f"<p>{escape('(no findings)')}</p>"
+
+
+def glue_numbers(records: dict) -> dict[str, Any]:
+    """The single numbers chapter 11 glues (``{glue:text}`` keys), each read from a record."""
+    sel, paper = records["sel"], records["paper"]
+    ours = {k: sel[k]["QA"] for k in ("vanilla", "paper", "paper_authors_lambda", "default") if k in sel}
+    numbers: dict[str, Any] = {f"{k}_{s}": ours[k]["cloze"][s] for k in ours for s in ("Fgt", "Test", "Ret", "Cele")}
+    numbers.update({f"paper_{m}_{s}": paper[m][s] for m in ("Vanilla", "Ours") for s in ("Fgt", "Ret")},
+                   forget_pct=sel["forget_pct"])
+    attacks = records.get("attacks") or {}
+    numbers.update({f"leak_{k}": attacks[GATE][k]["leak"] for k in _ATTACKS if k in attacks.get(GATE, {})})
+    return numbers

@@ -1,0 +1,99 @@
+"""erasebook.findings: the book's verdicts follow stated rules on the recorded numbers (a changed number changes
+the sentence), and the committed records read through."""
+
+import copy
+
+import pytest
+
+from erasebook import findings as F
+from erasebook import paths
+
+
+def _sel(fgt, test, ret, cele):
+    van = {"Fgt": 100.0, "Test": 100.0, "Ret": 100.0, "Cele": 100.0}
+    gate = {"Fgt": fgt, "Test": test, "Ret": ret, "Cele": cele}
+    return {"forget_pct": 5, "vanilla": {"QA": {"cloze": van}}, "default": {"QA": {"cloze": gate}}}
+
+
+def test_selection_rule_decides_the_verdict():
+    assert F.selects(_sel(5, 10, 95, 92)["default"]["QA"]["cloze"], _sel(0, 0, 0, 0)["vanilla"]["QA"]["cloze"])[0]
+    ok = F.gate_finding(_sel(5, 10, 95, 92))
+    assert "erasekit's gate selects" in ok and "Missed" not in ok
+    bad = F.gate_finding(_sel(55, 60, 87.5, 97.5))
+    assert "does not select" in bad and "forget 55.0 %" in bad and "test 60.0 %" in bad and "retain 100 → 87.5" in bad
+    # exactly at the bars passes; one point past a bar fails, and only that bar is named
+    assert "selects." in F.gate_finding(_sel(F.SELECT_BARS["Fgt"], F.SELECT_BARS["Test"], 100 - F.RETAIN_DROP, 100))
+    one = F.gate_finding(_sel(5, 10, 100 - F.RETAIN_DROP - 1, 100))
+    assert "does not select" in one and "celebrities" not in one.split("Missed")[1]
+
+
+def test_attack_rule_and_missing_records():
+    rec = {"Vanilla": {k: {"leak": 100.0} for k in ("rephrase", "context")},
+           "erasekit gate": {"rephrase": {"leak": 10.0}, "context": {"leak": 20.0}}}
+    assert "erasekit's gate holds" in F.attacks_finding(rec)
+    worse = copy.deepcopy(rec)
+    worse["erasekit gate"]["context"]["leak"] = 21.0
+    assert "erasekit's gate leaks" in F.attacks_finding(worse)
+    assert "no record" in F.attacks_finding(None) and "no record" in F.asru_finding(None)
+    assert "no record" in F.cost_finding(None)
+
+
+def test_committed_records_read_into_findings_and_html():
+    records = F.load_records(paths.data_dir() / "results", paths.REPO_ROOT / "benchmarks" / "results")
+    lines = F.findings(records)
+    assert len(lines) == 6 and all(line.startswith("* **") for line in lines)
+    sel = records["sel"]
+    c = sel["default"]["QA"]["cloze"]
+    assert f"forget {sel['vanilla']['QA']['cloze']['Fgt']:.0f} → {c['Fgt']:.1f} %" in lines[0]
+    assert F.selects(c, sel["vanilla"]["QA"]["cloze"])[0] == ("does not select" not in lines[0])
+    html = F.findings_html(lines)
+    assert html.count("<li>") == 6 and 'class="erasekit-findings"' in html and "**" not in html
+    nums = F.glue_numbers(records)
+    assert nums["default_Fgt"] == c["Fgt"] and nums["forget_pct"] == sel["forget_pct"]
+    with pytest.raises(FileNotFoundError):
+        F.load_records(paths.REPO_ROOT / "no-such-folder")
+
+
+def test_table1_sentence_says_what_the_numbers_show():
+    """Chapter 05's reading of a gate (erasebook.report._effect) follows the same rules: 'erases forget and retain
+    alike' only when both fall by more than the retain budget."""
+    import pandas as pd
+
+    from erasebook.report import _effect
+
+    cols = pd.MultiIndex.from_tuples([("cloze", s) for s in ("Fgt", "Test", "Ret", "Cele")])
+    rows = pd.MultiIndex.from_tuples([("QA", m) for m in ("Vanilla", "alike", "little", "selects", "partly", "costly")])
+    t = pd.DataFrame([[100, 100, 100, 100], [10, 10, 20, 20], [100, 95, 100, 100], [5, 10, 95, 95],
+                      [50, 50, 95, 100], [100, 100, 50, 50]], index=rows, columns=cols, dtype=float)
+    assert _effect(t, "alike") == "erases forget and retain alike"
+    assert _effect(t, "little") == "changes little"
+    assert _effect(t, "selects") == "selects"
+    assert _effect(t, "partly") == "lowers forget, not to the selection rule's bars"
+    assert _effect(t, "costly") == "costs retain answers without erasing forget"
+
+
+def test_attack_bullets_follow_their_rules():
+    """Chapter 09's bullets (erasebook.leakage.describe_attack_summary): 'refuses retain people too' only when the
+    authors'-λ gate keeps >10 points fewer retain answers than vanilla under the same prompts; within / above the
+    bar from the leaks; 'shallow' only when every baseline leaks >= 50 % under rephrasing."""
+    import pandas as pd
+
+    from erasebook.leakage import describe_attack_summary
+
+    def rec(leak, ret):
+        return {"leak": leak, "leak_mean": leak / 2, "retain_acc": ret, "n": 8}
+
+    summary = {"Vanilla": {"rephrase": rec(100, 46), "context": rec(100, 63)},
+               "paper": {"rephrase": rec(100, 44), "context": rec(100, 59)},
+               "authors": {"rephrase": rec(100, 44), "context": rec(100, 59)},
+               "ours": {"rephrase": rec(10, 46), "context": rec(15, 60)},
+               "GA": {"rephrase": rec(90, 40), "relearn_retain": rec(80, 40), "relearn_forget": rec(85, 40)}}
+    empty = pd.DataFrame(columns=["attack", "target", "split", "objective_before", "objective_after"])
+    text = describe_attack_summary(summary, empty, "ours", "paper", "authors", trained=["GA"], bar=20)
+    assert "refuses retain people too" not in text and "its leak is the number to read" in text
+    assert "within the 20 % bar" in text and "shallow" in text
+    summary["authors"] = {"rephrase": rec(100, 10), "context": rec(100, 20)}
+    summary["ours"]["context"] = rec(40, 60)
+    summary["GA"]["rephrase"] = rec(30, 40)
+    text = describe_attack_summary(summary, empty, "ours", "paper", "authors", trained=["GA"], bar=20)
+    assert "refuses retain people too" in text and "above the 20 % bar" in text and "shallow" not in text
