@@ -339,7 +339,7 @@ def _clean(v: Any) -> Any:
 def method_scores(frame: pd.DataFrame) -> dict:
     """The record's scores of one method (one forget %): ``{"mllmu": {mode: {task: {split: score}}},
     "boundary": {split: {measure: value}}, "boundary_generation": ...}`` (accuracy %, ROUGE-L 0-1; boundary /
-    quality on text questions, generation + cloze, and on the generation questions alone -- the issue's bar reads
+    quality on text questions, generation + cloze, and on the generation questions alone -- ASRU's target reads
     appropriate refusal on forget *generation* queries; percentages of responses, fractions for distinct-n /
     repetition / rigid share)."""
     def table(tasks):
@@ -425,8 +425,14 @@ def boundary_frame(record: dict, pct: int, splits: Sequence[str] = ("Fgt", "Test
     return pd.DataFrame(rows).set_index(["method", "split"])
 
 
+_MEMORY_HEADER = {"rss_peak_increase": "RSS increase MiB (CPU)", "cuda_max_allocated": "peak CUDA memory MiB"}
+
+
 def cost_frame(record: dict) -> pd.DataFrame:
-    """Training time and peak memory of ASRU and the baselines at each forget % (steering: no training)."""
+    """Training time and memory of ASRU and the baselines at each forget % (steering: no training). The memory
+    column says what was measured (:attr:`erasekit.measure.Measurement.memory_kind`) in its header when every row
+    measured the same kind, else in a column of its own. On the CPU it is the RSS increase over the training's
+    start: 0 when the training fit in memory the process already held, not a footprint of 0."""
     rows = []
     for pct, methods in record.items():
         if not str(pct).isdigit():
@@ -437,9 +443,14 @@ def cost_frame(record: dict) -> pd.DataFrame:
                 continue
             secs = c["seconds"]["total"] if isinstance(c.get("seconds"), dict) else c.get("seconds")
             mib = c.get("peak_mib", c.get("peak_memory_mb"))
-            rows.append({"forget %": int(pct), "method": method, "training s": secs, "peak memory MiB": mib,
+            rows.append({"forget %": int(pct), "method": method, "training s": secs, "memory MiB": mib,
                          "memory": c.get("memory_kind")})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=["forget %", "method", "training s", "memory MiB", "memory"])
+    kinds = set(out["memory"].dropna())
+    if len(kinds) == 1:
+        kind = kinds.pop()
+        out = out.drop(columns="memory").rename(columns={"memory MiB": _MEMORY_HEADER.get(kind, f"{kind} MiB")})
+    return out
 
 
 def response_examples(frame: pd.DataFrame, n: int = 2, task: str = "generation", mode: str = "QA",
@@ -518,13 +529,21 @@ def _cloze(record, pct, method, split):
     return math.nan if v is None else float(v)
 
 
+# What ASRU is asked to reach on the organism (describe_asru reads each as met / not met): contextual refusal of
+# forget generation questions (%, at least), over-refusal on retain and celebrity questions (%, at most), cloze
+# cost on them (points, at most).
+ASRU_TARGETS = {"contextual_refusal": 80.0, "over_refusal": 5.0, "cloze_drop": 5.0}
+
+
 def describe_asru(record: dict, pct: int = 5, vanilla: str = "Vanilla") -> str:
-    """Markdown: the issue's bars at ``pct`` read from the record (ASRU vs vanilla and MLLMEraser's two gates)."""
+    """Markdown: ASRU's targets (:data:`ASRU_TARGETS`) at ``pct`` read from the record (ASRU vs vanilla and
+    MLLMEraser's two gates)."""
     a, p, d = ASRU_NAME, PAPER_AUTHORS, GATE_NAMES["default"]
+    tc, to, td = (ASRU_TARGETS[k] for k in ("contextual_refusal", "over_refusal", "cloze_drop"))
     f = lambda v, u="": "n/a" if math.isnan(v) else f"{v:.1f}{u}"  # noqa: E731
     appr, refu = _get(record, pct, a, "Fgt", "appropriate_refusal"), _get(record, pct, a, "Fgt", "refusal")
     if "boundary_generation" not in record[str(pct)].get(a, {}):
-        raise ValueError("the record has no 'boundary_generation' (the issue's bar reads forget generation "
+        raise ValueError("the record has no 'boundary_generation' (ASRU's target reads forget generation "
                          "questions): regenerate it with `erasekit asru`")
     gen = lambda m, s, k: _get(record, pct, m, s, k, "boundary_generation")  # noqa: E731
     appr_gen, refu_gen = gen(a, "Fgt", "appropriate_refusal"), gen(a, "Fgt", "refusal")
@@ -540,15 +559,17 @@ def describe_asru(record: dict, pct: int = 5, vanilla: str = "Vanilla") -> str:
     worst_over = max(list(over.values()) + list(over_gen.values()), key=lambda v: math.inf if math.isnan(v) else v)
     lines = [
         f"At {pct} % (text questions, held-out profiles):",
-        f"* forget side, the bar's measure (forget *generation* questions): ASRU refuses {f(refu_gen, ' %')} of them, "
-        f"{f(appr_gen, ' %')} *contextually* without leaking the answer (bar ≥ 80 %: {ok(appr_gen >= 80)}). With "
+        f"* forget side, the target's measure (forget *generation* questions): ASRU refuses {f(refu_gen, ' %')} of "
+        "them, "
+        f"{f(appr_gen, ' %')} *contextually* without leaking the answer (target ≥ {tc:.0f} %: {ok(appr_gen >= tc)}). "
+        "With "
         f"the cloze questions counted too: {f(refu, ' %')} refused, {f(appr, ' %')} contextually; the forget "
         f"cloze questions still answered correctly (leaks) are {f(leak, ' %')} (vanilla "
         f"{f(_cloze(record, pct, vanilla, 'Fgt'), ' %')}, erasekit's gate {f(_cloze(record, pct, d, 'Fgt'), ' %')}).",
         f"* retain side: over-refusal {f(over['Ret'], ' %')} on Ret and {f(over['Cele'], ' %')} on Cele (generation + "
-        f"cloze), {f(over_gen['Ret'], ' %')} / {f(over_gen['Cele'], ' %')} on the generation questions alone (bar "
-        f"≤ 5 % on both readings: {ok(worst_over <= 5)}); cloze {f(drop['Ret'])} / {f(drop['Cele'])} points below "
-        f"vanilla on Ret / Cele (bar ≤ 5: {ok(max(drop.values()) <= 5)}).",
+        f"cloze), {f(over_gen['Ret'], ' %')} / {f(over_gen['Cele'], ' %')} on the generation questions alone (target "
+        f"≤ {to:.0f} % on both readings: {ok(worst_over <= to)}); cloze {f(drop['Ret'])} / {f(drop['Cele'])} points "
+        f"below vanilla on Ret / Cele (target ≤ {td:.0f}: {ok(max(drop.values()) <= td)}).",
         f"* quality on forget queries (generation + cloze): fluency NLL under the vanilla model {f(flu[a])} for ASRU "
         f"vs {f(flu[d])} (erasekit's gate) and {f(flu[p])} (paper gate, authors' λ) — lower is more fluent; "
         f"hallucination {f(hal[a], ' %')} vs {f(hal[d], ' %')} / {f(hal[p], ' %')}; degenerate {f(deg[a], ' %')} vs "

@@ -224,17 +224,37 @@ PAPER_TABLE_5PCT = {"VQA": "table1", "QA": "table6"}
 
 def paper_beside_ours(table: pd.DataFrame, mode: str = "QA", paper_table: str | None = None,
                       tasks: Sequence[str] | None = None) -> pd.DataFrame:
-    """The paper's 5 % rows (LLaVA-1.5-7B, Table 1 / Table 6) above ours (vanilla, both gates), one mode; only
-    ``tasks``' columns if given (e.g. :data:`erasekit.tables.TASK_GROUPS`, to keep the table page-wide)."""
-    theirs = paper_results_table(paper_table or PAPER_TABLE_5PCT[mode])
-    ours = table.xs(mode, level="mode")
-    keep = [m for m in ours.index if m == "Vanilla" or m in GATE_NAMES.values()]
-    ours = ours.loc[keep].rename(index=lambda m: f"ours · {m}")
+    """The paper's 5 % table for ``mode`` (LLaVA-1.5-7B: Table 1 for image questions, Table 6 for text questions)
+    paired with ours, method by method: rows (method, source), the paper's row directly above ours, then the methods
+    only we ran (both of our gates' variants, MANU). The paper's "Ours" is MLLMEraser, paired with our reproduction
+    of it (the paper gate, λ by the rule). Only ``tasks``' columns if given (e.g.
+    :data:`erasekit.tables.TASK_GROUPS`, to keep the table page-wide). The source label names the paper's table;
+    ``attrs["caption"]`` the question type, the backbone and the split."""
+    name = paper_table or PAPER_TABLE_5PCT[mode]
+    theirs = paper_results_table(name)
     if mode in theirs.index.get_level_values(0):
         theirs = theirs.xs(mode, level=0)
-    theirs = theirs.rename(index=lambda m: f"paper (LLaVA-1.5-7B) · {m}")
+    ours = table.xs(mode, level="mode")
+    ours_name = {m: (GATE_NAMES["paper"] if m == "Ours" else m) for m in theirs.index}
+    src_paper, src_ours = f"paper, {name.replace('table', 'Table ')}", "ours"
     cols = [c for c in ours.columns if c in theirs.columns and (tasks is None or c[0] in tasks)]
-    return pd.concat([theirs[cols], ours[cols]]).round(2)
+    rows, index = [], []
+    for m in dict.fromkeys([*(ours_name[m] for m in theirs.index), *ours.index]):
+        paper_m = next((k for k, v in ours_name.items() if v == m), None)
+        if paper_m is not None:
+            rows.append(theirs.loc[paper_m, cols])
+            index.append((m, src_paper))
+        if m in ours.index:
+            rows.append(ours.loc[m, cols])
+            index.append((m, src_ours))
+    out = pd.DataFrame(rows, columns=pd.MultiIndex.from_tuples(cols, names=ours.columns.names))
+    out.index = pd.MultiIndex.from_tuples(index, names=["method", "source"])
+    out = out.astype(float).round(2)
+    out.attrs["caption"] = (f"{'Text questions (QA)' if mode == 'QA' else 'Questions with the portrait (VQA)'}, "
+                            f"5 % forget: the paper's {name.replace('table', 'Table ')} "
+                            f"({theirs.attrs.get('model', 'LLaVA-1.5-7B')}, MLLMU-Bench) beside ours (the organism, "
+                            "held-out profiles)")
+    return out
 
 
 def tradeoff_points(frames: dict, mode: str = "QA") -> pd.DataFrame:

@@ -39,6 +39,7 @@ STAGE=.cache/book-stage
 rm -rf "$STAGE"
 mkdir -p "$STAGE/notebooks"
 cp book/_config.yml book/_toc.yml book/*.md book/references.bib "$STAGE/"
+cp -r book/_static "$STAGE/"
 cp notebooks/*.ipynb "$STAGE/notebooks/"
 # Execution happened in the nbmake step: the staged book renders the stored outputs.
 sed -i 's/^\(\s*execute_notebooks:\s*\)\(force\|cache\|auto\)/\1"off"/' "$STAGE/_config.yml"

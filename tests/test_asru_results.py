@@ -52,10 +52,14 @@ def test_method_scores_and_boundary_frame(record):
 def test_cost_frame_and_describe(record):
     rec, _ = record
     c = R.cost_frame(rec)
-    assert c.to_dict("records") == [{"forget %": 5, "method": R.ASRU_NAME, "training s": 12.5,
-                                     "peak memory MiB": 100.0, "memory": "rss"}]
+    # one kind of memory measurement: it names the column
+    assert c.to_dict("records") == [{"forget %": 5, "method": R.ASRU_NAME, "training s": 12.5, "rss MiB": 100.0}]
+    rec2 = {**rec, "5": {**rec["5"], "GA": {"cost": {"seconds": 3.0, "peak_mib": 0.0,
+                                                       "memory_kind": "rss_peak_increase"}}}}
+    c2 = R.cost_frame(rec2)
+    assert list(c2.columns) == ["forget %", "method", "training s", "memory MiB", "memory"] and len(c2) == 2
     text = R.describe_asru(rec, 5)
-    assert "100.0 % *contextually* without leaking the answer (bar ≥ 80 %: **met**)" in text
+    assert "100.0 % *contextually* without leaking the answer (target ≥ 80 %: **met**)" in text
     assert "over-refusal 100.0 % on Ret" in text and "**not met**" in text
 
 
@@ -114,7 +118,7 @@ def test_describe_reads_the_generation_questions_for_the_forget_bar(record):
     f.loc[leak, "response"], f.loc[leak, "correct"] = "Oslo", True
     rec = {"5": {**rec["5"], R.ASRU_NAME: R.method_scores(f)}}
     text = R.describe_asru(rec, 5)
-    assert "100.0 % *contextually* without leaking the answer (bar ≥ 80 %: **met**)" in text
+    assert "100.0 % *contextually* without leaking the answer (target ≥ 80 %: **met**)" in text
     assert "With the cloze questions counted too: 50.0 % refused, 50.0 % contextually" in text
     del rec["5"][R.ASRU_NAME]["boundary_generation"]
     with pytest.raises(ValueError, match="boundary_generation"):

@@ -84,7 +84,12 @@ def test_result_tables_and_sentences(setup):
     assert set(points["method"]) == {"Vanilla", *recipes.GATE_NAMES.values()}
     assert "retain-minus-forget" in report.describe_tradeoff(points)
     beside = report.paper_beside_ours(tables[5])
-    assert any(i.startswith("paper") for i in beside.index) and any(i.startswith("ours") for i in beside.index)
+    sources = list(beside.index.get_level_values("source"))
+    assert "paper, Table 6" in sources and "ours" in sources
+    assert beside.attrs["caption"].startswith("Text questions (QA)")
+    # each paper row directly above ours for the same method: the paper's MLLMEraser beside our paper gate
+    pg = beside.xs(recipes.GATE_NAMES["paper"], level="method")
+    assert len(pg) == 2 and pg.index[0].startswith("paper") and pg.index[1].startswith("ours")
     cases = report.case_studies(frames[5], [recipes.GATE_NAMES["default"]])
     assert {"ground truth", "vanilla", recipes.GATE_NAMES["default"]} <= set(cases.columns)
 
