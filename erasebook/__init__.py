@@ -7,7 +7,8 @@ model organism, its synthetic MLLMU-Bench world and its bars), ``export`` (the w
 (directions, attacks, steerers) → ``runs`` (one method scored per split) → ``recipes`` (the chapters' method
 line-ups) → ``report`` (tables and text from them); per-chapter code: ``ablations``, ``separability``, ``safety``,
 ``asru_results``, ``over_refusal``, ``extraction`` / ``extraction_search`` / ``leakage`` (attacks), ``form_transfer``,
-``efficiency``, ``paper`` (the paper's numbers), ``plots``; ``cli`` (the ``erasekit`` command that writes
+``efficiency``, ``paper`` (the paper's numbers), ``findings`` (the book's verdicts, by rule from the recorded
+results), ``plots``; ``cli`` (the ``erasekit`` command that writes
 ``data/results/``).
 
 Submodules load on first use: ``erasebook.pipeline`` etc., or ``eb.pipeline`` after ``import erasebook as eb``.
@@ -16,8 +17,13 @@ Submodules load on first use: ``erasebook.pipeline`` etc., or ``eb.pipeline`` af
 from __future__ import annotations
 
 import importlib
+import time
 
-__all__ = ["load_session", "Session"]
+__all__ = ["load_session", "Session", "STARTED"]
+
+# When this process first imported erasebook: a chapter's start, for the run time its last cell reports
+# (report.runtime_note).
+STARTED = time.perf_counter()
 
 _LAZY = {"load_session": "session", "Session": "session"}
 

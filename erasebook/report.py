@@ -7,6 +7,7 @@ the evaluation frames and fitted steerers of :mod:`erasebook.recipes`, so no not
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from .recipes import GATE_NAMES, GateSetup
 __all__ = [
     "MAX_COLUMNS",
     "column_parts",
+    "runtime_note",
     "wrap_labels",
     "describe_refusal_quality",
     "heldout_auc_per_layer",
@@ -76,6 +78,27 @@ def column_parts(frame: pd.DataFrame, max_cols: int = MAX_COLUMNS) -> list[pd.Da
     if frame.columns.nlevels > 1:
         return [frame.loc[:, [c for c in frame.columns if c[0] in p]] for p in parts]
     return [frame.loc[:, p] for p in parts]
+
+
+def runtime_note(profile: str | None = None) -> str:
+    """The chapter's own run, measured: seconds since the kernel imported erasebook, the profile (default: the
+    ``ERASEKIT_PROFILE`` environment variable, else "full"), torch's
+    threads, and how many expensive steps it computed or read from the step cache (:data:`erasebook.cache.STATS`).
+    A chapter's last cell shows it, so the page states the time of the build that made it."""
+    import datetime
+    import os
+
+    import erasebook
+
+    from .cache import STATS
+
+    secs = time.perf_counter() - erasebook.STARTED
+    hits = sum(v for k, v in STATS.items() if k.endswith(":hit"))
+    misses = sum(v for k, v in STATS.items() if k.endswith(":miss"))
+    threads = torch.get_num_threads()
+    return (f"*This page ran in {secs:,.0f} s ({profile or os.environ.get('ERASEKIT_PROFILE', 'full')} profile, {threads} CPU thread"
+            f"{'s' if threads != 1 else ''}; {misses} expensive step{'s' if misses != 1 else ''} computed, {hits} "
+            f"read from the step cache), {datetime.date.today().isoformat()}.*")
 
 
 def wrap_labels(frame: pd.DataFrame) -> pd.DataFrame:

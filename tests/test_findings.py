@@ -97,3 +97,16 @@ def test_attack_bullets_follow_their_rules():
     summary["GA"]["rephrase"] = rec(30, 40)
     text = describe_attack_summary(summary, empty, "ours", "paper", "authors", trained=["GA"], bar=20)
     assert "refuses retain people too" in text and "above the 20 % bar" in text and "shallow" not in text
+
+
+def test_runtime_note_reports_the_run(monkeypatch):
+    """A chapter's last cell states its own measured run: seconds, profile, threads, step-cache hits and misses."""
+    import erasebook
+    from erasebook import cache, report
+
+    monkeypatch.setattr(erasebook, "STARTED", erasebook.STARTED - 12.0)
+    monkeypatch.setattr(cache, "STATS", cache.STATS.__class__({"a:hit": 3, "b:miss": 1, "b:hit": 2}))
+    monkeypatch.setenv("ERASEKIT_PROFILE", "ci")
+    note = report.runtime_note()
+    assert note.startswith("*This page ran in 1") and "ci profile" in note
+    assert "1 expensive step computed, 5 read from the step cache" in note

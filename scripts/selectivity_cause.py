@@ -1,0 +1,144 @@
+"""Why erasekit's gate lost its selectivity when the organism was retrained: the same code on each organism.
+
+For every organism given (a folder with the organism's weights; the committed history has three: the first organism,
+the one retrained for image questions, the one retrained for the benchmark's formats), with today's code and
+``erasebook.recipes.GateConfig()`` at 5 % forget, on held-out profiles (text cloze questions, Fgt and the scored
+Ret profiles, never in H_r or a rule):
+
+* **the gate's rule**: the layers it keeps, the λ it chose per task, and its held-out gate AUC per layer
+  (``gate_selectivity``'s ``params``, recomputed here from the same set-up);
+* **can the gate tell them apart on the scored questions**: the AUC of the raw gate s(h) = g·h between forget and
+  retain cloze questions at each steered layer, and the share of each above the gate's floor (a gate that opens);
+* **does a push cause a refusal**: the share of forget and of retain cloze questions refused, and still answered,
+  when ``λ d_l`` is added at the steered layers to EVERY question (no gate), for λ on the rule's grid — the push's
+  causal effect without the gate;
+* **how big a push is**: ``‖d_l‖`` against the median ``‖h_l‖`` of those questions (last token) per layer.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/selectivity_cause.py first=git:78b6a61 images=git:214c2bf \
+        formats=data/organism --out data/results/selectivity_cause.json
+
+``git:<commit>`` takes the organism committed at that commit (``data/organism``), written to a temporary folder.
+
+The set-up (direction, PGD images, gates, λ) is read from the step cache where ``erasekit gate-selectivity`` left it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+N_QUESTIONS = 40
+GRID = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+def auc(pos, neg) -> float:
+    """P(a forget value > a retain value) + half the ties (Mann-Whitney)."""
+    import torch
+
+    pos, neg = torch.as_tensor(pos, dtype=torch.float64), torch.as_tensor(neg, dtype=torch.float64)
+    gt = (pos[:, None] > neg[None, :]).double().mean()
+    eq = (pos[:, None] == neg[None, :]).double().mean()
+    return float(gt + 0.5 * eq)
+
+
+def organism_folder(spec: str, tmp: Path) -> str:
+    """``git:<commit>``: the organism committed there, written under ``tmp``; anything else: a folder as is."""
+    import subprocess
+
+    if not spec.startswith("git:"):
+        return spec
+    commit = spec[4:]
+    root = Path(__file__).resolve().parents[1]
+    names = subprocess.run(["git", "ls-tree", "--name-only", commit, "data/organism/"], cwd=root, check=True,
+                           capture_output=True, text=True).stdout.split()
+    if not names:
+        raise ValueError(f"no data/organism at {commit}")
+    folder = tmp / commit
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        blob = subprocess.run(["git", "show", f"{commit}:{name}"], cwd=root, check=True, capture_output=True).stdout
+        (folder / Path(name).name).write_bytes(blob)
+    return str(folder)
+
+
+def measure(folder: str, n: int = N_QUESTIONS, grid=GRID) -> dict:
+    import torch
+
+    import erasebook as eb
+    import erasebook.pipeline as pl
+    import erasekit as ek
+    from erasebook.recipes import GateConfig, gate_setup
+    from erasekit.scoring import is_refusal
+
+    t0 = time.perf_counter()
+    session = eb.load_session(folder, None)
+    setup = gate_setup(session, GateConfig(forget_pct=5), progress=False)
+    steerer = setup.steerer("default")
+    direction = setup.directions["default"]
+    layers = list(steerer.layers)
+    rows = pl.group_rows(session, 5, ("Fgt", "Ret"))
+    items = {g: ek.evaluate.build_items({g: rows[g]}, modes=("QA",), tasks=("cloze",))[:n] for g in ("Fgt", "Ret")}
+    prompts = {g: [it.prompt for it in its] for g, its in items.items()}
+    targets = {g: [str(it.target).lower() for it in its] for g, its in items.items()}
+
+    acts = {g: ek.collect_activations(session.adapter, prompts[g], None, layers=layers, batch_size=16,
+                                      progress=False) for g in prompts}
+    ops = steerer.operators(1.0)
+    gate = {}
+    for l in layers:
+        raw = {g: ops[l].raw_gate(acts[g][l].float()) for g in acts}
+        opened = {g: float((ops[l].gate_value(acts[g][l].float()) > 0).double().mean()) for g in acts}
+        gate[str(l)] = {"auc_fgt_vs_ret": auc(raw["Fgt"], raw["Ret"]), "open_fgt": opened["Fgt"],
+                        "open_ret": opened["Ret"], "median_raw_fgt": float(raw["Fgt"].median()),
+                        "median_raw_ret": float(raw["Ret"].median()), "floor": steerer.floors.get(l)}
+    norms = {str(l): {"direction": float(direction[l].norm()),
+                      "median_h": float(torch.cat([acts[g][l] for g in acts]).float().norm(dim=-1).median())}
+             for l in layers}
+
+    push = []
+    for lam in grid:
+        cons = ek.constant_operators(direction, lam, layers)
+        row = {"lambda": lam}
+        for g in prompts:
+            ctx = (lambda cons=cons: ek.steer(session.adapter, cons, mode="prefill")) if lam else None
+            ans = ek.generate(session.adapter, prompts[g], context=ctx, max_new_tokens=12, progress=False)
+            row[f"refused_{g}"] = 100 * sum(map(is_refusal, ans)) / len(ans)
+            row[f"answered_{g}"] = 100 * sum(t in a.lower() for t, a in zip(targets[g], ans)) / len(ans)
+        push.append(row)
+
+    meta = steerer.meta
+    sel = meta.get("selection", {})
+    return {"layers": layers, "strengths": setup.strengths["default"], "gamma": sel.get("gamma"),
+            "layer_auc_tuning": sel.get("auc", {}).get(str(sel.get("gamma"))), "gate_on_scored": gate,
+            "norms": norms, "ungated_push": push, "n_questions": {g: len(p) for g, p in prompts.items()},
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("organisms", nargs="+", help="label=folder, in the organism's history order")
+    p.add_argument("--n", type=int, default=N_QUESTIONS, help="cloze questions per group")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    import torch
+
+    out = {"_meta": {"forget_pct": 5, "task": "cloze (text)", "grid": list(GRID), "threads": torch.get_num_threads(),
+                     "command": "scripts/selectivity_cause.py " + " ".join(args.organisms)}}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.organisms:
+            label, source = spec.split("=", 1)
+            out[label] = {"organism": source, **measure(organism_folder(source, Path(tmp)), args.n)}
+            print(label, json.dumps({k: out[label][k] for k in ("layers", "strengths", "seconds")}), flush=True)
+    tmp = Path(args.out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
