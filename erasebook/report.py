@@ -96,7 +96,8 @@ def runtime_note(profile: str | None = None) -> str:
     hits = sum(v for k, v in STATS.items() if k.endswith(":hit"))
     misses = sum(v for k, v in STATS.items() if k.endswith(":miss"))
     threads = torch.get_num_threads()
-    return (f"*This page ran in {secs:,.0f} s ({profile or os.environ.get('ERASEKIT_PROFILE', 'full')} profile, {threads} CPU thread"
+    profile = profile or os.environ.get("ERASEKIT_PROFILE", "full")
+    return (f"*This page ran in {secs:,.0f} s ({profile} profile, {threads} CPU thread"
             f"{'s' if threads != 1 else ''}; {misses} expensive step{'s' if misses != 1 else ''} computed, {hits} "
             f"read from the step cache), {datetime.date.today().isoformat()}.*")
 
