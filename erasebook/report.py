@@ -537,12 +537,17 @@ def steered_embedding(setup: GateSetup, gate: str = "default", mode: str = "QA",
     parts = np.split(Y, np.cumsum(sizes)[:-1])
     groups = list(before)
     points = {"unsteered": dict(zip(groups, parts[:len(groups)])), "steered": dict(zip(groups, parts[len(groups):]))}
-    shift = {g: float((after[g] - before[g]).norm(dim=-1).median()) for g in groups}
+    moves = {g: (after[g] - before[g]).norm(dim=-1) for g in groups}
+    shift = {g: float(m.median()) for g, m in moves.items()}
     scale = float(before["Ret"].norm(dim=-1).median())
+    # a retain query "moves" when its shift is at least a tenth of the median forget query's
+    moved = int((moves["Ret"] >= 0.1 * shift["Fgt"]).sum()) if shift["Fgt"] > 0 else 0
     summary = (f"At layer {layer}, {GATE_NAMES[gate]} moves the median forget activation by {shift['Fgt']:.3g} and the "
-               f"median retain activation by {shift['Ret']:.3g} (median activation norm {scale:.3g}): "
-               + ("the forget queries move, the retain queries essentially stay." if shift["Fgt"] > 5 * shift["Ret"]
-                  else "the retain queries move too, by a comparable amount."))
+               f"median retain activation by {shift['Ret']:.3g} (median activation norm {scale:.3g}); "
+               f"{moved} of {len(moves['Ret'])} retain queries move by at least a tenth of the median forget shift"
+               + (": the median retain query stays, but those do not." if moved and shift["Fgt"] > 5 * shift["Ret"]
+                  else ": the retain queries stay." if not moved
+                  else ": the retain queries move too, by a comparable amount."))
     return {"points": points, "summary": summary, "layer": layer}
 
 
