@@ -9,10 +9,13 @@ Ret profiles, never in H_r or a rule):
   (``gate_selectivity``'s ``params``, recomputed here from the same set-up);
 * **can the gate tell them apart on the scored questions**: the AUC of the raw gate s(h) = g·h between forget and
   retain cloze questions at each steered layer, and the share of each above the gate's floor (a gate that opens);
-* **does a push cause a refusal**: the share of forget and of retain cloze questions refused, and still answered,
-  when ``λ d_l`` is added at the steered layers to EVERY question (no gate), for λ on the rule's grid — the push's
-  causal effect without the gate;
-* **how big a push is**: ``‖d_l‖`` against the median ``‖h_l‖`` of those questions (last token) per layer.
+* **does a push cause a refusal**: the share of forget and of retain cloze questions refused, still answered, or
+  neither (a wrong or garbled answer) when ``λ d_l`` is added at the steered layers to EVERY question (no gate), for
+  λ on the rule's grid — the push's causal effect without the gate — for erasekit's direction (refused harmful −
+  answered harmless request) and for the paper's multimodal direction (Eq. 7), which erasekit's gate pushed along
+  until the organism's first retraining;
+* **how big a push is**: ``‖d_l‖`` of both directions against the median ``‖h_l‖`` of those questions (last token)
+  per layer.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/selectivity_cause.py first=git:78b6a61 images=git:214c2bf \
         formats=data/organism --out data/results/selectivity_cause.json
@@ -93,21 +96,27 @@ def measure(folder: str, n: int = N_QUESTIONS, grid=GRID) -> dict:
         gate[str(l)] = {"auc_fgt_vs_ret": auc(raw["Fgt"], raw["Ret"]), "open_fgt": opened["Fgt"],
                         "open_ret": opened["Ret"], "median_raw_fgt": float(raw["Fgt"].median()),
                         "median_raw_ret": float(raw["Ret"].median()), "floor": steerer.floors.get(l)}
-    norms = {str(l): {"direction": float(direction[l].norm()),
+    norms = {str(l): {"refusal_contrast": float(direction[l].norm()),
+                      "multimodal": float(setup.directions["paper"][l].norm()),
                       "median_h": float(torch.cat([acts[g][l] for g in acts]).float().norm(dim=-1).median())}
              for l in layers}
 
-    push = []
-    for lam in grid:
-        cons = ek.constant_operators(direction, lam, layers)
-        row = {"lambda": lam}
-        for g in prompts:
-            ctx = (lambda cons=cons: ek.steer(session.adapter, cons, mode="prefill")) if lam else None
-            ans = ek.generate(session.adapter, prompts[g], context=ctx, max_new_tokens=12, progress=False)
-            row[f"refused_{g}"] = 100 * sum(map(is_refusal, ans)) / len(ans)
-            row[f"answered_{g}"] = 100 * sum(t in a.lower() for t, a in zip(targets[g], ans)) / len(ans)
-        push.append(row)
-
+    push = {}
+    for name, key in (("refusal_contrast", "default"), ("multimodal", "paper")):  # erasekit's and Eq. 7's direction
+        rows_ = []
+        for lam in grid:
+            cons = ek.constant_operators(setup.directions[key], lam, layers)
+            row = {"lambda": lam}
+            for g in prompts:
+                ctx = (lambda cons=cons: ek.steer(session.adapter, cons, mode="prefill")) if lam else None
+                ans = ek.generate(session.adapter, prompts[g], context=ctx, max_new_tokens=12, progress=False)
+                ref = [is_refusal(a) for a in ans]
+                hit = [t in a.lower() for t, a in zip(targets[g], ans)]
+                row[f"refused_{g}"] = 100 * sum(ref) / len(ans)
+                row[f"answered_{g}"] = 100 * sum(hit) / len(ans)
+                row[f"neither_{g}"] = 100 * sum(not r and not h for r, h in zip(ref, hit)) / len(ans)
+            rows_.append(row)
+        push[name] = rows_
     meta = steerer.meta
     sel = meta.get("selection", {})
     return {"layers": layers, "strengths": setup.strengths["default"], "gamma": sel.get("gamma"),
