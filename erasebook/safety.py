@@ -27,7 +27,7 @@ from .session import Session
 from .world import safety_prompts
 
 __all__ = ["evaluate_safety", "refusal_rates", "safety_rates", "attack_success", "refusal_check",
-           "describe_refusal_check", "MIN_EFFECT_POINTS"]
+           "describe_refusal_check", "describe_steered_examples", "MIN_EFFECT_POINTS"]
 
 # The smallest change in a refusal rate (points) that :func:`describe_refusal_check` calls an effect: below it, a
 # change is a prompt or two of 32-88 (the organism's held-out safety prompts), not evidence.
@@ -164,3 +164,17 @@ def describe_refusal_check(check: pd.DataFrame, add_scale: float, min_points: fl
         text += ("Ablation removes only part of the refusals: this small model also refuses through components "
                  "outside a single direction.")
     return text
+
+
+def describe_steered_examples(examples: pd.DataFrame, steered: str, vanilla: str = "vanilla") -> str:
+    """One sentence on example answers with and without a push (columns ``vanilla`` and ``steered``): how many
+    the push turns into refusals, how many it changes without refusing (e.g. garbled), how many it leaves alone."""
+    from erasekit.scoring import is_refusal
+
+    pairs = list(zip(examples[vanilla].astype(str), examples[steered].astype(str)))
+    refused = sum(is_refusal(b) and not is_refusal(a) for a, b in pairs)
+    same = sum(a.strip() == b.strip() for a, b in pairs)
+    changed = len(pairs) - refused - same
+    return (f"Of these {len(pairs)} held-out harmless requests, the push turns {refused} into a refusal, changes "
+            f"{changed} without refusing" + (" (read them: a push too weak to refuse can still derail an answer)"
+                                             if changed else "") + f" and leaves {same} as they were.")

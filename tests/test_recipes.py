@@ -273,3 +273,14 @@ def test_refusal_check_sentence_follows_a_stated_effect_size():
     assert "causally tied" in say([0, 50, 100, 10])
     assert "only ablating" in say([0, 3.1, 100, 10]) and "only adding" in say([0, 50, 100, 96])
     assert "only part" in say([0, 40, 100, 60]) and MIN_EFFECT_POINTS == 10
+
+
+def test_steered_examples_sentence_counts_what_the_push_did():
+    import pandas as pd
+
+    from erasebook.safety import describe_steered_examples
+
+    ex = pd.DataFrame({"vanilla": ["Paris.", "A cat.", "Blue."],
+                       "add": ["I'm sorry, but I can't help with that.", "goldfish apologize", "Blue."]})
+    text = describe_steered_examples(ex, "add")
+    assert "turns 1 into a refusal, changes 1 without refusing" in text and "leaves 1" in text
