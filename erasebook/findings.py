@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["SELECT_BARS", "RETAIN_DROP", "LEAK_BAR", "load_records", "selects", "gate_finding", "vqa_finding",
-           "asru_finding", "attacks_finding", "cost_finding", "findings", "findings_html", "glue_numbers"]
+           "asru_finding", "attacks_finding", "cost_finding", "findings", "findings_html", "glue_numbers",
+           "describe_selectivity_cause", "push_curves"]
 
 SELECT_BARS = {"Fgt": 20.0, "Test": 25.0}
 RETAIN_DROP = 10.0
@@ -41,8 +42,9 @@ def _display(method: str) -> str:
 
 
 def load_records(results: str | Path, bench: str | Path | None = None) -> dict:
-    """The recorded results the findings read: ``sel`` (required), ``asru``, ``attacks``, ``fit`` (None where the
-    file is absent) and ``paper`` (the paper's Table 6, text cloze, Vanilla and Ours)."""
+    """The recorded results the findings read: ``sel`` (required), ``asru``, ``attacks``, ``cause``
+    (``selectivity_cause.json``), ``fit`` (None where the file is absent) and ``paper`` (the paper's Table 6, text
+    cloze, Vanilla and Ours)."""
     from .paper import paper_table
 
     root = Path(results)
@@ -57,6 +59,7 @@ def load_records(results: str | Path, bench: str | Path | None = None) -> dict:
     paper = paper_table("table6", mode="QA", method=["Vanilla", "Ours"], task="cloze").pivot_table(
         index="method", columns="split", values="value")
     return {"sel": sel, "asru": read(root, "asru.json"), "attacks": read(root, "attacks.json"),
+            "cause": read(root, "selectivity_cause.json"),
             "fit": read(bench, "fit.json") if bench is not None else None,
             "paper": {m: {s: float(paper.loc[m, s]) for s in paper.columns} for m in paper.index}}
 
@@ -199,3 +202,67 @@ def glue_numbers(records: dict) -> dict[str, Any]:
     attacks = records.get("attacks") or {}
     numbers.update({f"leak_{k}": attacks[GATE][k]["leak"] for k in _ATTACKS if k in attacks.get(GATE, {})})
     return numbers
+
+
+_ORGANISMS = {"first": "the first organism", "images": "the organism retrained for image questions",
+              "formats": "today's organism (retrained for the benchmark's formats)"}
+
+
+def _first_refusing(rows: list[dict], group: str = "Fgt", share: float = 50.0) -> float | None:
+    """The smallest λ at which at least ``share`` % of ``group``'s questions are refused (None: no λ of the grid)."""
+    return next((r["lambda"] for r in rows if r["lambda"] > 0 and r[f"refused_{group}"] >= share), None)
+
+
+def describe_selectivity_cause(cause: dict, share: float = 50.0) -> str:
+    """Chapter 11's account of why erasekit's gate selects less on the retrained organisms, from
+    ``selectivity_cause.json`` (``scripts/selectivity_cause.py``): per organism, the λ the rule chose and the
+    gate's openings on the scored questions, and whether a push along each direction, given to every question,
+    makes at least ``share`` % of them refuse (and at which λ) — or only derails their answers."""
+    orgs = [k for k in _ORGANISMS if k in cause]
+    if not orgs:
+        return "No measurement of the gate's history is recorded (`python scripts/selectivity_cause.py`)."
+    parts = []
+    for k in orgs:
+        r = cause[k]
+        last = str(r["layers"][-1])
+        gate = r["gate_on_scored"][last]
+        push = r["ungated_push"]
+        bits = []
+        for name, label in (("multimodal", "the paper's multimodal direction"),
+                            ("refusal_contrast", "erasekit's refusal contrast")):
+            if name not in push:
+                continue
+            lam = _first_refusing(push[name], share=share)
+            if lam is None:
+                top = max(push[name], key=lambda x: x["neither_Fgt"])
+                bits.append(f"along {label} no λ up to {push[name][-1]['lambda']:g} makes {share:.0f} % refuse — it "
+                            f"only derails answers ({top['neither_Fgt']:.0f} % neither refused nor right at λ "
+                            f"{top['lambda']:g})")
+            else:
+                row = next(x for x in push[name] if x["lambda"] == lam)
+                bits.append(f"along {label} λ {lam:g} makes {row['refused_Fgt']:.0f} % of forget and "
+                            f"{row['refused_Ret']:.0f} % of retain questions refuse")
+        parts.append(f"On {_ORGANISMS[k]}, the rule keeps layers {', '.join(map(str, r['layers']))} with λ "
+                     f"{r['strengths'].get('cloze', float('nan')):g} for cloze; at layer {last} the gate opens on "
+                     f"{100 * gate['open_fgt']:.0f} % of the scored forget and {100 * gate['open_ret']:.0f} % of the "
+                     f"retain questions (AUC {gate['auc_fgt_vs_ret']:.2f}); pushed without a gate, "
+                     + "; ".join(bits) + ".")
+    then = cause.get("_code_then") or {}
+    scored = {k: v for k, v in then.items() if k in _ORGANISMS and isinstance(v, dict)}
+    if scored:
+        rec = then.get("record")
+        parts.append(f"With the code of commit {then.get('commit', '?')} (the first organism's record"
+                     + (f", forget cloze {rec['Fgt']:.1f} % with retain {rec['Ret']:.1f} %" if rec else "")
+                     + "; its gate pushed along the paper's multimodal direction), erasekit's gate leaves "
+                     + ", ".join(f"{v['Fgt']:.1f} % of forget cloze answers on {_ORGANISMS[k]} (retain "
+                                 f"{v['Ret']:.1f} %)" for k, v in scored.items()) + ".")
+    return " ".join(parts)
+
+
+def push_curves(cause: dict, group: str = "Fgt") -> dict[str, dict[float, float]]:
+    """``{"<organism>, <direction>": {λ: % of group's questions refused}}`` for the ungated pushes of
+    ``selectivity_cause.json`` (a figure's lines)."""
+    names = {"multimodal": "paper's direction", "refusal_contrast": "refusal contrast"}
+    short = {"first": "first", "images": "image-retrained", "formats": "today's"}
+    return {f"{short[k]}, {names[d]}": {r["lambda"]: r[f"refused_{group}"] for r in rows}
+            for k in short if k in cause for d, rows in cause[k]["ungated_push"].items()}

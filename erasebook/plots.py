@@ -105,8 +105,8 @@ def per_layer(series: Mapping[str, Mapping[int, float]], ylabel: str = "", title
         ax.set_yscale("log")
     if title:
         ax.set_title(title)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
+    if len(series) > 1:  # beside the axes, never over a line
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(alpha=0.3)
     return fig
 

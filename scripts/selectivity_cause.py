@@ -22,6 +22,14 @@ Ret profiles, never in H_r or a rule):
 
 ``git:<commit>`` takes the organism committed at that commit (``data/organism``), written to a temporary folder.
 
+``--then COMMIT`` also scores the organisms with the code of that commit (a git worktree, its own step cache): its
+``erasekit gate-selectivity`` on each organism, for the text cloze numbers of erasekit's gate then; the record that
+commit holds (``data/results/gate_selectivity.json``) is kept beside them. ``--then-dir`` keeps those runs
+(``then_<label>.json``) and reuses the ones already there. With ``--then eaca2c9`` (the first organism's record):
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/selectivity_cause.py first=git:78b6a61 images=git:214c2bf \
+        formats=data/organism --then eaca2c9 --then-dir /tmp/then --out data/results/selectivity_cause.json
+
 The set-up (direction, PGD images, gates, λ) is read from the step cache where ``erasekit gate-selectivity`` left it.
 """
 
@@ -64,6 +72,38 @@ def organism_folder(spec: str, tmp: Path) -> str:
         blob = subprocess.run(["git", "show", f"{commit}:{name}"], cwd=root, check=True, capture_output=True).stdout
         (folder / Path(name).name).write_bytes(blob)
     return str(folder)
+
+
+def code_then(commit: str, organisms: dict[str, str], out_dir: Path) -> dict:
+    """erasekit's gate (text cloze, held-out profiles) as the code of ``commit`` scored each organism
+    (``{label: folder}``), plus the record that commit holds."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    out: dict = {"commit": commit}
+    rec = subprocess.run(["git", "show", f"{commit}:data/results/gate_selectivity.json"], cwd=root,
+                         capture_output=True, text=True)
+    if rec.returncode == 0:
+        out["record"] = json.loads(rec.stdout)["default"]["QA"]["cloze"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=root, check=True,
+                       capture_output=True)
+        try:
+            for label, folder in organisms.items():
+                path = out_dir / f"then_{label}.json"
+                if not path.exists():
+                    env = {**os.environ, "PYTHONPATH": str(tree), "ERASEKIT_CACHE": str(Path(tmp) / "cache")}
+                    subprocess.run([sys.executable, "-m", "erasekit.cli", "gate-selectivity", "--organism",
+                                    str(Path(folder).resolve()), "--out", str(path)], cwd=tree, env=env, check=True)
+                out[label] = json.loads(path.read_text())["default"]["QA"]["cloze"]
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=root, capture_output=True)
+    return out
 
 
 def measure(folder: str, n: int = N_QUESTIONS, grid=GRID) -> dict:
@@ -129,6 +169,10 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("organisms", nargs="+", help="label=folder, in the organism's history order")
     p.add_argument("--n", type=int, default=N_QUESTIONS, help="cloze questions per group")
+    p.add_argument("--then", help="also score the organisms with the code of this commit (its gate-selectivity)")
+    p.add_argument("--then-organisms", nargs="+", default=["first", "formats"],
+                   help="labels scored with --then's code (default: the first and today's organism)")
+    p.add_argument("--then-dir", default=None, help="where --then's runs are written and reused")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     import torch
@@ -138,10 +182,16 @@ def main(argv=None) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
+        folders = {}
         for spec in args.organisms:
             label, source = spec.split("=", 1)
-            out[label] = {"organism": source, **measure(organism_folder(source, Path(tmp)), args.n)}
+            folders[label] = organism_folder(source, Path(tmp))
+            out[label] = {"organism": source, **measure(folders[label], args.n)}
             print(label, json.dumps({k: out[label][k] for k in ("layers", "strengths", "seconds")}), flush=True)
+        if args.then:
+            then_dir = Path(args.then_dir) if args.then_dir else Path(tmp) / "then"
+            out["_code_then"] = code_then(args.then, {k: folders[k] for k in args.then_organisms}, then_dir)
+            print("code then", json.dumps(out["_code_then"]), flush=True)
     tmp = Path(args.out).with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=1) + "\n")
     tmp.replace(args.out)

@@ -110,3 +110,25 @@ def test_runtime_note_reports_the_run(monkeypatch):
     note = report.runtime_note()
     assert note.startswith("*This page ran in 1") and "ci profile" in note
     assert "1 expensive step computed, 5 read from the step cache" in note
+
+
+def test_selectivity_cause_is_read_by_rule():
+    """describe_selectivity_cause: a direction 'only derails answers' when no λ makes half the forget questions
+    refuse, else the smallest λ that does, with the retain refusals at it; the code-then scores follow."""
+    def push(refused):
+        return [{"lambda": lam, "refused_Fgt": r, "refused_Ret": r / 2, "neither_Fgt": 100 - r, "answered_Fgt": 0.0}
+                for lam, r in zip((0.0, 1.0, 2.0, 4.0), refused)]
+
+    org = {"layers": [5], "strengths": {"cloze": 4.0},
+           "gate_on_scored": {"5": {"open_fgt": 0.9, "open_ret": 0.2, "auc_fgt_vs_ret": 0.85}},
+           "ungated_push": {"multimodal": push([0, 10, 20, 30]), "refusal_contrast": push([0, 10, 60, 90])}}
+    cause = {"formats": org, "_code_then": {"commit": "abc", "record": {"Fgt": 7.5, "Ret": 97.5},
+                                            "formats": {"Fgt": 40.0, "Ret": 90.0}}}
+    text = F.describe_selectivity_cause(cause)
+    assert "along the paper's multimodal direction no λ up to 4 makes 50 % refuse — it only derails" in text
+    assert "along erasekit's refusal contrast λ 2 makes 60 % of forget and 30 % of retain questions refuse" in text
+    assert "opens on 90 % of the scored forget and 20 % of the retain" in text
+    assert "commit abc" in text and "forget cloze 7.5 %" in text and "40.0 % of forget cloze answers" in text
+    curves = F.push_curves(cause)
+    assert curves["today's, refusal contrast"][2.0] == 60 and len(curves) == 2
+    assert "No measurement" in F.describe_selectivity_cause({})
