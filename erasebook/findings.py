@@ -247,6 +247,25 @@ def describe_selectivity_cause(cause: dict, share: float = 50.0) -> str:
                      f"{100 * gate['open_fgt']:.0f} % of the scored forget and {100 * gate['open_ret']:.0f} % of the "
                      f"retain questions (AUC {gate['auc_fgt_vs_ret']:.2f}); pushed without a gate, "
                      + "; ".join(bits) + ".")
+    shaped = [k for k in orgs if cause[k].get("gate_shape")]
+    if shaped:
+        k = shaped[-1]
+        r = cause[k]
+        grid = r["gate_shape"]
+        lam = min({x["lambda"] for x in grid}, key=lambda v: abs(v - r["strengths"].get("cloze", v)))
+        q0 = min(x["quantile"] for x in grid)
+        ramp, step = (next(x for x in grid if x["quantile"] == q0 and x["gate"] == g and x["lambda"] == lam)
+                      for g in ("ramp", "step"))
+        van = next(x for x in r["ungated_push"]["refusal_contrast"] if x["lambda"] == 0)["answered_Ret"]
+        rets = [x["answered_Ret"] for x in grid]
+        parts.append(f"The gate's shape on {_ORGANISMS[k]} (a diagnostic grid on the scored questions, used for no "
+                     f"choice): read as a step — the full λ once the gate opens — instead of today's ramp, with the "
+                     f"same floor (the {q0:g} quantile of the tune retain gates) and λ {lam:g}, forget cloze falls "
+                     f"from {ramp['answered_Fgt']:.1f} % to {step['answered_Fgt']:.1f} % while retain goes from "
+                     f"{ramp['answered_Ret']:.1f} % to {step['answered_Ret']:.1f} %. Across every floor quantile, "
+                     f"shape and λ of the grid retain stays between {min(rets):.1f} and {max(rets):.1f} % (vanilla "
+                     f"{van:.0f} %): its cost comes from the retain questions the gate opens on, not from λ or the "
+                     "floor.")
     then = cause.get("_code_then") or {}
     scored = {k: v for k, v in then.items() if k in _ORGANISMS and isinstance(v, dict)}
     if scored:

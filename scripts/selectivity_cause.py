@@ -15,7 +15,11 @@ Ret profiles, never in H_r or a rule):
   answered harmless request) and for the paper's multimodal direction (Eq. 7), which erasekit's gate pushed along
   until the organism's first retraining;
 * **how big a push is**: ``‖d_l‖`` of both directions against the median ``‖h_l‖`` of those questions (last token)
-  per layer.
+  per layer;
+* **the gate's shape** (a diagnostic grid, reported whole and used for no choice): forget and retain cloze accuracy
+  and refusals with erasekit's gate read as today (a ramp: ``max(s - τ, 0) / (1 - τ)``) or as a step
+  (``s > τ``: the full λ once the gate opens), its floor τ at the 0.9 / 0.95 / 0.99 quantile of the tune retain
+  gates, at λ 4, 8, 16.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/selectivity_cause.py first=git:78b6a61 images=git:214c2bf \
         formats=data/organism --out data/results/selectivity_cause.json
@@ -38,10 +42,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import types
 from pathlib import Path
 
 N_QUESTIONS = 40
 GRID = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+SHAPE_QUANTILES = (0.9, 0.95, 0.99)
+SHAPE_LAMBDAS = (4.0, 8.0, 16.0)
 
 
 def auc(pos, neg) -> float:
@@ -157,11 +164,35 @@ def measure(folder: str, n: int = N_QUESTIONS, grid=GRID) -> dict:
                 row[f"neither_{g}"] = 100 * sum(not r and not h for r, h in zip(ref, hit)) / len(ans)
             rows_.append(row)
         push[name] = rows_
+    shape = []
+    tune_items = ek.evaluate.build_items(pl.group_rows(session, 5, ("Ret",), role="tune"), modes=("QA",),
+                                         tasks=("cloze",))[:2 * n]
+    H_tune = ek.collect_activations(session.adapter, [it.prompt for it in tune_items], None, layers=layers,
+                                    batch_size=16, progress=False)
+    for q in SHAPE_QUANTILES:
+        floored = steerer.with_floors(H_tune, q)
+        for kind in ("ramp", "step"):
+            for lam in SHAPE_LAMBDAS:
+                ops = floored.operators(lam)
+                if kind == "step":
+                    for op in ops.values():
+                        op.gate_value = types.MethodType(
+                            lambda self, h, tau=op.floor: (self.map.gate_value(h) > tau).to(h.dtype), op)
+                row = {"quantile": q, "gate": kind, "lambda": lam}
+                for g in prompts:
+                    ans = ek.generate(session.adapter, prompts[g], max_new_tokens=12, progress=False,
+                                      context=lambda ops=ops: ek.steer(session.adapter, ops, mode="prefill",
+                                                                       read="frozen"))
+                    row[f"answered_{g}"] = 100 * sum(t in a.lower() for t, a in zip(targets[g], ans)) / len(ans)
+                    row[f"refused_{g}"] = 100 * sum(map(is_refusal, ans)) / len(ans)
+                shape.append(row)
+
     meta = steerer.meta
     sel = meta.get("selection", {})
     return {"layers": layers, "strengths": setup.strengths["default"], "gamma": sel.get("gamma"),
             "layer_auc_tuning": sel.get("auc", {}).get(str(sel.get("gamma"))), "gate_on_scored": gate,
-            "norms": norms, "ungated_push": push, "n_questions": {g: len(p) for g, p in prompts.items()},
+            "norms": norms, "ungated_push": push, "gate_shape": shape,
+            "n_questions": {g: len(p) for g, p in prompts.items()},
             "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -122,6 +122,10 @@ def test_selectivity_cause_is_read_by_rule():
     org = {"layers": [5], "strengths": {"cloze": 4.0},
            "gate_on_scored": {"5": {"open_fgt": 0.9, "open_ret": 0.2, "auc_fgt_vs_ret": 0.85}},
            "ungated_push": {"multimodal": push([0, 10, 20, 30]), "refusal_contrast": push([0, 10, 60, 90])}}
+    org["gate_shape"] = [{"quantile": q, "gate": g, "lambda": lam, "answered_Fgt": f, "answered_Ret": r}
+                         for q in (0.9, 0.99) for g, f, r in (("ramp", 55.0, 82.5), ("step", 15.0, 80.0))
+                         for lam in (4.0, 8.0)]
+    org["ungated_push"]["refusal_contrast"][0]["answered_Ret"] = 100.0
     cause = {"formats": org, "_code_then": {"commit": "abc", "record": {"Fgt": 7.5, "Ret": 97.5},
                                             "formats": {"Fgt": 40.0, "Ret": 90.0}}}
     text = F.describe_selectivity_cause(cause)
@@ -129,6 +133,8 @@ def test_selectivity_cause_is_read_by_rule():
     assert "along erasekit's refusal contrast λ 2 makes 60 % of forget and 30 % of retain questions refuse" in text
     assert "opens on 90 % of the scored forget and 20 % of the retain" in text
     assert "commit abc" in text and "forget cloze 7.5 %" in text and "40.0 % of forget cloze answers" in text
+    assert "forget cloze falls from 55.0 % to 15.0 % while retain goes from 82.5 % to 80.0 %" in text
+    assert "retain stays between 80.0 and 82.5 % (vanilla 100 %)" in text
     curves = F.push_curves(cause)
     assert curves["today's, refusal contrast"][2.0] == 60 and len(curves) == 2
     assert "No measurement" in F.describe_selectivity_cause({})
