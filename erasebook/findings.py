@@ -206,6 +206,7 @@ def glue_numbers(records: dict) -> dict[str, Any]:
 
 _ORGANISMS = {"first": "the first organism", "images": "the organism retrained for image questions",
               "formats": "today's organism (retrained for the benchmark's formats)"}
+_SHORT = {"first": "the first organism", "images": "the image-retrained organism", "formats": "today's organism"}
 
 
 def _first_refusing(rows: list[dict], group: str = "Fgt", share: float = 50.0) -> float | None:
@@ -242,7 +243,8 @@ def describe_selectivity_cause(cause: dict, share: float = 50.0) -> str:
                 row = next(x for x in push[name] if x["lambda"] == lam)
                 bits.append(f"along {label} λ {lam:g} makes {row['refused_Fgt']:.0f} % of forget and "
                             f"{row['refused_Ret']:.0f} % of retain questions refuse")
-        parts.append(f"On {_ORGANISMS[k]}, the rule keeps layers {', '.join(map(str, r['layers']))} with λ "
+        layers = ", ".join(map(str, r["layers"]))
+        parts.append(f"On {_ORGANISMS[k]}, the rule keeps layer{'s' if len(r['layers']) > 1 else ''} {layers} with λ "
                      f"{r['strengths'].get('cloze', float('nan')):g} for cloze; at layer {last} the gate opens on "
                      f"{100 * gate['open_fgt']:.0f} % of the scored forget and {100 * gate['open_ret']:.0f} % of the "
                      f"retain questions (AUC {gate['auc_fgt_vs_ret']:.2f}); pushed without a gate, "
@@ -258,7 +260,7 @@ def describe_selectivity_cause(cause: dict, share: float = 50.0) -> str:
                       for g in ("ramp", "step"))
         van = next(x for x in r["ungated_push"]["refusal_contrast"] if x["lambda"] == 0)["answered_Ret"]
         rets = [x["answered_Ret"] for x in grid]
-        parts.append(f"The gate's shape on {_ORGANISMS[k]} (a diagnostic grid on the scored questions, used for no "
+        parts.append(f"The gate's shape on {_SHORT[k]} (a diagnostic grid on the scored questions, used for no "
                      f"choice): read as a step — the full λ once the gate opens — instead of today's ramp, with the "
                      f"same floor (the {q0:g} quantile of the tune retain gates) and λ {lam:g}, forget cloze falls "
                      f"from {ramp['answered_Fgt']:.1f} % to {step['answered_Fgt']:.1f} % while retain goes from "
@@ -273,9 +275,26 @@ def describe_selectivity_cause(cause: dict, share: float = 50.0) -> str:
         parts.append(f"With the code of commit {then.get('commit', '?')} (the first organism's record"
                      + (f", forget cloze {rec['Fgt']:.1f} % with retain {rec['Ret']:.1f} %" if rec else "")
                      + "; its gate pushed along the paper's multimodal direction), erasekit's gate leaves "
-                     + ", ".join(f"{v['Fgt']:.1f} % of forget cloze answers on {_ORGANISMS[k]} (retain "
-                                 f"{v['Ret']:.1f} %)" for k, v in scored.items()) + ".")
-    return " ".join(parts)
+                     + ", ".join(f"{v['Fgt']:.1f} % of forget cloze answers on {_SHORT[k]} (retain {v['Ret']:.1f} %)"
+                                 for k, v in scored.items()) + ".")
+        now = {}
+        for k in orgs:  # today's code at its rule's λ: the ramp at the lowest floor quantile of the grid
+            grid, lam = cause[k].get("gate_shape") or [], cause[k]["strengths"].get("cloze")
+            q0 = min((x["quantile"] for x in grid), default=None)
+            row = next((x for x in grid if x["gate"] == "ramp" and x["quantile"] == q0 and x["lambda"] == lam), None)
+            if row:
+                now[k] = row["answered_Fgt"]
+        if "first" in now and "first" in scored and "formats" in scored:
+            t1, t2 = scored["first"]["Fgt"], scored["formats"]["Fgt"]
+            text = (f"On these questions today's code leaves {now['first']:.1f} % on the first organism: changing the "
+                    f"code moved it by {now['first'] - t1:+.1f} points, retraining the organism moved the old code by "
+                    f"{t2 - t1:+.1f}.")
+            mm = cause.get("formats", {}).get("ungated_push", {}).get("multimodal")
+            if mm and _first_refusing(mm, share=share) is None:
+                text += (f" Along the multimodal direction today's organism refuses at no λ, so the old code's "
+                         f"{t2:.1f} % comes from answers derailed, not refused.")
+            parts.append(text)
+    return "\n".join(f"* {part}" for part in parts)  # one bullet per organism, then the shape, then the code
 
 
 def push_curves(cause: dict, group: str = "Fgt") -> dict[str, dict[float, float]]:

@@ -19,7 +19,8 @@ Ret profiles, never in H_r or a rule):
 * **the gate's shape** (a diagnostic grid, reported whole and used for no choice): forget and retain cloze accuracy
   and refusals with erasekit's gate read as today (a ramp: ``max(s - τ, 0) / (1 - τ)``) or as a step
   (``s > τ``: the full λ once the gate opens), its floor τ at the 0.9 / 0.95 / 0.99 quantile of the tune retain
-  gates, at λ 4, 8, 16.
+  gates, at λ 4, 8, 16 and the rule's cloze λ (the ramp at the 0.9 quantile and that λ is the gate as the book
+  uses it).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/selectivity_cause.py first=git:78b6a61 images=git:214c2bf \
         formats=data/organism --out data/results/selectivity_cause.json
@@ -172,7 +173,7 @@ def measure(folder: str, n: int = N_QUESTIONS, grid=GRID) -> dict:
     for q in SHAPE_QUANTILES:
         floored = steerer.with_floors(H_tune, q)
         for kind in ("ramp", "step"):
-            for lam in SHAPE_LAMBDAS:
+            for lam in sorted({*SHAPE_LAMBDAS, float(setup.strengths["default"]["cloze"])}):  # and the rule's λ
                 ops = floored.operators(lam)
                 if kind == "step":
                     for op in ops.values():

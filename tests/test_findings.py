@@ -126,8 +126,9 @@ def test_selectivity_cause_is_read_by_rule():
                          for q in (0.9, 0.99) for g, f, r in (("ramp", 55.0, 82.5), ("step", 15.0, 80.0))
                          for lam in (4.0, 8.0)]
     org["ungated_push"]["refusal_contrast"][0]["answered_Ret"] = 100.0
-    cause = {"formats": org, "_code_then": {"commit": "abc", "record": {"Fgt": 7.5, "Ret": 97.5},
-                                            "formats": {"Fgt": 40.0, "Ret": 90.0}}}
+    cause = {"formats": org, "first": org, "_code_then": {"commit": "abc", "record": {"Fgt": 7.5, "Ret": 97.5},
+                                                          "first": {"Fgt": 7.5, "Ret": 97.5},
+                                                          "formats": {"Fgt": 40.0, "Ret": 90.0}}}
     text = F.describe_selectivity_cause(cause)
     assert "along the paper's multimodal direction no λ up to 4 makes 50 % refuse — it only derails" in text
     assert "along erasekit's refusal contrast λ 2 makes 60 % of forget and 30 % of retain questions refuse" in text
@@ -135,6 +136,8 @@ def test_selectivity_cause_is_read_by_rule():
     assert "commit abc" in text and "forget cloze 7.5 %" in text and "40.0 % of forget cloze answers" in text
     assert "forget cloze falls from 55.0 % to 15.0 % while retain goes from 82.5 % to 80.0 %" in text
     assert "retain stays between 80.0 and 82.5 % (vanilla 100 %)" in text
+    assert "changing the code moved it by +47.5 points, retraining the organism moved the old code by +32.5" in text
+    assert "today's organism refuses at no λ, so the old code's 40.0 % comes from answers derailed" in text
     curves = F.push_curves(cause)
-    assert curves["today's, refusal contrast"][2.0] == 60 and len(curves) == 2
+    assert curves["today's, refusal contrast"][2.0] == 60 and len(curves) == 4
     assert "No measurement" in F.describe_selectivity_cause({})
