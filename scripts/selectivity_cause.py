@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import types
 from pathlib import Path
@@ -210,7 +211,8 @@ def main(argv=None) -> dict:
     import torch
 
     out = {"_meta": {"forget_pct": 5, "task": "cloze (text)", "grid": list(GRID), "threads": torch.get_num_threads(),
-                     "command": "scripts/selectivity_cause.py " + " ".join(args.organisms)}}
+                     "command": "scripts/selectivity_cause.py " + " ".join(
+                         "<dir>" if a.startswith("/tmp") else a for a in (argv if argv is not None else sys.argv[1:]))}}
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
