@@ -209,6 +209,14 @@ _ORGANISMS = {"first": "the first organism", "images": "the organism retrained f
 _SHORT = {"first": "the first organism", "images": "the image-retrained organism", "formats": "today's organism"}
 
 
+def _shape_row(r: dict, gate: str, lam: float, quantile: float | None = None) -> dict | None:
+    """The ``gate_shape`` row of one organism's record for ``gate`` ("ramp" / "step") at ``lam`` and ``quantile``
+    (default: the grid's lowest, the book's floor); None where the grid has no such row."""
+    grid = r.get("gate_shape") or []
+    q = min((x["quantile"] for x in grid), default=None) if quantile is None else quantile
+    return next((x for x in grid if x["gate"] == gate and x["quantile"] == q and x["lambda"] == lam), None)
+
+
 def _first_refusing(rows: list[dict], group: str = "Fgt", share: float = 50.0) -> float | None:
     """The smallest λ at which at least ``share`` % of ``group``'s questions are refused (None: no λ of the grid)."""
     return next((r["lambda"] for r in rows if r["lambda"] > 0 and r[f"refused_{group}"] >= share), None)
@@ -256,8 +264,7 @@ def describe_selectivity_cause(cause: dict, share: float = 50.0) -> str:
         grid = r["gate_shape"]
         lam = min({x["lambda"] for x in grid}, key=lambda v: abs(v - r["strengths"].get("cloze", v)))
         q0 = min(x["quantile"] for x in grid)
-        ramp, step = (next(x for x in grid if x["quantile"] == q0 and x["gate"] == g and x["lambda"] == lam)
-                      for g in ("ramp", "step"))
+        ramp, step = (_shape_row(r, g, lam, q0) for g in ("ramp", "step"))
         van = next(x for x in r["ungated_push"]["refusal_contrast"] if x["lambda"] == 0)["answered_Ret"]
         rets = [x["answered_Ret"] for x in grid]
         parts.append(f"The gate's shape on {_SHORT[k]} (a diagnostic grid on the scored questions, used for no "
@@ -277,17 +284,13 @@ def describe_selectivity_cause(cause: dict, share: float = 50.0) -> str:
                      + "; its gate pushed along the paper's multimodal direction), erasekit's gate leaves "
                      + ", ".join(f"{v['Fgt']:.1f} % of forget cloze answers on {_SHORT[k]} (retain {v['Ret']:.1f} %)"
                                  for k, v in scored.items()) + ".")
-        now = {}
-        for k in orgs:  # today's code at its rule's λ: the ramp at the lowest floor quantile of the grid
-            grid, lam = cause[k].get("gate_shape") or [], cause[k]["strengths"].get("cloze")
-            q0 = min((x["quantile"] for x in grid), default=None)
-            row = next((x for x in grid if x["gate"] == "ramp" and x["quantile"] == q0 and x["lambda"] == lam), None)
-            if row:
-                now[k] = row["answered_Fgt"]
-        if "first" in now and "first" in scored and "formats" in scored:
-            t1, t2 = scored["first"]["Fgt"], scored["formats"]["Fgt"]
-            text = (f"On these questions today's code leaves {now['first']:.1f} % on the first organism: changing the "
-                    f"code moved it by {now['first'] - t1:+.1f} points, retraining the organism moved the old code by "
+        # today's code on the first organism, as the book uses the gate: the ramp at its rule's λ
+        first = cause.get("first")
+        now = _shape_row(first, "ramp", first["strengths"].get("cloze")) if first else None
+        if now and "first" in scored and "formats" in scored:
+            t1, t2, t0 = scored["first"]["Fgt"], scored["formats"]["Fgt"], now["answered_Fgt"]
+            text = (f"On these questions today's code leaves {t0:.1f} % on the first organism: changing the "
+                    f"code moved it by {t0 - t1:+.1f} points, retraining the organism moved the old code by "
                     f"{t2 - t1:+.1f}.")
             mm = cause.get("formats", {}).get("ungated_push", {}).get("multimodal")
             if mm and _first_refusing(mm, share=share) is None:

@@ -31,6 +31,7 @@ from erasekit.strengths import PAPER_STRENGTHS
 from . import extraction as ex
 from . import extraction_search as exs
 from .cache import VERSION, cached_frame
+from .findings import LEAK_BAR, RETAIN_DROP
 from .pipeline import group_rows
 from .recipes import GATE_NAMES, GateSetup
 from .session import Session
@@ -302,9 +303,10 @@ def describe_attacks(summary: Mapping[str, Mapping[str, Mapping]], method: str, 
 
 def describe_attack_summary(summary: Mapping[str, Mapping[str, Mapping]], records: pd.DataFrame, ours: str,
                             paper: str, authors: str, trained: Sequence[str] = (), asru: str | None = None,
-                            bar: float = 20.0, retain_drop: float = 10.0, shallow: float = 50.0) -> str:
+                            bar: float = LEAK_BAR, retain_drop: float = RETAIN_DROP, shallow: float = 50.0) -> str:
     """Chapter 09's reading of every method's leak, as Markdown bullets from the numbers, with verdicts by stated
-    rules: a gate is within the bar when it leaks at most ``bar`` % under both rephrasing and context; a method
+    rules (defaults: :mod:`erasebook.findings`' leak bar and retain budget): a gate is within the bar when it leaks
+    at most ``bar`` % under both rephrasing and context; a method
     "refuses retain people too" when its retain accuracy under an attack falls more than ``retain_drop`` points
     below vanilla's under the same prompts (both rephrasing and context); the baselines' unlearning is "shallow"
     when every one of them leaks at least ``shallow`` % under plain rephrasing."""
@@ -313,8 +315,7 @@ def describe_attack_summary(summary: Mapping[str, Mapping[str, Mapping]], record
         return None if v is None else float(v)
 
     def cell(method, attack, value="leak"):
-        v = get(method, attack, value)
-        return "–" if v is None else f"{v:.0f} %"
+        return _fmt(get(method, attack, value))
 
     def refuses_retain(method):
         pairs = [(get(method, a, "retain_acc"), get("Vanilla", a, "retain_acc")) for a in ("rephrase", "context")]
