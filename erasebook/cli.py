@@ -1,5 +1,5 @@
 """Command-line entry points: ``erasekit build-organism``, ``write-world``, ``vanilla-quality``,
-``gate-selectivity``, ``asru``, ``attacks``, ``form-transfer``."""
+``gate-selectivity``, ``asru``, ``attacks``, ``form-transfer``, ``rule-holdout``."""
 
 from __future__ import annotations
 
@@ -109,6 +109,44 @@ def _form_transfer(args) -> int:
             + (" --held-out " + " ".join(args.held_out) if args.held_out and model == "smollm2" else ""),
         }
         write_json(record, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _rule_holdout(args) -> int:
+    import time
+
+    import torch
+
+    from .recipes import write_json
+    from .rule_holdout import describe_rule_holdout, organism_rule_holdout, smollm2_rule_holdout
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or str(paths.data_dir() / "results" / "rule_holdout.json")
+    for model in args.models:
+        t0 = time.perf_counter()
+        if model == "organism":
+            from .session import load_session
+
+            result = organism_rule_holdout(load_session(args.organism, None), args.forget_pct)
+        else:
+            from erasekit.models import load_model
+            from erasekit.models.smollm2 import smollm2_dir
+
+            folder = smollm2_dir()
+            if folder is None:
+                print("SmolLM2 is not fetched (python -m erasekit.models.smollm2); skipping it", file=sys.stderr)
+                continue
+            result = smollm2_rule_holdout(load_model(str(folder)))
+        record = json.loads(open(out).read()) if os.path.exists(out) else {}
+        record[model] = result
+        record.setdefault("_meta", {})[model] = {
+            "seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(),
+            "forget_pct": args.forget_pct if model == "organism" else None,
+            "command": f"erasekit rule-holdout --models {model}"}
+        write_json(record, out)
+        print(describe_rule_holdout(result, model))
     print(f"wrote {out}")
     return 0
 
@@ -244,6 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--held-out", nargs="+", help="smollm2 only: score just these families (each fitted on the rest)")
     t.add_argument("--out", help="JSON file to write (default: data/results/form_transfer.json)")
     t.set_defaults(fn=_form_transfer)
+    r = sub.add_parser("rule-holdout", help="does the front door's λ rule predict refusals of people it never saw? "
+                                            "record data/results/rule_holdout.json")
+    r.add_argument("--models", nargs="+", choices=("organism", "smollm2"), default=["organism", "smollm2"])
+    r.add_argument("--organism")
+    r.add_argument("--forget-pct", type=int, default=5)
+    r.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    r.add_argument("--out", help="JSON file to write (default: data/results/rule_holdout.json)")
+    r.set_defaults(fn=_rule_holdout)
     k = sub.add_parser("attacks", help="run the extraction attacks on every method and record "
                                        "data/results/attacks.json")
     k.add_argument("--organism")

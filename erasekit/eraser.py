@@ -22,7 +22,9 @@ What :func:`fit_eraser` does, each step a stated rule (METHOD.md; notebooks 02�
    Eq. 3's never refuses a profile question and the harmful − harmless one does (README, "Use on your own model").
 2. Forget and retain given as facts (:class:`erasekit.forms.Fact`) are rendered in the SAME form families
    (``forms=``, default all of :data:`erasekit.forms.FAMILIES`), so the gate contrasts people, not phrasings; the
-   tune set is then every fourth retain SUBJECT with all its facts. Prompts given as strings are used as they are.
+   tune set is then every fourth retain SUBJECT with all its facts. Prompts given as strings are used as they are;
+   the rules (steps 4-5) must then be given ``tune=`` prompts about other subjects (or ``tune="every_fourth"``,
+   told): every rule tunes on people the fit does not contain.
 3. H_f = the forget prompts' activations, H_r = the retain prompts'; at the last prompt token, or with facts
    (``read_at="auto"``) at the subject's last token, where a fitted :class:`erasekit.locate.Locator` also finds it
    at inference (a portrait's subject: the last image token).
@@ -60,8 +62,10 @@ from .steering import InputAwareSteerer, fit_steerer
 from .strength_rule import STRENGTH_RULES, choose_strength
 from .tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
 
-__all__ = ["Eraser", "fit_eraser", "default_refusal_prompts", "STRENGTH_GRID", "GATES", "STRENGTH_RULES"]
+__all__ = ["Eraser", "fit_eraser", "default_refusal_prompts", "STRENGTH_GRID", "GATES", "STRENGTH_RULES",
+           "TUNE_EVERY_FOURTH"]
 
+TUNE_EVERY_FOURTH = "every_fourth"  # tune=: every fourth retain item (prompt, or subject for facts) tunes the rules
 STRENGTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 READS = ("frozen", "steered", "anchor")
 # "default": erasekit's contrastive gate (rules of :func:`erasekit.tuning.choose_gate`, frozen reading); "paper":
@@ -212,7 +216,41 @@ def _sample(texts: list[str], images: list | None, n: int | None) -> tuple[list[
     return [texts[i] for i in idx], None if images is None else [images[i] for i in idx]
 
 
-def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tune: Sequence[Any] | None = None,
+def _check_tune(forget: Sequence[Any], retain: Sequence[Any], tune: Sequence[Any] | str | None) -> bool:
+    """The rules tune on people the fit does not contain (module docstring, step 2). Returns True when the
+    caller asked for the prompt-level split (``tune="every_fourth"``); raises where the tune set would be about
+    the fitted subjects without being told."""
+    if isinstance(tune, str):
+        if tune != TUNE_EVERY_FOURTH:
+            raise ValueError(f"tune must be prompts, facts, None or {TUNE_EVERY_FOURTH!r}, got {tune!r}")
+        return True
+    if tune is None:
+        if not are_facts(retain):
+            raise ValueError(
+                "retain prompts are strings, so the front door cannot tell whose they are: tuning the gate and λ on "
+                "every fourth of them tunes on the people of H_r, and the λ rule then under-predicts refusals of "
+                "other people (data/results/rule_holdout.json). Pass tune= prompts about subjects in neither forget "
+                "nor retain, give facts (erasekit.forms.Fact: every fourth SUBJECT tunes the rules), or pass "
+                f"tune={TUNE_EVERY_FOURTH!r} to tune on every fourth retain prompt anyway")
+        return False
+    if are_facts(tune):
+        fitted = {f.subject for f in (*forget, *retain) if isinstance(f, Fact)}
+        shared = sorted({f.subject for f in tune} & fitted)
+        if shared:
+            raise ValueError(f"tune facts share subjects with forget/retain ({', '.join(shared[:5])}"
+                             f"{', …' if len(shared) > 5 else ''}): the rules would predict refusals on people "
+                             "the fit contains. Give tune facts about other subjects")
+    else:
+        overlap = {p if isinstance(p, str) else p[0] for p in tune} & \
+            {p if isinstance(p, str) else p[0] for p in retain if not isinstance(p, Fact)}
+        if overlap:
+            raise ValueError(f"{len(overlap)} tune prompts are also retain prompts (e.g. {sorted(overlap)[0]!r}); "
+                             "tune on prompts the fit does not contain")
+    return False
+
+
+def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *,
+               tune: Sequence[Any] | str | None = None,
                direction: ErasureDirection | None = None, refuse: Sequence[Any] | None = None,
                comply: Sequence[Any] | None = None, layers: Sequence[int] | None = None,
                strength: float | str = "auto", strength_grid: Sequence[float] = STRENGTH_GRID,
@@ -230,9 +268,13 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
             (:class:`erasekit.forms.Fact`), rendered in every family of ``forms`` (:func:`erasekit.forms.render`).
         retain: prompts that must keep being answered (H_r); at least 4 when ``tune`` is None. Facts: rendered in
             the same forms as the forget facts, so the gate contrasts subjects, not forms.
-        tune: held-out retain prompts (or facts) for the rules (default: every fourth retain prompt; with retain
-            facts, every fourth retain SUBJECT with all its facts, :func:`erasekit.forms.split_subjects`; then not
-            in H_r).
+        tune: prompts (or facts) about subjects in neither forget nor retain, answered by the vanilla model, for
+            the rules (γ, layers, floors, λ). Default with retain facts: every fourth retain SUBJECT with all its
+            facts (:func:`erasekit.forms.split_subjects`; then not in H_r). With retain strings the front door
+            cannot tell whose a prompt is, so it refuses to guess: pass tune, or ``"every_fourth"`` to tune on
+            every fourth retain prompt (then about the fitted people; the λ rule under-predicts other people's
+            refusals, ``data/results/rule_holdout.json``). Tune facts sharing a subject with forget or retain are
+            refused.
         forms: the form families facts are rendered in (default: all built-in ones).
         gate: ``"default"`` (erasekit's gate) or ``"paper"`` (MLLMEraser's null-space gate, :data:`PAPER_GATE`,
             every candidate layer, steered reading); λ by the same rule for both.
@@ -259,6 +301,8 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
     if read_at not in ("auto", "last", "subject"):
         raise ValueError(f"read_at must be 'auto', 'last' or 'subject', got {read_at!r}")
+    every_fourth = _check_tune(forget, retain, tune)
+    tune = None if every_fourth else tune
     if read_at == "auto":
         read_at = "subject" if gate == "default" and are_facts(forget) and are_facts(retain) else "last"
     if read_at == "subject" and not (are_facts(forget) and are_facts(retain) and (tune is None or are_facts(tune))):
@@ -266,12 +310,13 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
                          "subjects mark the tokens the locator learns")
     if read_at == "subject" and gate == "paper":
         raise ValueError("the paper gate reads the last token; use gate='default' with read_at='subject'")
-    fact_meta, subjects, families = {}, {}, {}
+    fact_meta, subjects, families, tune_split = {}, {}, {}, False
     if are_facts(forget) or are_facts(retain) or (tune is not None and are_facts(tune)):
         if not forms:
             raise ValueError("forms is empty: name at least one family of erasekit.forms.FAMILIES")
         pool = [x for x in (*forget, *retain, *(tune or ())) if isinstance(x, Fact)]
         if tune is None and are_facts(retain):
+            tune_split = True
             retain, tune = split_subjects(retain)
             if not retain or not tune:
                 raise ValueError("retain facts need at least 2 subjects (every fourth subject tunes the rules)")
@@ -339,6 +384,8 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, tu
         if locators:
             steerer = dataclasses.replace(steerer, locators={l: locators[l] for l in steerer.layers})
     fact_meta["read_at"] = read_at
+    fact_meta["tune_from"] = "every fourth retain prompt" if every_fourth and not are_facts(retain) else \
+        "every fourth retain subject" if tune_split else "given"
     steerer.meta.update(model_id=str(getattr(adapter, "model_id", "")), n_forget=len(f_txt), n_retain=len(r_txt),
                         n_tune=len(t_txt), **fact_meta)
     read = "steered" if gate == "paper" else "frozen"

@@ -18,7 +18,7 @@ def test_fit_generate_save_load_on_tiny_models(any_adapter, tmp_path):
     image = torch.rand(3, 28, 28) if any_adapter.is_multimodal else None
     forget = _prompts(6, "Alice") + ([("Who is this?", image)] if image is not None else [])
     retain = _prompts(8, "Bob")
-    eraser = ek.fit_eraser(any_adapter, forget, retain, strength=1.0, progress=False)
+    eraser = ek.fit_eraser(any_adapter, forget, retain, tune="every_fourth", strength=1.0, progress=False)
     assert eraser.strength == 1.0 and eraser.read == "frozen" and eraser.steerer.layers
     assert eraser.steerer.meta["n_tune"] == 2 and eraser.steerer.meta["n_retain"] == 6  # every 4th retain held out
     out = eraser.generate(any_adapter, forget[:3], max_new_tokens=3, batch_size=2, progress=False)
@@ -33,18 +33,43 @@ def test_fit_generate_save_load_on_tiny_models(any_adapter, tmp_path):
         eraser.generate(any_adapter, forget[:3], max_new_tokens=3, progress=False)
 
 
+def test_rules_never_tune_on_the_fitted_subjects_unless_told(tiny_causal_lm):
+    """Strings carry no subject: without tune= the front door refuses (every fourth retain prompt would be about
+    the people of H_r); tune facts sharing a subject with the fit, or tune prompts that are retain prompts, are
+    refused; the told split and given tune sets are recorded."""
+    from erasekit.forms import capital_facts
+
+    forget, retain = _prompts(4, "Alice"), _prompts(8, "Bob")
+    with pytest.raises(ValueError, match="cannot tell whose they are.*tune='every_fourth'"):
+        ek.fit_eraser(tiny_causal_lm, forget, retain, strength=1.0, progress=False)
+    with pytest.raises(ValueError, match="2 tune prompts are also retain prompts"):
+        ek.fit_eraser(tiny_causal_lm, forget, retain, tune=retain[:2], strength=1.0, progress=False)
+    facts = capital_facts()[:12]
+    with pytest.raises(ValueError, match=r"tune facts share subjects with forget/retain \(\w+, \w+, \w+\)"):
+        ek.fit_eraser(tiny_causal_lm, facts[:4], facts[4:], tune=facts[:1] + facts[10:], forms=("question",),
+                      strength=1.0, progress=False)
+    told = ek.fit_eraser(tiny_causal_lm, forget, retain, tune="every_fourth", strength=1.0, progress=False)
+    given = ek.fit_eraser(tiny_causal_lm, forget, retain, tune=_prompts(3, "Carol"), strength=1.0, progress=False)
+    split = ek.fit_eraser(tiny_causal_lm, facts[:4], facts[4:], forms=("question",), strength=1.0, progress=False)
+    assert told.steerer.meta["tune_from"] == "every fourth retain prompt" and told.steerer.meta["n_tune"] == 2
+    assert given.steerer.meta["tune_from"] == "given" and given.steerer.meta["n_tune"] == 3
+    assert split.steerer.meta["tune_from"] == "every fourth retain subject"
+
+
 def test_bad_inputs_say_what_to_do(tiny_causal_lm, tmp_path):
     with pytest.raises(ValueError, match="at least 4"):
-        ek.fit_eraser(tiny_causal_lm, ["a"] * 4, ["b", "c"], progress=False)
+        ek.fit_eraser(tiny_causal_lm, ["a"] * 4, ["b", "c"], tune="every_fourth", progress=False)
     with pytest.raises(ValueError, match="at least 4 .*4 folds"):
-        ek.fit_eraser(tiny_causal_lm, ["a"], ["b"] * 4, progress=False)
+        ek.fit_eraser(tiny_causal_lm, ["a"], ["b"] * 4, tune="every_fourth", progress=False)
     with pytest.raises(ValueError, match="non-empty list"):
-        ek.fit_eraser(tiny_causal_lm, "a question", ["b"] * 4, progress=False)
+        ek.fit_eraser(tiny_causal_lm, "a question", ["b"] * 4, tune="every_fourth", progress=False)
     with pytest.raises(TypeError, match="string or a \\(text, image\\) pair"):
-        ek.fit_eraser(tiny_causal_lm, [3], ["b"] * 4, progress=False)
+        ek.fit_eraser(tiny_causal_lm, [3], ["b"] * 4, tune="every_fourth", progress=False)
     with pytest.raises(ValueError, match="number or 'auto'"):
-        ek.fit_eraser(tiny_causal_lm, ["a", "b"], ["c"] * 4, strength="big", progress=False)
+        ek.fit_eraser(tiny_causal_lm, ["a", "b"], ["c"] * 4, tune="every_fourth", strength="big", progress=False)
     ek.save_artifact(tmp_path / "plain", {"x": torch.zeros(2)})
+    with pytest.raises(ValueError, match="tune must be prompts, facts, None or 'every_fourth'"):
+        ek.fit_eraser(tiny_causal_lm, ["a"] * 4, ["b"] * 4, tune="every_third", progress=False)
     with pytest.raises(ValueError, match="not an eraser"):
         ek.Eraser.load(tmp_path / "plain")
 
@@ -70,7 +95,7 @@ def test_organism_refuses_forget_people_and_answers_others():
 
     forget_rows = session.source.split("forget_5")
     retain = text_q(part.rows(session.source, 5, "fit")["Ret"])[:64]
-    eraser = ek.fit_eraser(session.adapter, text_q(forget_rows), retain, progress=False)
+    eraser = ek.fit_eraser(session.adapter, text_q(forget_rows), retain, tune="every_fourth", progress=False)
     assert eraser.steerer.meta["strength_rule"]["chosen"] == eraser.strength
     other_forget = text_q(forget_rows, "Mask_Task")[:20]
     scored = text_q(part.rows(session.source, 5, "eval")["Ret"], "Mask_Task")[:20]

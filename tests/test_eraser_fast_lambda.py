@@ -26,14 +26,16 @@ def test_tune_test_is_decided_only_when_every_possible_count_agrees():
 
 def test_bad_strength_rule_says_what_to_do(tiny_causal_lm):
     with pytest.raises(ValueError, match="strength_rule must be one of"):
-        ek.fit_eraser(tiny_causal_lm, ["a", "b", "c", "d"], ["e"] * 4, strength_rule="scan", progress=False)
+        ek.fit_eraser(tiny_causal_lm, ["a", "b", "c", "d"], ["e"] * 4, tune="every_fourth", strength_rule="scan",
+                      progress=False)
 
 
 @pytest.mark.parametrize("gate", ["default", "paper"])
 def test_both_routes_agree_on_a_tiny_model(tiny_llava, gate):
     forget = [f"Where does Alice number {i} live?" for i in range(8)]
     retain = [f"Where does Bob number {i} live?" for i in range(12)]
-    kw = dict(gate=gate, strength_grid=(0.5, 4.0, 64.0), max_new_tokens=4, batch_size=3, progress=False)
+    kw = dict(gate=gate, tune="every_fourth", strength_grid=(0.5, 4.0, 64.0), max_new_tokens=4,
+              batch_size=3, progress=False)
     slow = ek.fit_eraser(tiny_llava, forget, retain, strength_rule="generate", **kw)
     fast = ek.fit_eraser(tiny_llava, forget, retain, **kw)
     assert fast.steerer.meta["strength_rule"]["route"] == "fast"

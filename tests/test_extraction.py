@@ -32,7 +32,7 @@ def steered(tiny_llava, facts):
     fgt, ret = facts
     forget = [X.train_question(f.attribute, f.name, k) for f in fgt for k in range(2)]
     retain = [X.train_question(f.attribute, f.name, k) for f in ret for k in range(2)]
-    eraser = ek.fit_eraser(tiny_llava, forget, retain, strength=1.0, progress=False)
+    eraser = ek.fit_eraser(tiny_llava, forget, retain, tune="every_fourth", strength=1.0, progress=False)
     st = ek.TaskSteering(steerer=eraser.steerer, strengths=1.0, read="frozen")
     return X.Target("gated", tiny_llava, st)
 
