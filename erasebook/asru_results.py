@@ -180,7 +180,7 @@ def trained_asru(session: Session, forget_pct: int, stage1: TaskSteering, cfg: A
     data = asru_queries(session, forget_pct, TRAIN["retain_fraction"] if retain_fraction is None else retain_fraction,
                         TRAIN["teacher_fraction"] if teacher_fraction is None else teacher_fraction, train_modes)
     key = cache_key(step="asru_weights", version=VERSION, model=session.model_key, data=session.data_key,
-                    config=dataclasses.asdict(cfg), stage1=stage1.key(), stage1_task=stage1_task,
+                    config=cfg.as_record(), stage1=stage1.key(), stage1_task=stage1_task,
                     forget_pct=forget_pct, train_ids=data.ids, train_modes=list(train_modes))
 
     def train():
@@ -189,7 +189,7 @@ def trained_asru(session: Session, forget_pct: int, stage1: TaskSteering, cfg: A
             **res.summary(), "n_forget_queries": len(data.forget), "n_retain_queries": len(data.retain),
             "n_unlabelled_queries": len(data.unlabelled),
             "supervision_profiles": {k: len(v) for k, v in data.ids.items() if k != "forget"},
-            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "weights"}}
+            "config": cfg.as_record(weights=False)}
 
     return cached_weights("asru_weights", key, train, session.adapter, session.model_key)
 
@@ -206,7 +206,7 @@ def asru_key(session: Session, setup: GateSetup, forget_pct: int, cfg: ASRUConfi
     """What defines :func:`asru_model`'s model, for caches keyed on it."""
     stage1, _ = asru_stage1(session, setup, forget_pct)
     ids = asru_queries(session, forget_pct, TRAIN["retain_fraction"], TRAIN["teacher_fraction"]).ids
-    return {"asru": dataclasses.asdict(cfg), "stage1": stage1.key(), "forget_pct": forget_pct,
+    return {"asru": cfg.as_record(), "stage1": stage1.key(), "forget_pct": forget_pct,
             "data": session.data_key, "train_ids": ids}
 
 
@@ -240,8 +240,8 @@ def warm_start_probe(session: Session, setup: GateSetup, forget_pct: int,
     out = []
     for st in settings:
         t0 = time.perf_counter()
-        cfg = dataclasses.replace(ASRUConfig(), **{k: st[k] for k in ("warm_epochs", "warm_targets", "seed")
-                                                   + PROBE_RL_KEYS if k in st})
+        cfg = dataclasses.replace(ASRUConfig(), **{k: st[k] for k in ("warm_epochs", "warm_targets", "seed",
+                                                                     "backend") + PROBE_RL_KEYS if k in st})
         data = asru_queries(session, forget_pct, st.get("retain_fraction", TRAIN["retain_fraction"]),
                             st.get("teacher_fraction", TRAIN["teacher_fraction"]))
         if st.get("grpo"):  # the whole of ASRU (stage 1, warm start, GRPO), as run_asru trains it
@@ -292,7 +292,7 @@ def run_asru(session: Session, forget_pct: int, stage1: TaskSteering, cfg: ASRUC
     if scored & (set(ids["retain"]) | set(ids["celebrities"]) | set(ids.get("unlabelled", []))):
         raise RuntimeError("a scored profile is in ASRU's training data")
     key = cache_key(step="asru", version=VERSION, model=session.model_key, data=session.data_key,
-                    config=dataclasses.asdict(cfg), stage1=stage1.key(), stage1_task=stage1_task,
+                    config=cfg.as_record(), stage1=stage1.key(), stage1_task=stage1_task,
                     forget_pct=forget_pct, train_ids=ids,
                     train_modes=list(train_modes), eval_ids=eval_ids, modes=list(modes), tasks=list(tasks),
                     max_new_tokens=max_new_tokens)
@@ -364,7 +364,7 @@ def asru_record(session: Session, setup: GateSetup, forget_pcts: Sequence[int] =
     kw = dict(max_new_tokens=mnt, progress=progress)
     from . import runs
 
-    record: dict = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "weights"},
+    record: dict = {"config": cfg.as_record(weights=False),
                     "stage1": GATE_NAMES["default"], "max_new_tokens": mnt}
     frames, summaries = {}, {}
     for pct in forget_pcts:

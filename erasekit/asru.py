@@ -44,14 +44,11 @@ ours, and why:
 * Sampled responses are decoded to text and re-encoded with the answer prefix of the baselines' training data
   (:func:`erasekit.baselines.data.collate`), so every log-probability (old, new, reference) is of the same tokens.
 
-**Why not TRL's GRPOTrainer.** trl 1.13.0 installs offline next to transformers 5.24 (with datasets 5.2, dill,
-multiprocess, xxhash as new dependencies), but its trainer builds prompts with the processor's own chat template
-and ``datasets`` rows, while every erasekit model family builds prompts, images and left padding in its adapter
-(:meth:`erasekit.models.ModelAdapter.encode`): the adapter's prompts (cloze suffix, image placeholders) would have
-to be reimplemented as TRL dataset columns per family, the tiny organisms' processors would need TRL's VLM
-processor interface, and four new run-time dependencies would enter CI for a loop of ~100 lines. The loop below is
-the same algorithm (TRL's defaults: k3 KL, clipped ratio, per-group std normalisation) and is tested on tiny LLaVA
-and Qwen3-VL models.
+**Two backends for stage 2** (``ASRUConfig.backend``). ``"erasekit"``: the loop below, on any adapter (text and
+image queries: the family's adapter builds prompts, images and left padding; tested on tiny LLaVA and Qwen3-VL
+models). ``"trl"``: TRL's ``GRPOTrainer`` (:mod:`erasekit.asru_trl`: the same prompts, step schedule, reward,
+loss type, KL weight, clip and LoRA targets; TRL brings accelerate / multi-GPU / vLLM generation for large models),
+text queries only. Which one the book runs, and why, is measured by ``scripts/asru_backends.py``.
 """
 
 from __future__ import annotations
@@ -69,6 +66,7 @@ from torch import nn
 from .asru_rollouts import (
     Query,
     answer_texts,
+    curve_entry,
     queries_from_items,
     query_images,
     response_logprobs,
@@ -95,6 +93,9 @@ __all__ = ["ASRUConfig", "Query", "queries_from_items", "group_advantages", "tok
            "sample_responses", "response_logprobs", "score_responses", "CONTEXT_CLAUSES", "contextualize",
            "stage1_targets", "teacher_queries", "split_unlabelled", "warm_start", "distil_stage1", "ASRUResult",
            "train_asru"]
+
+
+BACKENDS = ("erasekit", "trl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,7 @@ class ASRUConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     weights: RewardWeights = RewardWeights()
+    backend: str = "erasekit"       # stage 2 by erasekit's loop, or "trl": TRL's GRPOTrainer (erasekit.asru_trl)
 
     def __post_init__(self):
         for name in ("steps", "prompts_per_step", "max_new_tokens", "updates_per_batch", "warm_batch", "lora_r"):
@@ -145,6 +147,8 @@ class ASRUConfig:
         if not isinstance(self.group_size, int) or self.group_size < 2:
             raise ValueError(f"ASRUConfig.group_size must be an int >= 2 (advantages are relative to the group), "
                              f"got {self.group_size!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"ASRUConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.warm_targets not in ("contextual", "stage1"):
             raise ValueError(f"ASRUConfig.warm_targets must be 'contextual' or 'stage1', got {self.warm_targets!r}")
         if not isinstance(self.warm_epochs, int) or self.warm_epochs < 0:
@@ -165,6 +169,17 @@ class ASRUConfig:
         if self.quality_weight >= gap:
             raise ValueError(f"quality_weight {self.quality_weight} must stay below the smallest gap between "
                              f"boundary outcomes ({gap}): fluency may break ties, never reorder outcomes")
+
+    def as_record(self, weights: bool = True) -> dict:
+        """The settings as a plain dict (for records and cache keys): the default ``backend`` is left out, so records
+        and keys written before the field existed still describe the same training; ``weights=False`` drops the
+        reward weights."""
+        d = dataclasses.asdict(self)
+        if d["backend"] == "erasekit":
+            del d["backend"]
+        if not weights:
+            del d["weights"]
+        return d
 
 
 
@@ -190,9 +205,60 @@ class ASRUResult:
                 "memory_kind": self.memory_kind}
 
 
-def _mean(xs) -> float:
-    xs = [x for x in xs if not (isinstance(x, float) and math.isnan(x))]
-    return float(sum(xs) / len(xs)) if xs else math.nan
+def _grpo_loop(adapter: Any, model: nn.Module, forget: Sequence[Query], retain: Sequence[Query],
+               warm_pairs: Sequence, cfg: ASRUConfig, ref_nll: dict, progress: bool) -> tuple[nn.Module, list]:
+    """Stage 2 by erasekit's own GRPO loop (module docstring): LoRA over ``model``, the reference = ``model``."""
+    torch.manual_seed(cfg.seed)
+    policy = lora_model(model, cfg)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    rng = random.Random(f"{cfg.seed}-grpo")
+    anchor = [(q, t) for q, t in warm_pairs if not q.is_forget]  # retain_nll's targets (drawn from rng)
+    n_ret = round(cfg.prompts_per_step * cfg.retain_share) if retain else 0
+    n_fgt = cfg.prompts_per_step - n_ret
+    curve = []
+    from tqdm.auto import tqdm
+
+    for step in tqdm(range(cfg.steps), desc="ASRU GRPO", disable=not progress, mininterval=2):
+        qs = rng.sample(list(forget), min(n_fgt, len(forget))) + \
+            (rng.sample(list(retain), min(n_ret, len(retain))) if n_ret else [])
+        policy.eval()
+        groups = sample_responses(policy, adapter, qs, cfg.group_size, cfg.temperature, cfg.max_new_tokens,
+                                  seed=cfg.seed * 100003 + step)
+        flat_q = [q for q in qs for _ in range(cfg.group_size)]
+        flat_r = [r for g in groups for r in g]
+        rewards, details = score_responses(
+            flat_q, flat_r, weights=cfg.weights, vanilla=adapter,
+            ref_nll=[ref_nll.get(id(q), math.nan) for q in flat_q] if cfg.quality_weight > 0 else None,
+            quality_weight=cfg.quality_weight, quality_scale=cfg.quality_scale)
+        r = torch.tensor(rewards, dtype=torch.float32).view(len(qs), cfg.group_size)
+        adv = group_advantages(r, scale=cfg.scale_rewards).view(-1).to(adapter.device)
+        with torch.no_grad():
+            old_logp, mask = response_logprobs(policy, adapter, flat_q, flat_r)
+            with policy.disable_adapter():
+                ref_logp, _ = response_logprobs(policy, adapter, flat_q, flat_r)
+        policy.train()
+        parts = {}
+        chunk = rng.sample(anchor, min(cfg.warm_batch, len(anchor))) if cfg.retain_nll > 0 and anchor else []
+        for _ in range(cfg.updates_per_batch):
+            logp, _ = response_logprobs(policy, adapter, flat_q, flat_r)
+            loss, parts = grpo_loss(logp, old_logp, ref_logp, mask, adv, cfg.clip_eps, cfg.beta)
+            if chunk:  # PPO-ptx (Ouyang et al., 2022): keep the retain side's answers likely
+                a_logp, a_mask = response_logprobs(policy, adapter, [q for q, _ in chunk], [t for _, t in chunk])
+                nll = -a_logp.sum() / a_mask.sum().clamp_min(1)
+                loss = loss + cfg.retain_nll * nll
+                parts = {**parts, "retain_nll": float(nll.detach())}
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+        curve.append(curve_entry(step, flat_q, rewards, details, cfg.weights, **parts))
+    policy.eval()
+    merged = policy.merge_and_unload()
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    merged.eval()
+    return merged, curve
 
 
 def train_asru(adapter: Any, forget: Sequence[Query], retain: Sequence[Query], cfg: ASRUConfig = ASRUConfig(), *,
@@ -237,65 +303,12 @@ def train_asru(adapter: Any, forget: Sequence[Query], retain: Sequence[Query], c
             nll = fluency_nll(adapter, [q.prompt for q in all_q], answer_texts(adapter, own),
                               images=query_images(all_q))
             ref_nll = {id(q): v for q, v in zip(all_q, nll)}
-        torch.manual_seed(cfg.seed)
-        policy = lora_model(model, cfg)
-        params = [p for p in policy.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        rng = random.Random(f"{cfg.seed}-grpo")
-        anchor = [(q, t) for q, t in warm_pairs if not q.is_forget]  # retain_nll's targets (drawn from rng)
-        n_ret = round(cfg.prompts_per_step * cfg.retain_share) if retain else 0
-        n_fgt = cfg.prompts_per_step - n_ret
-        curve = []
-        from tqdm.auto import tqdm
+        if cfg.backend == "trl":
+            from .asru_trl import grpo_trl
 
-        for step in tqdm(range(cfg.steps), desc="ASRU GRPO", disable=not progress, mininterval=2):
-            qs = rng.sample(list(forget), min(n_fgt, len(forget))) + \
-                (rng.sample(list(retain), min(n_ret, len(retain))) if n_ret else [])
-            policy.eval()
-            groups = sample_responses(policy, adapter, qs, cfg.group_size, cfg.temperature, cfg.max_new_tokens,
-                                      seed=cfg.seed * 100003 + step)
-            flat_q = [q for q in qs for _ in range(cfg.group_size)]
-            flat_r = [r for g in groups for r in g]
-            rewards, details = score_responses(
-                flat_q, flat_r, weights=cfg.weights, vanilla=adapter,
-                ref_nll=[ref_nll.get(id(q), math.nan) for q in flat_q] if cfg.quality_weight > 0 else None,
-                quality_weight=cfg.quality_weight, quality_scale=cfg.quality_scale)
-            r = torch.tensor(rewards, dtype=torch.float32).view(len(qs), cfg.group_size)
-            adv = group_advantages(r, scale=cfg.scale_rewards).view(-1).to(adapter.device)
-            with torch.no_grad():
-                old_logp, mask = response_logprobs(policy, adapter, flat_q, flat_r)
-                with policy.disable_adapter():
-                    ref_logp, _ = response_logprobs(policy, adapter, flat_q, flat_r)
-            policy.train()
-            parts = {}
-            chunk = rng.sample(anchor, min(cfg.warm_batch, len(anchor))) if cfg.retain_nll > 0 and anchor else []
-            for _ in range(cfg.updates_per_batch):
-                logp, _ = response_logprobs(policy, adapter, flat_q, flat_r)
-                loss, parts = grpo_loss(logp, old_logp, ref_logp, mask, adv, cfg.clip_eps, cfg.beta)
-                if chunk:  # PPO-ptx (Ouyang et al., 2022): keep the retain side's answers likely
-                    a_logp, a_mask = response_logprobs(policy, adapter, [q for q, _ in chunk], [t for _, t in chunk])
-                    nll = -a_logp.sum() / a_mask.sum().clamp_min(1)
-                    loss = loss + cfg.retain_nll * nll
-                    parts = {**parts, "retain_nll": float(nll.detach())}
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-            fd = [d for q, d in zip(flat_q, details) if q.is_forget]
-            rd = [d for q, d in zip(flat_q, details) if not q.is_forget]
-            fr = [x for q, x in zip(flat_q, rewards) if q.is_forget]
-            rr = [x for q, x in zip(flat_q, rewards) if not q.is_forget]
-            curve.append({"step": step, "reward": _mean(rewards), "reward_forget": _mean(fr),
-                          "reward_retain": _mean(rr),
-                          "forget_contextual": _mean([float(d["contextual"]) for d in fd]),
-                          "forget_refusal": _mean([float(d["refusal"]) for d in fd]),
-                          "retain_correct": _mean([float(d["boundary"] >= cfg.weights.correct) for d in rd]),
-                          "quality": _mean([d["quality"] for d in details]), **parts})
-        policy.eval()
-        merged = policy.merge_and_unload()
-        for p in merged.parameters():
-            p.requires_grad_(False)
-        merged.eval()
+            merged, curve = grpo_trl(adapter, model, forget, retain, cfg, ref_nll, progress)
+        else:
+            merged, curve = _grpo_loop(adapter, model, forget, retain, warm_pairs, cfg, ref_nll, progress)
         timings["grpo"] = time.perf_counter() - t0
     timings["total"] = m.seconds
     return ASRUResult(merged, curve, warm_losses, sum(q.is_forget for q, _ in pairs),

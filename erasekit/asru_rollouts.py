@@ -20,7 +20,7 @@ from .rewards import RewardWeights, boundary_reward, quality_reward
 from .scoring import is_degenerate, is_refusal
 
 __all__ = ["Query", "queries_from_items", "query_images", "answer_texts", "sample_responses", "response_logprobs",
-           "score_responses"]
+           "score_responses", "nanmean", "curve_entry"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,3 +133,24 @@ def score_responses(queries: Sequence[Query], responses: Sequence[str], *, weigh
                                                                              q.subject),
                         "degenerate": is_degenerate(r)})
     return rewards, details
+
+
+def nanmean(xs) -> float:
+    """Mean of ``xs`` without NaNs (NaN when nothing is left)."""
+    xs = [x for x in xs if not (isinstance(x, float) and math.isnan(x))]
+    return float(sum(xs) / len(xs)) if xs else math.nan
+
+
+def curve_entry(step: int, queries: Sequence[Query], rewards: Sequence[float], details: Sequence[dict],
+                weights: RewardWeights, **extra: Any) -> dict:
+    """One GRPO step of the reward curve: mean reward (all, forget, retain), the forget side's contextual refusal
+    and refusal rates, the retain side's correct rate, mean quality, and ``extra`` (loss parts)."""
+    fd = [d for q, d in zip(queries, details) if q.is_forget]
+    rd = [d for q, d in zip(queries, details) if not q.is_forget]
+    return {"step": step, "reward": nanmean(rewards),
+            "reward_forget": nanmean([x for q, x in zip(queries, rewards) if q.is_forget]),
+            "reward_retain": nanmean([x for q, x in zip(queries, rewards) if not q.is_forget]),
+            "forget_contextual": nanmean([float(d["contextual"]) for d in fd]),
+            "forget_refusal": nanmean([float(d["refusal"]) for d in fd]),
+            "retain_correct": nanmean([float(d["boundary"] >= weights.correct) for d in rd]),
+            "quality": nanmean([d["quality"] for d in details]), **extra}

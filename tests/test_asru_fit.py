@@ -80,3 +80,64 @@ def test_fit_asru_errors(tiny_causal_lm):
         ek.fit_asru(tiny_causal_lm, ["a"], ["b"], cfg={"steps": 1})
     with pytest.raises(TypeError, match="Eraser"):
         ek.fit_asru(tiny_causal_lm, ["a"], ["b"], eraser="gate")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# stage 2 by TRL's GRPOTrainer (ASRUConfig(backend="trl"))
+
+
+@pytest.mark.parametrize("adapter_name", ["tiny_causal_lm", "tiny_llava", "organism_adapter"])
+def test_trl_prompts_tokenise_to_the_adapters_ids(adapter_name, request):
+    """TRL tokenises plain-text prompts with ``tokenizer(text)``: the rendered prompts must give encode's ids."""
+    from erasekit.asru_rollouts import Query
+    from erasekit.asru_trl import trl_prompts
+
+    a = request.getfixturevalue(adapter_name)
+    qs = [Query("What is the capital of France?", "Paris", True), Query("Name the capital of Peru.", "Lima", False)]
+    for q, text in zip(qs, trl_prompts(a, qs)):
+        want = a.encode([q.prompt])["input_ids"][0].tolist()
+        assert a.tokenizer(text=[text])["input_ids"][0] == want
+
+
+def test_trl_schedule_is_the_loops():
+    """The TRL dataset's order is the prompts erasekit's loop draws, step by step (same generator, same calls)."""
+    import random
+
+    from erasekit.asru_trl import step_schedule
+
+    sched = step_schedule(10, 6, steps=5, prompts_per_step=8, retain_share=0.375, seed=3)
+    rng = random.Random("3-grpo")
+    forget, retain = list(range(10)), list(range(10, 16))
+    assert sched == [rng.sample(forget, 5) + rng.sample(retain, 3) for _ in range(5)]
+    assert all(len(set(s)) == 8 for s in sched)
+
+
+@pytest.mark.parametrize("adapter_name", ["tiny_causal_lm", "organism_adapter"])
+def test_fit_asru_with_trl_backend(adapter_name, request, tmp_path):
+    """The whole of fit_asru with stage 2 run by TRL's GRPOTrainer: one curve entry per GRPO step, a LoRA that
+    loads with peft alone and changes the model."""
+    from peft import PeftModel
+
+    a = request.getfixturevalue(adapter_name)
+    facts = capital_facts()
+    fit = ek.fit_asru(a, facts[:4], facts[4:12], cfg=ek.ASRUConfig(**CFG, backend="trl"),
+                      forms=("question", "cloze"), max_new_tokens=4,
+                      eraser_kwargs={"strength": 1.0, "read_at": "last", "forms": ("question",)}, progress=False)
+    curve = fit.result.curve
+    assert len(curve) == CFG["steps"] and all("reward" in c and "forget_refusal" in c for c in curve)
+    fit.save(tmp_path / "lora")
+    base = type(a.model).from_pretrained(a.model_id, dtype=torch.float32)
+    loaded = PeftModel.from_pretrained(base, str(tmp_path / "lora")).eval()
+    batch = a.encode(["What is the capital of France?"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, fit.result.model(**batch).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_trl_backend_refuses_what_it_cannot_do(tiny_causal_lm):
+    from erasekit.asru_rollouts import Query
+    from erasekit.asru_trl import trl_prompts
+
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ek.ASRUConfig(backend="deepspeed")
+    with pytest.raises(ValueError, match="text queries"):
+        trl_prompts(tiny_causal_lm, [Query("Who is this?", "x", True, image=torch.rand(3, 8, 8))])
