@@ -97,7 +97,7 @@ def rule_prediction(adapter: Any, forget: Sequence[Fact], retain: Sequence[Fact]
     sets = {"tune": tune_prompts, **{k: render(v, forms, pool=pool) for k, v in scored.items()}}
     rec: dict = {"route": route, "strength": er.strength, "layers": list(er.steerer.layers),
                  "rule": er.steerer.meta.get("strength_rule", {}).get("rule"), "forms": list(forms),
-                 "n_people": {"forget": len({f.subject for f in forget}), "retain": len({f.subject for f in retain}),
+                 "n_people": {"forget": len({f.subject for f in forget}), "fit": len({f.subject for f in retain}),
                               "tune": len({p.fact.subject for p in tune_prompts}),
                               **{k: len({f.subject for f in v}) for k, v in scored.items()}},
                  "fit_seconds": fit_seconds}
