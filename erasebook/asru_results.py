@@ -48,7 +48,9 @@ from .pipeline import group_rows
 from .recipes import GATE_NAMES, GateSetup, score_summary
 from .session import Session
 
-__all__ = ["TRAIN", "ASRUData", "asru_queries", "stage1_strength", "asru_stage1", "asru_model", "asru_key",
+__all__ = ["BACKEND_SETTINGS", "backends_frame", "paired_difference", "describe_backends",
+           "backends_summary", "TRAIN", "ASRUData",
+           "asru_queries", "stage1_strength", "asru_stage1", "asru_model", "asru_key",
            "warm_start_probe", "run_asru", "with_fluency", "method_scores", "asru_record", "ASRU_NAME", "PAPER_AUTHORS",
            "boundary_frame", "probe_frame", "PROBE_RL_KEYS", "cost_frame", "response_examples", "plot_reward_curve",
            "describe_asru", "contextual_examples"]
@@ -589,3 +591,83 @@ def contextual_examples(frame: pd.DataFrame, method: str = ASRU_NAME, n: int = 8
     keep = [is_contextual_refusal(str(r), str(q), None) and not bool(c)
             for r, q, c in zip(df["response"], df["question"], df["correct"])]
     return df[keep][["split", "task", "question", "response"]].head(n).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Does RL add anything, and does TRL train stage 2 as the loop does (scripts/asru_backends.py)
+
+BACKEND_SETTINGS = ("warm start alone", "+ GRPO (erasekit loop)", "+ GRPO (TRL GRPOTrainer)")
+BACKEND_METRICS = {"forget_contextual": "forget contextual refusal %", "forget_refusal": "forget refusal %",
+                   "tune_retain_refusal": "tune-retain refusal %", "seconds": "seconds"}
+
+
+def _t95(df: int) -> float:
+    """Two-sided 95 % t quantile by degrees of freedom (the normal's beyond 5)."""
+    return {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}.get(df, 1.96)
+
+
+def backends_summary(rows: Sequence[dict]) -> dict:
+    """Per setting and metric of :data:`BACKEND_METRICS`: mean and 95 % t-interval half-width over seeds."""
+    import math
+    import statistics
+
+    out: dict = {}
+    for name in dict.fromkeys(r["setting"] for r in rows):
+        rs = [r for r in rows if r["setting"] == name]
+        out[name] = {"n_seeds": len(rs)}
+        for m in BACKEND_METRICS:
+            xs = [float(r[m]) for r in rs]
+            half = _t95(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
+            out[name][m] = {"mean": round(statistics.fmean(xs), 2), "ci95": None if half is None else round(half, 2)}
+    return out
+
+
+def backends_frame(record: dict) -> pd.DataFrame:
+    """``data/results/asru_backends.json`` as a table: one row per setting, mean ± 95 % t-interval over seeds."""
+    rows = {}
+    for name, s in record["summary"].items():
+        rows[name] = {label: (f"{s[m]['mean']:.1f}" + (f" ± {s[m]['ci95']:.1f}" if s[m]["ci95"] is not None else ""))
+                      for m, label in BACKEND_METRICS.items()}
+        rows[name]["seeds"] = s["n_seeds"]
+    return pd.DataFrame(rows).T
+
+
+def paired_difference(record: dict, a: str, b: str, metric: str) -> dict:
+    """``b - a`` per seed (rows paired by seed), its mean and 95 % t-interval: ``{"mean", "lo", "hi", "n"}``."""
+    import math
+    import statistics
+
+    by = {(r["setting"], r["seed"]): float(r[metric]) for r in record["rows"]}
+    d = [by[(b, s)] - by[(a, s)] for s in record["seeds"] if (a, s) in by and (b, s) in by]
+    if not d:
+        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
+    half = _t95(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.inf
+    m = statistics.fmean(d)
+    return {"mean": m, "lo": m - half, "hi": m + half, "n": len(d)}
+
+
+def _difference_words(diff: dict, unit: str = "points") -> str:
+    if diff["n"] == 0:
+        return "not measured"
+    span = f"{diff['mean']:+.1f} {unit} (95 % CI {diff['lo']:+.1f} to {diff['hi']:+.1f}, {diff['n']} seeds)"
+    return span if diff["lo"] > 0 or diff["hi"] < 0 else f"{span}: not distinguishable from seed noise"
+
+
+def describe_backends(record: dict) -> str:
+    """Two sentences by rule: what GRPO adds to its own warm start (paired by seed: contextual refusal of the
+    forget questions, refusal of tune-retain people), and how TRL's trainer compares with erasekit's loop."""
+    warm, loop, trl = BACKEND_SETTINGS
+    c = paired_difference(record, warm, loop, "forget_contextual")
+    o = paired_difference(record, warm, loop, "tune_retain_refusal")
+    text = (f"GRPO (erasekit's loop) against its own warm start: forget contextual refusal {_difference_words(c)}; "
+            f"tune-retain refusal {_difference_words(o)}.")
+    tc = paired_difference(record, loop, trl, "forget_contextual")
+    to = paired_difference(record, loop, trl, "tune_retain_refusal")
+    ts = paired_difference(record, loop, trl, "seconds")
+    if tc["n"]:
+        s = record["summary"]
+        ratio = s[trl]["seconds"]["mean"] / s[loop]["seconds"]["mean"]
+        text += (f" TRL's GRPOTrainer against the loop, same warm start, schedule and reward: forget contextual "
+                 f"refusal {_difference_words(tc)}; tune-retain refusal {_difference_words(to)}; "
+                 f"{ratio:.2f}× the loop's seconds ({_difference_words(ts, 's')}).")
+    return text

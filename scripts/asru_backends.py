@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import time
 
@@ -26,9 +24,6 @@ from erasebook.session import load_session
 from erasekit.asru import ASRUConfig
 from erasekit.files import atomic_write
 
-METRICS = ("forget_refusal", "forget_contextual", "tune_retain_refusal", "seconds")
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}  # two-sided 95 % t quantiles by degrees of freedom
-
 
 def settings(seeds) -> list[dict]:
     """Per seed: the warm start alone, + GRPO by erasekit's loop, + GRPO by TRL (ASRU's training data and defaults)."""
@@ -38,19 +33,6 @@ def settings(seeds) -> list[dict]:
                  {"setting": "+ GRPO (erasekit loop)", "seed": s, "grpo": True, "backend": "erasekit"},
                  {"setting": "+ GRPO (TRL GRPOTrainer)", "seed": s, "grpo": True, "backend": "trl"}]
     return rows
-
-
-def summarise(rows: list[dict]) -> dict:
-    """Mean and 95 % t-interval half-width over seeds, per setting and metric."""
-    out: dict = {}
-    for name in dict.fromkeys(r["setting"] for r in rows):
-        rs = [r for r in rows if r["setting"] == name]
-        out[name] = {"n_seeds": len(rs)}
-        for m in METRICS:
-            xs = [float(r[m]) for r in rs]
-            half = T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
-            out[name][m] = {"mean": round(statistics.fmean(xs), 2), "ci95": None if half is None else round(half, 2)}
-    return out
 
 
 def main(argv=None) -> dict:
@@ -69,10 +51,12 @@ def main(argv=None) -> dict:
         row = asru_results.warm_start_probe(session, setup, args.forget_pct, [{k: v for k, v in st.items()
                                                                                 if k != "setting"}])[0]
         rows.append({"setting": st["setting"], **row})
-        print(json.dumps({k: rows[-1].get(k) for k in ("setting", "seed", *METRICS)}), flush=True)
+        print(json.dumps({k: rows[-1].get(k) for k in ("setting", "seed", *asru_results.BACKEND_METRICS)}),
+              flush=True)
     record = {"forget_pct": args.forget_pct, "seeds": args.seeds, "threads": torch.get_num_threads(),
               "read_on": "training forget generation questions; tune retain profiles' generation questions",
-              "rows": rows, "summary": summarise(rows), "total_seconds": round(time.perf_counter() - t0, 1),
+              "rows": rows, "summary": asru_results.backends_summary(rows),
+              "total_seconds": round(time.perf_counter() - t0, 1),
               "command": "python scripts/asru_backends.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     atomic_write(args.out, json.dumps(record, indent=1, default=float))
     print(json.dumps(record["summary"], indent=1))

@@ -123,3 +123,33 @@ def test_describe_reads_the_generation_questions_for_the_forget_bar(record):
     del rec["5"][R.ASRU_NAME]["boundary_generation"]
     with pytest.raises(ValueError, match="boundary_generation"):
         R.describe_asru(rec, 5)
+
+
+def test_backends_reading_pairs_by_seed_and_says_noise_when_the_interval_spans_zero():
+    from erasebook.asru_results import (
+        BACKEND_SETTINGS,
+        backends_frame,
+        backends_summary,
+        describe_backends,
+        paired_difference,
+    )
+
+    warm, loop, trl = BACKEND_SETTINGS
+    rows = []
+    for s, (w, g, t) in enumerate([(90, 95, 94), (92, 97, 98), (88, 93, 91)]):
+        rows += [{"setting": warm, "seed": s, "forget_contextual": w, "forget_refusal": 100, "tune_retain_refusal": 2,
+                  "seconds": 50},
+                 {"setting": loop, "seed": s, "forget_contextual": g, "forget_refusal": 100,
+                  "tune_retain_refusal": 2 + s, "seconds": 200},
+                 {"setting": trl, "seed": s, "forget_contextual": t, "forget_refusal": 100, "tune_retain_refusal": 3,
+                  "seconds": 300}]
+    rec = {"seeds": [0, 1, 2], "rows": rows, "summary": backends_summary(rows)}
+    d = paired_difference(rec, warm, loop, "forget_contextual")
+    assert d["n"] == 3 and d["mean"] == pytest.approx(5.0) and d["lo"] == pytest.approx(5.0)  # no spread: exact
+    o = paired_difference(rec, warm, loop, "tune_retain_refusal")
+    assert o["mean"] == pytest.approx(1.0) and o["lo"] < 0 < o["hi"]
+    text = describe_backends(rec)
+    assert "forget contextual refusal +5.0 points" in text and "not distinguishable from seed noise" in text
+    assert "1.50× the loop's seconds" in text
+    frame = backends_frame(rec)
+    assert list(frame.index) == list(BACKEND_SETTINGS) and frame.loc[warm, "seeds"] == 3
