@@ -38,6 +38,7 @@ __all__ = [
     "organism_form_facts",
     "harmless_heldout",
     "transfer_rows",
+    "model_form_scores",
     "organism_transfer",
     "smollm2_transfer",
     "known_facts",
@@ -135,6 +136,34 @@ def leave_one_form_out(adapter, forget: Sequence[Fact], retain: Sequence[Fact], 
             out[gate][fam] = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in rec.items()}
             bar.update(1)
     bar.close()
+    return out
+
+
+def model_form_scores(vanilla: Any, model: Any, forget: Sequence[Fact], scored: Mapping[str, Sequence[Fact]], *,
+                      families: Sequence[str] = FAMILIES, trained_forms: Sequence[str] = (),
+                      harmless: Sequence[str] | None = None, max_new_tokens: int = 24, batch_size: int = 32) -> dict:
+    """A trained model (e.g. ASRU's, an adapter over its weights; no context) scored per form family as
+    :func:`leave_one_form_out` scores an eraser: ``{family: {forget_leak, forget_vanilla, <scored>, <scored>_vanilla,
+    harmless_refusal, harmless_vanilla, n_forget, fit_forms, held_out}}``; ``held_out``: the family is not among
+    ``trained_forms`` (the forms its training saw)."""
+    harmless = list(harmless if harmless is not None else harmless_heldout())
+    pool = [*forget, *(f for fs in scored.values() for f in fs)]
+    kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    out: dict = {}
+    base_h, mine_h = _refused(vanilla, harmless, None, **kw), _refused(model, harmless, None, **kw)
+    for fam in families:
+        sets = {"forget": render(forget, [fam], pool=pool),
+                **{k: render(v, [fam], pool=pool) for k, v in scored.items()}}
+        if not sets["forget"]:
+            continue
+        rec: dict = {"forget_leak": family_scores(model, sets["forget"], None, **kw),
+                     "forget_vanilla": family_scores(vanilla, sets["forget"], None, **kw)}
+        for k in scored:
+            rec[k] = family_scores(model, sets[k], None, **kw)
+            rec[f"{k}_vanilla"] = family_scores(vanilla, sets[k], None, **kw)
+        rec.update(harmless_refusal=mine_h, harmless_vanilla=base_h, n_forget=len(sets["forget"]),
+                   fit_forms=list(trained_forms), held_out=fam not in trained_forms)
+        out[fam] = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in rec.items()}
     return out
 
 

@@ -143,7 +143,8 @@ def fit_asru(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, eras
         adapter: from :func:`erasekit.models.load_model` (a VLM or a text-only causal LM).
         forget, retain: prompts (strings or (text, image) pairs) or facts (:class:`erasekit.forms.Fact`), as for
             :func:`fit_eraser`; facts are rendered in ``forms`` for training.
-        eraser: stage 1; default: fitted here (``eraser_kwargs``: e.g. ``{"strength": 4}``).
+        eraser: stage 1; default: fitted here (``eraser_kwargs``: e.g. ``{"strength": 4}``; with prompts given as
+            strings, the eraser's rules need ``{"tune": [prompts about other subjects]}``, :func:`fit_eraser`).
         cfg: :class:`erasekit.asru.ASRUConfig` (steps, group size, LoRA rank, warm start, ...).
     """
     if not isinstance(cfg, ASRUConfig):
