@@ -47,3 +47,17 @@ def test_subjects_route_needs_other_people(tiny_causal_lm):
     with pytest.raises(ValueError, match="share subjects"):
         RH.rule_prediction(tiny_causal_lm, facts[:4], facts[4:12], facts[4:6], {"retain": facts[12:16]},
                            forms=("question",), fit_kw={"strength": 1.0})
+
+
+def test_model_form_scores_marks_the_trained_forms_and_equals_vanilla_for_the_same_model(tiny_causal_lm):
+    from erasebook.form_transfer import model_form_scores
+
+    facts = capital_facts()
+    rec = model_form_scores(tiny_causal_lm, tiny_causal_lm, facts[:3], {"retain": facts[3:6]},
+                            families=("question", "cloze", "portrait"), trained_forms=("question",),
+                            harmless=["Give me a soup recipe."], max_new_tokens=3)
+    assert set(rec) == {"question", "cloze"}  # no portraits: nothing rendered, skipped
+    assert rec["question"]["held_out"] is False and rec["cloze"]["held_out"] is True
+    for r in rec.values():
+        assert r["forget_leak"] == r["forget_vanilla"] and r["retain"] == r["retain_vanilla"]
+        assert r["harmless_refusal"] == r["harmless_vanilla"] and r["fit_forms"] == ["question"]
