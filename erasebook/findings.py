@@ -43,8 +43,8 @@ def _display(method: str) -> str:
 
 def load_records(results: str | Path, bench: str | Path | None = None) -> dict:
     """The recorded results the findings read: ``sel`` (required), ``asru``, ``attacks``, ``cause``
-    (``selectivity_cause.json``), ``fit`` (None where the file is absent) and ``paper`` (the paper's Table 6, text
-    cloze, Vanilla and Ours)."""
+    (``selectivity_cause.json``), ``rule_holdout``, ``fit`` (None where the file is absent) and ``paper`` (the
+    paper's Table 6, text cloze, Vanilla and Ours)."""
     from .paper import paper_table
 
     root = Path(results)
@@ -59,7 +59,7 @@ def load_records(results: str | Path, bench: str | Path | None = None) -> dict:
     paper = paper_table("table6", mode="QA", method=["Vanilla", "Ours"], task="cloze").pivot_table(
         index="method", columns="split", values="value")
     return {"sel": sel, "asru": read(root, "asru.json"), "attacks": read(root, "attacks.json"),
-            "cause": read(root, "selectivity_cause.json"),
+            "cause": read(root, "selectivity_cause.json"), "rule_holdout": read(root, "rule_holdout.json"),
             "fit": read(bench, "fit.json") if bench is not None else None,
             "paper": {m: {s: float(paper.loc[m, s]) for s in paper.columns} for m in paper.index}}
 
@@ -127,6 +127,31 @@ def asru_finding(asru: dict | None, pct: str = "5") -> str:
             f"{_display(asru['stage1'])} at the λ rule's strength.")
 
 
+def rule_finding(rule: dict | None) -> str:
+    """The front door's λ rule on people it never saw (``rule_holdout.json``): per model, the tune set's refusal at
+    the chosen λ (the prediction) against held-out retain people's; "predicts" only within
+    :data:`erasebook.rule_holdout.PREDICTION_BAR` points; the every-fourth-prompt split beside it where recorded."""
+    from .rule_holdout import PREDICTION_BAR
+
+    models = [(k, label) for k, label in (("organism", "the organism"), ("smollm2", "SmolLM2-135M-Instruct"))
+              if rule and (rule.get(k) or {}).get("subjects")]
+    if not models:
+        return "* **The front door's λ rule on held-out people** has no record yet (`erasekit rule-holdout`)."
+    parts = []
+    for k, label in models:
+        r = rule[k]["subjects"]
+        pred, held = r["tune"]["erased"]["rate"], r["retain"]["erased"]["rate"]
+        verdict = "predicts" if abs(held - pred) <= PREDICTION_BAR else "does not predict"
+        text = (f"on {label} (λ {r['strength']:g}) tuned on other people it {verdict} held-out people's refusals: "
+                f"{pred:.1f} % of the tune set against {held:.1f} % (vanilla {r['retain']['vanilla']['rate']:.1f} %)")
+        p = rule[k].get("prompts")
+        if p:
+            text += (f"; tuned on every fourth retain prompt (the fitted people) it chose λ {p['strength']:g}, "
+                     f"predicting {p['tune']['erased']['rate']:.1f} % against {p['retain']['erased']['rate']:.1f} %")
+        parts.append(text)
+    return (f"* **The front door's λ rule** (bar: within {PREDICTION_BAR:.0f} points): " + "; ".join(parts) + ".")
+
+
 _ATTACKS = {"rephrase": "rephrasing", "context": "context wrappers", "gate_evasion": "gate evasion",
             "image_pgd": "image PGD", "relearn_retain": "relearning on retain data",
             "relearn_forget": "relearning on other forget facts"}
@@ -179,8 +204,8 @@ def findings(records: dict) -> list[str]:
                  f"{paper['Ours']['Fgt']:.0f} with retain {paper['Vanilla']['Ret']:.0f} → "
                  f"{paper['Ours']['Ret']:.0f} (its Table 6).")
         out.append(line)
-    out += [vqa_finding(sel), asru_finding(records.get("asru")), attacks_finding(records.get("attacks")),
-            cost_finding(records.get("fit"))]
+    out += [vqa_finding(sel), asru_finding(records.get("asru")), rule_finding(records.get("rule_holdout")),
+            attacks_finding(records.get("attacks")), cost_finding(records.get("fit"))]
     return out
 
 

@@ -41,13 +41,13 @@ def test_attack_rule_and_missing_records():
 def test_committed_records_read_into_findings_and_html():
     records = F.load_records(paths.data_dir() / "results", paths.REPO_ROOT / "benchmarks" / "results")
     lines = F.findings(records)
-    assert len(lines) == 6 and all(line.startswith("* **") for line in lines)
+    assert len(lines) == 7 and all(line.startswith("* **") for line in lines)
     sel = records["sel"]
     c = sel["default"]["QA"]["cloze"]
     assert f"forget {sel['vanilla']['QA']['cloze']['Fgt']:.0f} → {c['Fgt']:.1f} %" in lines[0]
     assert F.selects(c, sel["vanilla"]["QA"]["cloze"])[0] == ("does not select" not in lines[0])
     html = F.findings_html(lines)
-    assert html.count("<li>") == 6 and 'class="erasekit-findings"' in html and "**" not in html
+    assert html.count("<li>") == 7 and 'class="erasekit-findings"' in html and "**" not in html
     nums = F.glue_numbers(records)
     assert nums["default_Fgt"] == c["Fgt"] and nums["forget_pct"] == sel["forget_pct"]
     with pytest.raises(FileNotFoundError):
@@ -141,3 +141,16 @@ def test_selectivity_cause_is_read_by_rule():
     curves = F.push_curves(cause)
     assert curves["today's, refusal contrast"][2.0] == 60 and len(curves) == 4
     assert "No measurement" in F.describe_selectivity_cause({})
+
+
+def test_rule_finding_predicts_only_within_the_bar():
+    from erasebook.rule_holdout import PREDICTION_BAR
+
+    def rec(pred, held):
+        r = {"strength": 4.0, "tune": {"erased": {"rate": pred}}, "retain": {"erased": {"rate": held},
+                                                                            "vanilla": {"rate": 0.0}}}
+        return {"organism": {"subjects": r}}
+
+    assert "it predicts held-out" in F.rule_finding(rec(2.0, 2.0 + PREDICTION_BAR))
+    assert "does not predict" in F.rule_finding(rec(2.0, 2.1 + PREDICTION_BAR))
+    assert "no record" in F.rule_finding(None) and "no record" in F.rule_finding({"organism": {}})
