@@ -8,7 +8,8 @@ The front door::
 
     import erasekit as ek
     adapter = ek.load_model("/models/llava-1.5-7b-hf")
-    eraser = ek.fit_eraser(adapter, forget=[...], retain=[...])      # prompts, or ek.Fact(...)s in many forms
+    eraser = ek.fit_eraser(adapter, forget=[...], retain=[...], tune=[...])  # prompts (tune: other people),
+    # or ek.Fact(...)s in many forms (every fourth retain subject tunes the rules)
     eraser.generate(adapter, ["Where does Jane Doe live?"])
 
 The modules read like the method: ``models`` (one adapter per family), ``hooks`` (capture and steer),

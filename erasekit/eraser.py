@@ -5,7 +5,8 @@
     import erasekit as ek
     adapter = ek.load_model("path/to/llava-1.5-7b-hf")                       # or any supported folder / hub id
     eraser = ek.fit_eraser(adapter, forget=[("Where was this person born?", portrait), "Who is Jane Doe?"],
-                           retain=["What is the capital of France?", ...], strength="auto")
+                           retain=["What is the capital of France?", ...],
+                           tune=["What is the capital of Peru?", ...], strength="auto")   # tune: other subjects
     answers = eraser.generate(adapter, ["Who is Jane Doe?"])                   # refuses; retain questions answered
     eraser.save("eraser/jane")                                                 # safetensors + JSON sidecar
     eraser = ek.Eraser.load("eraser/jane")
