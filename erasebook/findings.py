@@ -142,8 +142,13 @@ def rule_finding(rule: dict | None) -> str:
         r = rule[k]["subjects"]
         pred, held = r["tune"]["erased"]["rate"], r["retain"]["erased"]["rate"]
         verdict = "predicts" if abs(held - pred) <= PREDICTION_BAR else "does not predict"
-        text = (f"on {label} (λ {r['strength']:g}) tuned on other people it {verdict} held-out people's refusals: "
-                f"{pred:.1f} % of the tune set against {held:.1f} % (vanilla {r['retain']['vanilla']['rate']:.1f} %)")
+        fgt = r.get("forget", {}).get("erased", {}).get("rate")
+        erased = "" if fgt is None else f", refusing {fgt:.1f} % of the forget prompts"
+        text = (f"on {label} (λ {r['strength']:g}{erased}) tuned on other people it {verdict} held-out people's "
+                f"refusals: {pred:.1f} % of the tune set against {held:.1f} % (vanilla "
+                f"{r['retain']['vanilla']['rate']:.1f} %)")
+        if fgt is not None and fgt <= r["forget"]["vanilla"]["rate"]:
+            text += " — but nothing is erased there, so there is nothing to predict"
         p = rule[k].get("prompts")
         if p:
             text += (f"; tuned on every fourth retain prompt (the fitted people) it chose λ {p['strength']:g}, "

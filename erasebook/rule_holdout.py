@@ -10,9 +10,9 @@ This module measures the prediction against what happens on people no fit and no
   prompt tunes the rule, so the rule reads prompts about the people of H_r (the front door refuses this split
   unless told, because of what this route measures).
 
-For each route: the chosen λ, the refusal rate of the whole tune set at that λ (the prediction; the rule itself
-reads a sample of it), and the refusal rate at that λ of held-out retain people and of celebrities (the outcome),
-each beside the vanilla model's and per form family. ``erasekit rule-holdout`` writes
+For each route: the chosen λ, the refusal rate of the forget prompts at that λ (is anything erased at all), of the
+whole tune set (the prediction; the rule itself reads a sample of it), and of held-out retain people and of
+celebrities (the outcome), each beside the vanilla model's and per form family. ``erasekit rule-holdout`` writes
 ``data/results/rule_holdout.json``; the bar (issue "ASRU anywhere"): held-out retain refusal within
 :data:`PREDICTION_BAR` points of the tune set's.
 """
@@ -94,7 +94,8 @@ def rule_prediction(adapter: Any, forget: Sequence[Fact], retain: Sequence[Fact]
         tune_prompts = r_prompts[3::4]  # the front door's every-fourth split of the retain prompts
     fit_seconds = round(time.time() - t0, 1)
     score = dict(max_new_tokens=mnt, batch_size=batch_size)
-    sets = {"tune": tune_prompts, **{k: render(v, forms, pool=pool) for k, v in scored.items()}}
+    sets = {"forget": render(forget, forms, pool=pool), "tune": tune_prompts,
+            **{k: render(v, forms, pool=pool) for k, v in scored.items()}}
     rec: dict = {"route": route, "strength": er.strength, "layers": list(er.steerer.layers),
                  "rule": er.steerer.meta.get("strength_rule", {}).get("rule"), "forms": list(forms),
                  "n_people": {"forget": len({f.subject for f in forget}), "fit": len({f.subject for f in retain}),
@@ -168,7 +169,8 @@ def describe_rule_holdout(record: Mapping[str, Mapping], label: str) -> str:
         held = r["retain"]["erased"]
         gap = held["rate"] - pred
         verdict = "within" if abs(gap) <= PREDICTION_BAR else "outside"
-        parts.append(f"{label}, {names.get(route, route)}: λ {r['strength']:g}; the tune set refuses "
+        fgt = f" (forget questions refused {r['forget']['erased']['rate']:.1f} %)" if "forget" in r else ""
+        parts.append(f"{label}, {names.get(route, route)}: λ {r['strength']:g}{fgt}; the tune set refuses "
                      f"{pred:.1f} %, held-out retain people {held['rate']:.1f} % (95 % CI {held['ci'][0]:.1f}–"
                      f"{held['ci'][1]:.1f}, n = {held['n']}; vanilla {r['retain']['vanilla']['rate']:.1f} %): "
                      f"{gap:+.1f} points, {verdict} the ±{PREDICTION_BAR:.0f}-point bar.")

@@ -104,7 +104,10 @@ def test_runtime_note_reports_the_run(monkeypatch):
     import erasebook
     from erasebook import cache, report
 
-    monkeypatch.setattr(erasebook, "STARTED", erasebook.STARTED - 12.0)
+    import time
+
+    # 12 s before now (not before the import: other tests in this process may have run since)
+    monkeypatch.setattr(erasebook, "STARTED", time.perf_counter() - 12.0)
     monkeypatch.setattr(cache, "STATS", cache.STATS.__class__({"a:hit": 3, "b:miss": 1, "b:hit": 2}))
     monkeypatch.setenv("ERASEKIT_PROFILE", "ci")
     note = report.runtime_note()
