@@ -649,6 +649,8 @@ def paired_difference(record: dict, a: str, b: str, metric: str) -> dict:
 def _difference_words(diff: dict, unit: str = "points") -> str:
     if diff["n"] == 0:
         return "not measured"
+    if diff["lo"] == diff["hi"]:
+        return f"{diff['mean']:+.1f} {unit} in every one of {diff['n']} seeds"
     span = f"{diff['mean']:+.1f} {unit} (95 % CI {diff['lo']:+.1f} to {diff['hi']:+.1f}, {diff['n']} seeds)"
     return span if diff["lo"] > 0 or diff["hi"] < 0 else f"{span}: not distinguishable from seed noise"
 
