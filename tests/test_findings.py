@@ -101,10 +101,10 @@ def test_attack_bullets_follow_their_rules():
 
 def test_runtime_note_reports_the_run(monkeypatch):
     """A chapter's last cell states its own measured run: seconds, profile, threads, step-cache hits and misses."""
+    import time
+
     import erasebook
     from erasebook import cache, report
-
-    import time
 
     # 12 s before now (not before the import: other tests in this process may have run since)
     monkeypatch.setattr(erasebook, "STARTED", time.perf_counter() - 12.0)
