@@ -69,23 +69,28 @@ def _gate_selectivity(args) -> int:
     return 0
 
 
-def _form_transfer(args) -> int:
+def _per_model(args, filename: str, organism, smollm2, *, meta_key, command, merge: bool = False,
+               report=None) -> int:
+    """Run an experiment on each of ``args.models`` and record it in ``data/results/<filename>`` (``args.out``):
+    ``organism(session)`` / ``smollm2(adapter)`` give a model's result (SmolLM2 is skipped, with a message, where
+    it is not fetched); the record is re-read just before each write (another model's run may have written its key
+    meanwhile), ``merge`` keeps the model's earlier keys; ``_meta[meta_key(model)]`` holds the seconds, threads,
+    forget % and ``command(model)``; ``report(result, model)`` is printed after each model."""
     import time
 
     import torch
 
-    from .form_transfer import organism_transfer, smollm2_transfer
     from .recipes import write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = args.out or str(paths.data_dir() / "results" / "form_transfer.json")
+    out = args.out or str(paths.data_dir() / "results" / filename)
     for model in args.models:
         t0 = time.perf_counter()
         if model == "organism":
             from .session import load_session
 
-            result = organism_transfer(load_session(args.organism, None), args.forget_pct, gates=args.gates)
+            result = organism(load_session(args.organism, None))
         else:
             from erasekit.models import load_model
             from erasekit.models.smollm2 import smollm2_dir
@@ -94,61 +99,39 @@ def _form_transfer(args) -> int:
             if folder is None:
                 print("SmolLM2 is not fetched (python -m erasekit.models.smollm2); skipping it", file=sys.stderr)
                 continue
-            result = smollm2_transfer(load_model(str(folder)), gates=args.gates, only=args.held_out)
-        # re-read just before writing: another model's run may have written its key meanwhile
+            result = smollm2(load_model(str(folder)))
         record = json.loads(open(out).read()) if os.path.exists(out) else {}
-        record[model] = {**record.get(model, {}), **result}  # a run of some gates keeps the others' results
-        record.setdefault("_meta", {})[f"{model} " + " ".join(args.gates)] = {
-            "seconds": round(time.perf_counter() - t0, 1),
-            "threads": torch.get_num_threads(),
-            "forget_pct": args.forget_pct if model == "organism" else None,
-            "command": "erasekit form-transfer --models "
-            + model
-            + " --gates "
-            + " ".join(args.gates)
-            + (" --held-out " + " ".join(args.held_out) if args.held_out and model == "smollm2" else ""),
-        }
+        record[model] = {**record.get(model, {}), **result} if merge else result
+        record.setdefault("_meta", {})[meta_key(model)] = {
+            "seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(),
+            "forget_pct": args.forget_pct if model == "organism" else None, "command": command(model)}
         write_json(record, out)
+        if report is not None:
+            print(report(result, model))
     print(f"wrote {out}")
     return 0
+
+
+def _form_transfer(args) -> int:
+    from .form_transfer import organism_transfer, smollm2_transfer
+
+    def command(model):
+        held = " --held-out " + " ".join(args.held_out) if args.held_out and model == "smollm2" else ""
+        return f"erasekit form-transfer --models {model} --gates {' '.join(args.gates)}{held}"
+
+    # merge: a run of some gates keeps the others' results
+    return _per_model(args, "form_transfer.json",
+                      lambda session: organism_transfer(session, args.forget_pct, gates=args.gates),
+                      lambda adapter: smollm2_transfer(adapter, gates=args.gates, only=args.held_out),
+                      meta_key=lambda model: f"{model} " + " ".join(args.gates), command=command, merge=True)
 
 
 def _rule_holdout(args) -> int:
-    import time
-
-    import torch
-
-    from .recipes import write_json
     from .rule_holdout import describe_rule_holdout, organism_rule_holdout, smollm2_rule_holdout
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = args.out or str(paths.data_dir() / "results" / "rule_holdout.json")
-    for model in args.models:
-        t0 = time.perf_counter()
-        if model == "organism":
-            from .session import load_session
-
-            result = organism_rule_holdout(load_session(args.organism, None), args.forget_pct)
-        else:
-            from erasekit.models import load_model
-            from erasekit.models.smollm2 import smollm2_dir
-
-            folder = smollm2_dir()
-            if folder is None:
-                print("SmolLM2 is not fetched (python -m erasekit.models.smollm2); skipping it", file=sys.stderr)
-                continue
-            result = smollm2_rule_holdout(load_model(str(folder)))
-        record = json.loads(open(out).read()) if os.path.exists(out) else {}
-        record[model] = result
-        record.setdefault("_meta", {})[model] = {
-            "seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(),
-            "forget_pct": args.forget_pct if model == "organism" else None,
-            "command": f"erasekit rule-holdout --models {model}"}
-        write_json(record, out)
-        print(describe_rule_holdout(result, model))
-    print(f"wrote {out}")
-    return 0
+    return _per_model(args, "rule_holdout.json", lambda session: organism_rule_holdout(session, args.forget_pct),
+                      smollm2_rule_holdout, meta_key=lambda model: model,
+                      command=lambda model: f"erasekit rule-holdout --models {model}", report=describe_rule_holdout)
 
 
 def _asru(args) -> int:

@@ -38,6 +38,7 @@ __all__ = [
     "organism_form_facts",
     "harmless_heldout",
     "transfer_rows",
+    "form_answers",
     "model_form_scores",
     "organism_transfer",
     "smollm2_transfer",
@@ -61,7 +62,9 @@ def harmless_heldout(n: int = 40) -> list[str]:
     return out[:n]
 
 
-def _answers(adapter, prompts: Sequence[FormPrompt], eraser, max_new_tokens: int, batch_size: int) -> list[str]:
+def form_answers(adapter, prompts: Sequence[FormPrompt], eraser, max_new_tokens: int,
+                 batch_size: int) -> list[str]:
+    """Greedy answers to ``prompts`` (their texts and images), under ``eraser`` or vanilla (None)."""
     texts = [p.text for p in prompts]
     images = [p.image for p in prompts]
     images = None if all(im is None for im in images) else images
@@ -75,7 +78,7 @@ def family_scores(adapter, prompts: Sequence[FormPrompt], eraser=None, *, max_ne
     """% of ``prompts`` answered with their fact (None for no prompts)."""
     if not prompts:
         return None
-    answers = _answers(adapter, prompts, eraser, max_new_tokens, batch_size)
+    answers = form_answers(adapter, prompts, eraser, max_new_tokens, batch_size)
     return 100.0 * sum(answered(p, a) for p, a in zip(prompts, answers)) / len(prompts)
 
 
@@ -231,7 +234,7 @@ def organism_transfer(session, forget_pct: int = 5, n_fit: int = 24, n_scored: i
 def known_facts(adapter, facts: Sequence[Fact], max_new_tokens: int = 16, batch_size: int = 32) -> list[Fact]:
     """The facts ``adapter`` answers correctly to EVERY direct question (greedy): the facts it knows."""
     ps = render(facts, ["question"])
-    answers = _answers(adapter, ps, None, max_new_tokens, batch_size)
+    answers = form_answers(adapter, ps, None, max_new_tokens, batch_size)
     ok: dict[Fact, bool] = {}
     for p, a in zip(ps, answers):
         ok[p.fact] = ok.get(p.fact, True) and answered(p, a)

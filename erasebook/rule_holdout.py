@@ -26,7 +26,6 @@ from typing import Any
 
 from erasekit.eraser import fit_eraser
 from erasekit.forms import FAMILIES, Fact, FormPrompt, render
-from erasekit.generation import generate
 from erasekit.scoring import is_refusal
 
 __all__ = ["PREDICTION_BAR", "refusal_by_family", "rule_prediction", "organism_rule_holdout",
@@ -49,13 +48,9 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def refusal_by_family(adapter: Any, prompts: Sequence[FormPrompt], eraser=None, *, max_new_tokens: int = 16,
                       batch_size: int = 32) -> dict:
     """Refusal of ``prompts`` (under ``eraser``, or vanilla): ``{"refused", "n", "rate", "ci", "by_family"}``."""
-    texts = [p.text for p in prompts]
-    images = [p.image for p in prompts]
-    images = None if all(im is None for im in images) else images
-    ctx = None if eraser is None else (lambda: eraser.context(adapter))
-    answers = generate(adapter, texts, images, context=ctx, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       progress=False)
-    refused = [is_refusal(a) for a in answers]
+    from .form_transfer import form_answers
+
+    refused = [is_refusal(a) for a in form_answers(adapter, prompts, eraser, max_new_tokens, batch_size)]
     fams: dict[str, list[bool]] = {}
     for p, r in zip(prompts, refused):
         fams.setdefault(p.family, []).append(r)
@@ -79,6 +74,7 @@ def rule_prediction(adapter: Any, forget: Sequence[Fact], retain: Sequence[Fact]
     kw = dict(fit_kw or {})
     mnt = int(kw.get("max_new_tokens", 16))
     pool = [*forget, *retain, *(tune or ()), *(f for fs in scored.values() for f in fs)]
+    forget_prompts = render(forget, forms, pool=pool)
     t0 = time.time()
     if route == "subjects":
         if not tune:
@@ -88,13 +84,13 @@ def rule_prediction(adapter: Any, forget: Sequence[Fact], retain: Sequence[Fact]
         tune_prompts = render(tune, forms, pool=pool)
     else:
         r_prompts = render(retain, forms, pool=pool)
-        er = fit_eraser(adapter, [p.prompt for p in render(forget, forms, pool=pool)],
+        er = fit_eraser(adapter, [p.prompt for p in forget_prompts],
                         [p.prompt for p in r_prompts], tune="every_fourth", batch_size=batch_size, progress=False,
                         **kw)
         tune_prompts = r_prompts[3::4]  # the front door's every-fourth split of the retain prompts
     fit_seconds = round(time.time() - t0, 1)
     score = dict(max_new_tokens=mnt, batch_size=batch_size)
-    sets = {"forget": render(forget, forms, pool=pool), "tune": tune_prompts,
+    sets = {"forget": forget_prompts, "tune": tune_prompts,
             **{k: render(v, forms, pool=pool) for k, v in scored.items()}}
     rec: dict = {"route": route, "strength": er.strength, "layers": list(er.steerer.layers),
                  "rule": er.steerer.meta.get("strength_rule", {}).get("rule"), "forms": list(forms),

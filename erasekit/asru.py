@@ -82,7 +82,7 @@ from .asru_stage1 import (
     teacher_queries,
     warm_start,
 )
-from .baselines.lora import lora_model
+from .baselines.lora import lora_model, merged_frozen
 from .generation import generate
 from .grpo import group_advantages, grpo_loss, token_kl
 from .measure import measure
@@ -253,12 +253,7 @@ def _grpo_loop(adapter: Any, model: nn.Module, forget: Sequence[Query], retain: 
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
         curve.append(curve_entry(step, flat_q, rewards, details, cfg.weights, **parts))
-    policy.eval()
-    merged = policy.merge_and_unload()
-    for p in merged.parameters():
-        p.requires_grad_(False)
-    merged.eval()
-    return merged, curve
+    return merged_frozen(policy), curve
 
 
 def train_asru(adapter: Any, forget: Sequence[Query], retain: Sequence[Query], cfg: ASRUConfig = ASRUConfig(), *,

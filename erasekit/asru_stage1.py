@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .asru_rollouts import Query, answer_texts, query_images, response_logprobs
-from .baselines.lora import fresh_copy, lora_model
+from .baselines.lora import fresh_copy, lora_model, merged_frozen
 from .generation import generate
 from .response_quality import fluency_nll
 from .scoring import is_degenerate, is_refusal
@@ -150,8 +150,4 @@ def warm_start(adapter: Any, model: nn.Module, pairs: Sequence[tuple[Query, str]
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             losses.append(float(loss.detach()))
-    peft.eval()
-    merged = peft.merge_and_unload()
-    for p in merged.parameters():
-        p.requires_grad_(False)
-    return merged, losses
+    return merged_frozen(peft), losses

@@ -89,11 +89,10 @@ def grpo_trl(adapter: Any, model: Any, forget: Sequence[Query], retain: Sequence
     Returns (the merged model in eval mode, one curve entry per optimiser step's batch of rollouts)."""
     try:
         from datasets import Dataset
-        from peft import LoraConfig
         from trl import GRPOConfig, GRPOTrainer
     except ImportError as e:  # pragma: no cover - trl is a dev / [trl] dependency
         raise ImportError("ASRUConfig(backend='trl') needs trl (pip install 'erasekit[trl]')") from e
-    from .baselines.lora import lora_targets
+    from .baselines.lora import lora_config, merged_frozen
 
     if cfg.retain_nll > 0:
         raise ValueError("ASRUConfig.retain_nll has no TRL counterpart: use backend='erasekit' or retain_nll=0")
@@ -117,8 +116,7 @@ def grpo_trl(adapter: Any, model: Any, forget: Sequence[Query], retain: Sequence
             beta=cfg.beta, epsilon=cfg.clip_eps, loss_type="grpo",
             scale_rewards="group" if cfg.scale_rewards else "none", remove_unused_columns=False,
         )
-        peft = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
-                          target_modules=lora_targets(model, cfg.lora_vision))
+        peft = lora_config(model, cfg)
         torch.manual_seed(cfg.seed)
         trainer = GRPOTrainer(model=model, reward_funcs=[reward_callable(queries, adapter, ref_nll, cfg, log)],
                               args=args, train_dataset=data, processing_class=adapter.tokenizer, peft_config=peft)
@@ -132,8 +130,4 @@ def grpo_trl(adapter: Any, model: Any, forget: Sequence[Query], retain: Sequence
         h = history[step * cfg.updates_per_batch] if step * cfg.updates_per_batch < len(history) else {}
         parts = {k: h[k] for k in ("loss", "kl") if k in h}
         curve.append(curve_entry(step, qs, rewards, details, cfg.weights, **parts))
-    policy.eval()
-    merged = policy.merge_and_unload()
-    for p in merged.parameters():
-        p.requires_grad_(False)
-    return merged.eval(), curve
+    return merged_frozen(policy), curve

@@ -15,7 +15,7 @@ from torch import nn
 from ..models import ModelAdapter, adapter_class, adapter_for
 from .configs import TrainConfig
 
-__all__ = ["lora_targets", "lora_model", "fresh_copy", "as_adapter"]
+__all__ = ["lora_targets", "lora_config", "lora_model", "merged_frozen", "fresh_copy", "as_adapter"]
 
 
 def lora_targets(model: nn.Module, vision: bool = False) -> list[str]:
@@ -28,14 +28,28 @@ def lora_targets(model: nn.Module, vision: bool = False) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and role(n) in roles]
 
 
-def lora_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
-    """``model`` with peft LoRA adapters (``cfg``'s r, alpha, dropout) on its :func:`lora_targets`."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(model: nn.Module, cfg: TrainConfig):
+    """peft's ``LoraConfig`` of ``cfg`` (r, alpha, dropout; no bias) on ``model``'s :func:`lora_targets`."""
+    from peft import LoraConfig
 
-    targets = lora_targets(model, cfg.lora_vision)
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
-                        target_modules=targets)
-    return get_peft_model(model, config)
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
+                      target_modules=lora_targets(model, cfg.lora_vision))
+
+
+def lora_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``model`` with peft LoRA adapters (:func:`lora_config`)."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(model, cfg))
+
+
+def merged_frozen(peft_model: nn.Module) -> nn.Module:
+    """A trained peft model's LoRA merged into its base weights, in eval mode, every parameter frozen."""
+    peft_model.eval()
+    merged = peft_model.merge_and_unload()
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    return merged.eval()
 
 
 def fresh_copy(adapter: ModelAdapter) -> nn.Module:
