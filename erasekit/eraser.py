@@ -385,8 +385,8 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *,
         if locators:
             steerer = dataclasses.replace(steerer, locators={l: locators[l] for l in steerer.layers})
     fact_meta["read_at"] = read_at
-    fact_meta["tune_from"] = "every fourth retain prompt" if every_fourth and not are_facts(retain) else \
-        "every fourth retain subject" if tune_split else "given"
+    fact_meta["tune_from"] = "every fourth retain subject" if tune_split else \
+        "every fourth retain prompt" if every_fourth else "given"
     steerer.meta.update(model_id=str(getattr(adapter, "model_id", "")), n_forget=len(f_txt), n_retain=len(r_txt),
                         n_tune=len(t_txt), **fact_meta)
     read = "steered" if gate == "paper" else "frozen"

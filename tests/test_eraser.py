@@ -54,6 +54,9 @@ def test_rules_never_tune_on_the_fitted_subjects_unless_told(tiny_causal_lm):
     assert told.steerer.meta["tune_from"] == "every fourth retain prompt" and told.steerer.meta["n_tune"] == 2
     assert given.steerer.meta["tune_from"] == "given" and given.steerer.meta["n_tune"] == 3
     assert split.steerer.meta["tune_from"] == "every fourth retain subject"
+    told_facts = ek.fit_eraser(tiny_causal_lm, facts[:4], facts[4:], tune="every_fourth", forms=("question",),
+                               strength=1.0, progress=False)
+    assert told_facts.steerer.meta["tune_from"] == "every fourth retain subject"
 
 
 def test_bad_inputs_say_what_to_do(tiny_causal_lm, tmp_path):
