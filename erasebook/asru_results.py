@@ -601,14 +601,19 @@ BACKEND_METRICS = {"forget_contextual": "forget contextual refusal %", "forget_r
                    "tune_retain_refusal": "tune-retain refusal %", "seconds": "seconds"}
 
 
-def _t95(df: int) -> float:
-    """Two-sided 95 % t quantile by degrees of freedom (the normal's beyond 5)."""
-    return {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}.get(df, 1.96)
+def _t_half(xs: Sequence[float]) -> float | None:
+    """Half-width of the two-sided 95 % t-interval of the mean of ``xs`` (the normal's quantile beyond 5 degrees
+    of freedom); None for fewer than two values."""
+    import statistics
+
+    if len(xs) < 2:
+        return None
+    t95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}.get(len(xs) - 1, 1.96)
+    return t95 * statistics.stdev(xs) / math.sqrt(len(xs))
 
 
 def backends_summary(rows: Sequence[dict]) -> dict:
     """Per setting and metric of :data:`BACKEND_METRICS`: mean and 95 % t-interval half-width over seeds."""
-    import math
     import statistics
 
     out: dict = {}
@@ -617,7 +622,7 @@ def backends_summary(rows: Sequence[dict]) -> dict:
         out[name] = {"n_seeds": len(rs)}
         for m in BACKEND_METRICS:
             xs = [float(r[m]) for r in rs]
-            half = _t95(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
+            half = _t_half(xs)
             out[name][m] = {"mean": round(statistics.fmean(xs), 2), "ci95": None if half is None else round(half, 2)}
     return out
 
@@ -634,14 +639,14 @@ def backends_frame(record: dict) -> pd.DataFrame:
 
 def paired_difference(record: dict, a: str, b: str, metric: str) -> dict:
     """``b - a`` per seed (rows paired by seed), its mean and 95 % t-interval: ``{"mean", "lo", "hi", "n"}``."""
-    import math
     import statistics
 
     by = {(r["setting"], r["seed"]): float(r[metric]) for r in record["rows"]}
     d = [by[(b, s)] - by[(a, s)] for s in record["seeds"] if (a, s) in by and (b, s) in by]
     if not d:
         return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
-    half = _t95(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.inf
+    half = _t_half(d)
+    half = math.inf if half is None else half
     m = statistics.fmean(d)
     return {"mean": m, "lo": m - half, "hi": m + half, "n": len(d)}
 
