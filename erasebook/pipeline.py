@@ -12,7 +12,9 @@ it keyed by everything that determines it, so notebooks run alone and in any ord
 :func:`query_activations`                (e) last-token layer inputs of the evaluation prompts, per group
 :func:`forget_retain_activations`        (e) H_f (forget) and H_r (the ``fit`` retain + celebrity profiles)
 :func:`input_aware_steerer`              (f) rank-one (or MLP) input-aware steerer for given γ, null space, layers
-:func:`default_steerer`                  (f) erasekit's gate with γ, layers and floors chosen on tuning data
+:func:`gate_prompts`                     (f) the fitting sets as front-door prompts (forget, retain, tune)
+:func:`paper_steerer`                    (f) MLLMEraser's gate through the front door (``gate="paper"``)
+:func:`default_steerer`                  (f) erasekit's gate through the front door, γ / layers / floors on tune data
 :class:`erasekit.strengths.TaskSteering`  (f) steerer or constant direction + per-task λ -> interventions
 :func:`erasebook.runs.evaluate_steering`  (g) MLLMU-Bench protocol on Fgt/Test/Ret/Cele, vanilla or steered
 ======================================  ====================================================================
@@ -44,13 +46,14 @@ from tqdm.auto import tqdm
 from erasekit.attack import AdversarialImages, harmful_target_loss, pgd_attack
 from erasekit.cache_keys import cache_key
 from erasekit.directions import ErasureDirection, diff_in_means
+from erasekit.eraser import PAPER_GATE, fit_eraser
 from erasekit.evaluate import TASKS, benchmark_rows, build_items
 from erasekit.generation import generate
 from erasekit.heldout import partition_profiles
 from erasekit.hooks import check_layers, collect_activations
 from erasekit.scoring import is_degenerate, is_refusal
 from erasekit.steering import InputAwareSteerer, fit_mlp_steerer, fit_steerer
-from erasekit.tuning import GAMMA_GRID, LAYER_AUC_MARGIN, choose_gate
+from erasekit.tuning import GAMMA_GRID, LAYER_AUC_MARGIN
 
 from .cache import VERSION, cached, image_digests, key_of
 from .session import Session
@@ -70,6 +73,8 @@ __all__ = [
     "ForgetRetain",
     "forget_retain_activations",
     "input_aware_steerer",
+    "gate_prompts",
+    "paper_steerer",
     "default_steerer",
 ]
 
@@ -441,6 +446,11 @@ def forget_retain_activations(session: Session, forget_pct: int = 5, retain_samp
 # (f) the steerer and its interventions
 
 
+def _fit_steering_key(session: Session, direction: ErasureDirection, acts: ForgetRetain, hyper: dict) -> str:
+    return cache_key(step="fit_steering", version=VERSION, model=session.model_key, direction=key_of(direction),
+                     acts=acts.key, **hyper)
+
+
 def input_aware_steerer(session: Session, direction: ErasureDirection, acts: ForgetRetain, gamma: float = 0.1,
                  null_space: str | float = 0.3, layers: Sequence[int] | None = None, kind: str = "rank_one",
                  gate: str = "nullspace", gamma_scale: str = "absolute", alpha: float = 1.0,
@@ -462,8 +472,7 @@ def input_aware_steerer(session: Session, direction: ErasureDirection, acts: For
     hyper = {"gamma": gamma, "null_space": null_space, "layers": layers, "kind": kind, **mlp_kwargs}
     if kind == "rank_one" and (gate, gamma_scale) != ("nullspace", "absolute"):
         hyper.update(gate=gate, gamma_scale=gamma_scale, alpha=alpha)
-    key = cache_key(step="fit_steering", version=VERSION, model=session.model_key, direction=key_of(direction),
-                    acts=acts.key, **hyper)
+    key = _fit_steering_key(session, direction, acts, hyper)
 
     def compute():
         if kind == "rank_one":
@@ -479,13 +488,58 @@ def input_aware_steerer(session: Session, direction: ErasureDirection, acts: For
     return out
 
 
+def gate_prompts(session: Session, forget_pct: int = 5, modes: Sequence[str] = ("VQA", "QA"),
+                 retain_sample: int | None = None, celeb_sample: int | None = None) -> dict[str, Any]:
+    """The book's fitting sets as front-door prompts (``(question, portrait or None)`` pairs, in the order of
+    :func:`forget_retain_activations`): ``forget`` = the forget split's questions (H_f), ``retain`` = the ``fit``
+    retain then celebrity profiles' (H_r), ``tune`` = the ``tune`` retain profiles' (the rules' negatives), all in
+    ``modes`` and every task; ``retain_ids``: the profiles in H_r. Give them to :func:`erasekit.fit_eraser` and it
+    fits the steerers chapter 05 scores (:func:`default_steerer`, :func:`paper_steerer`)."""
+    items = group_items(session, forget_pct, ("Fgt", "Ret", "Cele"), retain_sample, celeb_sample, modes, TASKS,
+                        "fit")
+    tune = group_items(session, forget_pct, ("Ret",), None, None, modes, TASKS, "tune")["Ret"]
+    fit_rows = group_rows(session, forget_pct, ("Ret", "Cele"), "fit", retain_sample, celeb_sample)
+
+    def pairs(its):
+        return [(it.prompt, it.image) for it in its]
+
+    return {"forget": pairs(items["Fgt"]), "retain": pairs(items["Ret"]) + pairs(items["Cele"]),
+            "tune": pairs(tune), "retain_ids": sorted(r["ID"] for rs in fit_rows.values() for r in rs)}
+
+
+def paper_steerer(session: Session, direction: ErasureDirection, forget_pct: int = 5, *,
+                  fit_modes: Sequence[str] = ("VQA", "QA"), progress: bool = True,
+                  refresh: bool = False) -> InputAwareSteerer:
+    """(f) MLLMEraser's steerer as the authors run it: the front door's ``gate="paper"`` (null-space gate, γ 0.1,
+    ratio 0.3, layers 1..L-1; :data:`erasekit.eraser.PAPER_GATE`) on :func:`gate_prompts`. The same steerer as
+    ``input_aware_steerer(session, direction, forget_retain_activations(...), gamma=0.1, null_space=0.3)``, under
+    that step's cache key (``tests/test_one_route.py`` checks the two routes agree)."""
+    acts = forget_retain_activations(session, forget_pct, modes=fit_modes, progress=progress)
+    layers = list(range(1, session.num_layers))
+    hyper = {"gamma": PAPER_GATE["gamma"], "null_space": PAPER_GATE["null_space"], "layers": layers,
+             "kind": "rank_one"}
+    key = _fit_steering_key(session, direction, acts, hyper)
+
+    def compute():
+        p = gate_prompts(session, forget_pct, fit_modes)
+        st = fit_eraser(session.adapter, p["forget"], p["retain"], tune=p["tune"], direction=direction,
+                        gate="paper", layers=layers, strength=1.0, progress=progress).steerer
+        st.meta.update(model_id=session.model_id)
+        return st
+
+    out = cached("fit_steering", key, compute, session.model_id, hyper, refresh)
+    out.meta["cache_key"] = key
+    return out
+
+
 def default_steerer(session: Session, direction: ErasureDirection, forget_pct: int = 5, *,
                          fit_modes: Sequence[str] = ("VQA", "QA"), retain_sample: int | None = None,
                          celeb_sample: int | None = None, alpha: float = 1.0,
                          gammas: Sequence[float] = GAMMA_GRID, margin: float = LAYER_AUC_MARGIN,
                          floor_quantile: float | None = 0.9, layers: Sequence[int] | None = None,
                          progress: bool = True, refresh: bool = False) -> InputAwareSteerer:
-    """(f) erasekit's default steerer: the contrastive gate with γ, layers and floors chosen by
+    """(f) erasekit's default steerer: the front door (:func:`erasekit.fit_eraser`, ``read_at="last"``, λ left to
+    the caller) on :func:`gate_prompts`: the contrastive gate with γ, layers and floors chosen by
     :func:`erasekit.tuning.choose_gate` on the forget set and the ``tune`` retain profiles only.
 
     H_f = the forget split's questions, H_r = the ``fit`` profiles (:func:`forget_retain_activations`), the tuning
@@ -494,7 +548,6 @@ def default_steerer(session: Session, direction: ErasureDirection, forget_pct: i
     """
     acts = forget_retain_activations(session, forget_pct, retain_sample, celeb_sample, modes=fit_modes,
                                      progress=progress)
-    tune = query_activations(session, forget_pct, ("Ret",), modes=fit_modes, role="tune", progress=progress)["Ret"]
     layers = list(range(1, session.num_layers)) if layers is None else check_layers(session.adapter, layers)
     hyper = {"alpha": alpha, "gammas": [float(g) for g in gammas], "margin": margin,
              "floor_quantile": floor_quantile, "layers": layers}
@@ -503,12 +556,13 @@ def default_steerer(session: Session, direction: ErasureDirection, forget_pct: i
                     tune=[r["ID"] for r in group_rows(session, forget_pct, ("Ret",), "tune")["Ret"]], **hyper)
 
     def compute():
-        st = choose_gate(acts.forget, acts.retain, tune, direction, layers, gammas, alpha, margin, floor_quantile)
-        st.meta.update(model_id=session.model_id, retain_ids=acts.meta["retain_ids"])
+        p = gate_prompts(session, forget_pct, fit_modes, retain_sample, celeb_sample)
+        st = fit_eraser(session.adapter, p["forget"], p["retain"], tune=p["tune"], direction=direction,
+                        layers=layers, strength=1.0, gammas=gammas, alpha=alpha, margin=margin,
+                        floor_quantile=floor_quantile, read_at="last", progress=progress).steerer
+        st.meta.update(model_id=session.model_id, retain_ids=p["retain_ids"])
         return st
 
     out = cached("fit_default_steering", key, compute, session.model_id, hyper, refresh)
     out.meta["cache_key"] = key
     return out
-
-

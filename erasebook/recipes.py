@@ -36,6 +36,7 @@ from typing import Any
 
 import pandas as pd
 
+from erasekit.eraser import PAPER_GATE, Eraser
 from erasekit.files import atomic_write
 from erasekit.strengths import PAPER_STRENGTHS, TaskSteering
 
@@ -99,14 +100,21 @@ class GateSetup:
             self.steerers[(gate, pct)] = _fit(self.session, self.config, self.directions[gate], gate, pct)
         return self.steerers[(gate, pct)]
 
+    def eraser(self, gate: str, forget_pct: int | None = None, strength: float = 1.0) -> Eraser:
+        """The fitted ``gate`` as the front door returns it (:class:`erasekit.Eraser`, at ``strength``)."""
+        return Eraser(self.steerer(gate, forget_pct), strength, self.reads[gate])
+
     def steering(self, gate: str, forget_pct: int | None = None, strengths: Any = None) -> TaskSteering:
-        """A :class:`erasekit.strengths.TaskSteering` for ``gate`` ("paper" / "default") with its chosen λ."""
-        return TaskSteering(self.steerer(gate, forget_pct), strengths=self.strengths[gate] if strengths is None
-                           else strengths, read=self.reads[gate])
+        """A :class:`erasekit.strengths.TaskSteering` for ``gate`` ("paper" / "default") with its chosen λ per
+        task: the eraser's hooks (:meth:`erasekit.Eraser.context`) at each task's λ."""
+        return TaskSteering.from_eraser(self.eraser(gate, forget_pct),
+                                        self.strengths[gate] if strengths is None else strengths)
 
 
 def _fit(session: Session, cfg: GateConfig, direction, gate: str, pct: int):
     if gate == "paper":
+        if (cfg.paper_gamma, cfg.paper_null_space) == (PAPER_GATE["gamma"], PAPER_GATE["null_space"]):
+            return pl.paper_steerer(session, direction, pct, fit_modes=cfg.fit_modes, progress=False)
         acts = pl.forget_retain_activations(session, pct, modes=cfg.fit_modes, progress=False)
         return pl.input_aware_steerer(session, direction, acts, gamma=cfg.paper_gamma, null_space=cfg.paper_null_space)
     if gate == "default":
@@ -133,9 +141,8 @@ def gate_setup(session: Session, config: GateConfig | None = None, gates: Sequen
     setup = GateSetup(session, cfg, direction, {"paper": direction, "default": ours}, {}, {}, {},
                       {"paper": "steered", "default": "frozen"})
     for gate in gates:
-        st = setup.steerer(gate)
         strengths, table = runs.choose_strengths(
-            session, lambda lam, st=st, gate=gate: TaskSteering(st, strengths=lam, read=setup.reads[gate]),
+            session, lambda lam, gate=gate: TaskSteering.from_eraser(setup.eraser(gate), lam),
             cfg.lambda_grid, forget_pct=cfg.forget_pct, max_retain_drop=cfg.max_retain_drop,
             modes=cfg.tune_modes, max_new_tokens=cfg.max_new_tokens, progress=progress)
         setup.strengths[gate], setup.tuning[gate] = strengths, table

@@ -54,10 +54,12 @@ from typing import Any
 from torch import Tensor
 
 from .artifacts import load_artifact, read_sidecar, save_artifact
+from .cache_keys import cache_key
 from .directions import ErasureDirection, diff_in_means
 from .forms import FAMILIES, Fact, render, split_subjects
 from .generation import generate, prefill_gate_values
 from .hooks import check_layers, collect_activations, steer
+from .locate import subject_states
 from .prompts import default_requests
 from .steering import InputAwareSteerer, fit_steerer
 from .strength_rule import STRENGTH_RULES, choose_strength
@@ -128,6 +130,10 @@ class Eraser:
         if self.read not in READS:
             raise ValueError(f"read must be one of {READS}, got {self.read!r}")
 
+    def at(self, strength: float) -> Eraser:
+        """The same fitted eraser at another λ (e.g. one λ per task, as the book's tables use)."""
+        return dataclasses.replace(self, strength=float(strength))
+
     def context(self, adapter: Any, record: dict | None = None):
         """The steering context: inside it every forward pass / generate call of ``adapter`` is steered."""
         ops = self.steerer.operators(self.strength)
@@ -164,57 +170,25 @@ class Eraser:
         return cls(steerer, float(hyper["eraser"]["strength"]), hyper["eraser"]["read"])
 
 
-def _subject_states(adapter, forget, retain, tune, subjects: dict, layers, batch_size: int,
-                    generic: Sequence[str] = ()):
-    """H_f, H_r at the subject's last token of each prompt; the per-layer locators fitted on every position of the
-    forget and retain prompts; H_t at the tune prompts' LOCATED positions (what the gate will read there).
-
-    ``generic``: prompts about no one (e.g. harmless requests). Even-numbered ones join the locator's negatives
-    (every position 0) and H_r at their located position, odd-numbered ones H_t at theirs: a prompt without a
-    subject is read wherever the locator points, and the gate and its floors must see such readings.
-    Returns (H_f, H_r, H_t, locators, rows of generic prompts appended to H_r, appended to H_t)."""
-    import torch
-
-    from .locate import fit_locator, subject_index, token_states
-
-    def states(txt, im):
-        H, off = token_states(adapter, txt, im, layers, batch_size)
-        ends = [off[i + 1] - 1 - subject_index(adapter, t, subjects.get((t, im is not None and im[i] is not None),
-                                                                       ""), im is not None and im[i] is not None)
-                for i, t in enumerate(txt)]
-        return H, off, ends
-
-    (Hf, _, ef), (Hr, _, er) = states(*forget), states(*retain)
-    Ht, ot, _ = states(*tune)
-    g_fit, g_tune = list(generic[0::2]), list(generic[1::2])
-    Hg, og = token_states(adapter, g_fit, None, layers, batch_size) if g_fit else ({}, [0])
-    Hgt, ogt = token_states(adapter, g_tune, None, layers, batch_size) if g_tune else ({}, [0])
-
-    def located(H, off, loc, l):
-        return [H[l][off[i]:off[i + 1]][int(loc.scores(H[l][off[i]:off[i + 1]]).argmax())]
-                for i in range(len(off) - 1)]
-
-    locators, H_f, H_r, H_t = {}, {}, {}, {}
-    for l in layers:
-        parts = [Hf[l], Hr[l]] + ([Hg[l]] if g_fit else [])
-        X = torch.cat(parts)
-        y = torch.zeros(X.shape[0], dtype=torch.bool)
-        y[torch.tensor(ef)] = True
-        y[Hf[l].shape[0] + torch.tensor(er)] = True
-        loc = fit_locator(X, y)
-        H_f[l] = Hf[l][torch.tensor(ef)]
-        H_r[l] = torch.stack([*Hr[l][torch.tensor(er)], *(located(Hg, og, loc, l) if g_fit else [])])
-        H_t[l] = torch.stack(located(Ht, ot, loc, l) + (located(Hgt, ogt, loc, l) if g_tune else []))
-        locators[l] = loc
-    return H_f, H_r, H_t, locators, len(g_fit), len(g_tune)
-
-
 def _sample(texts: list[str], images: list | None, n: int | None) -> tuple[list[str], list | None]:
     """At most ``n`` of the prompts, evenly spread over the list (deterministic); all when ``n`` is None."""
     if n is None or len(texts) <= n:
         return texts, images
     idx = [round(i * (len(texts) - 1) / (n - 1)) for i in range(n)] if n > 1 else [0]
     return [texts[i] for i in idx], None if images is None else [images[i] for i in idx]
+
+
+def _prompt_id(p: Any, digests: dict[int, str]) -> tuple[str, str | None]:
+    """A prompt's identity: its text and its image's content (one question asked about two portraits is two
+    prompts); ``digests`` memoises the image hashes per object."""
+    if isinstance(p, str):
+        return p, None
+    im = p[1]
+    if im is None:
+        return p[0], None
+    if id(im) not in digests:
+        digests[id(im)] = cache_key(image=im)
+    return p[0], digests[id(im)]
 
 
 def _check_tune(forget: Sequence[Any], retain: Sequence[Any], tune: Sequence[Any] | str | None) -> bool:
@@ -242,10 +216,11 @@ def _check_tune(forget: Sequence[Any], retain: Sequence[Any], tune: Sequence[Any
                              f"{', …' if len(shared) > 5 else ''}): the rules would predict refusals on people "
                              "the fit contains. Give tune facts about other subjects")
     else:
-        overlap = {p if isinstance(p, str) else p[0] for p in tune} & \
-            {p if isinstance(p, str) else p[0] for p in retain if not isinstance(p, Fact)}
+        digests: dict[int, str] = {}
+        overlap = {_prompt_id(p, digests) for p in tune} & \
+            {_prompt_id(p, digests) for p in retain if not isinstance(p, Fact)}
         if overlap:
-            raise ValueError(f"{len(overlap)} tune prompts are also retain prompts (e.g. {sorted(overlap)[0]!r}); "
+            raise ValueError(f"{len(overlap)} tune prompts are also retain prompts (e.g. {sorted(overlap)[0][0]!r}); "
                              "tune on prompts the fit does not contain")
     return False
 
@@ -363,7 +338,7 @@ def fit_eraser(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *,
     if read_at == "subject":
         generic = list(comply if comply is not None else default_refusal_prompts()[1])
         generic = [g for g in generic if isinstance(g, str)]
-        H_f, H_r, H_t, locators, n_gr, n_gt = _subject_states(adapter, (f_txt, f_im), (r_txt, r_im),
+        H_f, H_r, H_t, locators, n_gr, n_gt = subject_states(adapter, (f_txt, f_im), (r_txt, r_im),
                                                                (t_txt, t_im), subjects, layers, batch_size, generic)
         fact_meta.update(n_generic_retain=n_gr, n_generic_tune=n_gt)
     else:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Locator", "fit_locator", "subject_index", "token_states"]
+__all__ = ["Locator", "fit_locator", "subject_index", "token_states", "subject_states"]
 
 
 @dataclasses.dataclass
@@ -113,3 +113,44 @@ def token_states(adapter: Any, texts: Sequence[str], images: Sequence[Any] | Non
     if offsets[-1] != n_rows:
         raise RuntimeError(f"token count mismatch: {offsets[-1]} from the masks, {n_rows} states")
     return H, offsets
+
+
+def subject_states(adapter, forget, retain, tune, subjects: dict, layers, batch_size: int,
+                   generic: Sequence[str] = ()):
+    """H_f, H_r at the subject's last token of each prompt; the per-layer locators fitted on every position of the
+    forget and retain prompts; H_t at the tune prompts' LOCATED positions (what the gate will read there).
+
+    ``generic``: prompts about no one (e.g. harmless requests). Even-numbered ones join the locator's negatives
+    (every position 0) and H_r at their located position, odd-numbered ones H_t at theirs: a prompt without a
+    subject is read wherever the locator points, and the gate and its floors must see such readings.
+    Returns (H_f, H_r, H_t, locators, rows of generic prompts appended to H_r, appended to H_t)."""
+    def states(txt, im):
+        H, off = token_states(adapter, txt, im, layers, batch_size)
+        ends = [off[i + 1] - 1 - subject_index(adapter, t, subjects.get((t, im is not None and im[i] is not None),
+                                                                       ""), im is not None and im[i] is not None)
+                for i, t in enumerate(txt)]
+        return H, off, ends
+
+    (Hf, _, ef), (Hr, _, er) = states(*forget), states(*retain)
+    Ht, ot, _ = states(*tune)
+    g_fit, g_tune = list(generic[0::2]), list(generic[1::2])
+    Hg, og = token_states(adapter, g_fit, None, layers, batch_size) if g_fit else ({}, [0])
+    Hgt, ogt = token_states(adapter, g_tune, None, layers, batch_size) if g_tune else ({}, [0])
+
+    def located(H, off, loc, l):
+        return [H[l][off[i]:off[i + 1]][int(loc.scores(H[l][off[i]:off[i + 1]]).argmax())]
+                for i in range(len(off) - 1)]
+
+    locators, H_f, H_r, H_t = {}, {}, {}, {}
+    for l in layers:
+        parts = [Hf[l], Hr[l]] + ([Hg[l]] if g_fit else [])
+        X = torch.cat(parts)
+        y = torch.zeros(X.shape[0], dtype=torch.bool)
+        y[torch.tensor(ef)] = True
+        y[Hf[l].shape[0] + torch.tensor(er)] = True
+        loc = fit_locator(X, y)
+        H_f[l] = Hf[l][torch.tensor(ef)]
+        H_r[l] = torch.stack([*Hr[l][torch.tensor(er)], *(located(Hg, og, loc, l) if g_fit else [])])
+        H_t[l] = torch.stack(located(Ht, ot, loc, l) + (located(Hgt, ogt, loc, l) if g_tune else []))
+        locators[l] = loc
+    return H_f, H_r, H_t, locators, len(g_fit), len(g_tune)

@@ -55,6 +55,14 @@ class TaskSteering:
             if missing:
                 raise ValueError(f"strengths has no λ for tasks {sorted(missing)}; give all of {TASKS} or one float")
 
+    @classmethod
+    def from_eraser(cls, eraser: Any, strengths: Mapping[str, float] | float | None = None) -> TaskSteering:
+        """The evaluation harness's view of a fitted :class:`erasekit.eraser.Eraser`: its steerer and gate reading,
+        at ``strengths`` (λ per task, or one λ; default the eraser's own). The hooks are those of
+        :meth:`erasekit.eraser.Eraser.context` at each task's λ."""
+        return cls(steerer=eraser.steerer, strengths=eraser.strength if strengths is None else strengths,
+                   read=eraser.read)
+
     def strength(self, task: str) -> float:
         return float(self.strengths if not isinstance(self.strengths, Mapping) else self.strengths[task])
 
