@@ -59,6 +59,21 @@ def test_rules_never_tune_on_the_fitted_subjects_unless_told(tiny_causal_lm):
     assert told_facts.steerer.meta["tune_from"] == "every fourth retain subject"
 
 
+def test_a_prompt_is_its_text_and_its_image():
+    """The tune/retain overlap check compares image CONTENT: one question asked about two portraits is two
+    prompts (MLLMU-Bench's image questions do not name the person), the same portrait loaded twice is one."""
+    from PIL import Image
+
+    from erasekit.eraser import _check_tune
+
+    jane, john = Image.new("RGB", (8, 8), (200, 10, 10)), Image.new("RGB", (8, 8), (10, 10, 200))
+    q = "What is this person's job?"
+    forget = [(q, Image.new("RGB", (8, 8), (0, 0, 0)))] * 4
+    assert _check_tune(forget, [(q, jane), "Who is Bob?"], [(q, john), "Who is Carol?"]) is False
+    with pytest.raises(ValueError, match="1 tune prompts are also retain prompts"):
+        _check_tune(forget, [(q, jane), "Who is Bob?"], [(q, jane.copy()), "Who is Carol?"])
+
+
 def test_bad_inputs_say_what_to_do(tiny_causal_lm, tmp_path):
     with pytest.raises(ValueError, match="at least 4"):
         ek.fit_eraser(tiny_causal_lm, ["a"] * 4, ["b", "c"], tune="every_fourth", progress=False)
