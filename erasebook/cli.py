@@ -113,16 +113,27 @@ def _per_model(args, filename: str, organism, smollm2, *, meta_key, command, mer
 
 
 def _form_transfer(args) -> int:
-    from .form_transfer import organism_transfer, smollm2_transfer
+    from .form_transfer import organism_asru_transfer, organism_transfer, smollm2_transfer
 
     def command(model):
         held = " --held-out " + " ".join(args.held_out) if args.held_out and model == "smollm2" else ""
         return f"erasekit form-transfer --models {model} --gates {' '.join(args.gates)}{held}"
 
-    # merge: a run of some gates keeps the others' results
-    return _per_model(args, "form_transfer.json",
-                      lambda session: organism_transfer(session, args.forget_pct, gates=args.gates),
-                      lambda adapter: smollm2_transfer(adapter, gates=args.gates, only=args.held_out),
+    gates = [g for g in args.gates if g != "asru"]
+
+    def organism(session):
+        out = organism_transfer(session, args.forget_pct, gates=gates) if gates else {}
+        if "asru" in args.gates:
+            out["asru"] = organism_asru_transfer(session, args.forget_pct)
+        return out
+
+    def smollm2(adapter):
+        if "asru" in args.gates:
+            print("ASRU on SmolLM2 is scripts/asru_smollm2.py (data/results/asru_smollm2.json)", file=sys.stderr)
+        return smollm2_transfer(adapter, gates=gates, only=args.held_out) if gates else {}
+
+    # merge: a run of some methods keeps the others' results
+    return _per_model(args, "form_transfer.json", organism, smollm2,
                       meta_key=lambda model: f"{model} " + " ".join(args.gates), command=command, merge=True)
 
 
@@ -260,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--organism")
     t.add_argument("--forget-pct", type=int, default=5)
     t.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    t.add_argument("--gates", nargs="+", choices=("default", "paper"), default=["default", "paper"],
-                   help="the gates to run (the record keeps the others' earlier results)")
+    t.add_argument("--gates", nargs="+", choices=("default", "paper", "asru"), default=["default", "paper"],
+                   help="the methods to run: the two gates (refitted per held-out form) and ASRU (chapter 08's "
+                        "model, organism only); the record keeps the others' earlier results")
     t.add_argument("--held-out", nargs="+", help="smollm2 only: score just these families (each fitted on the rest)")
     t.add_argument("--out", help="JSON file to write (default: data/results/form_transfer.json)")
     t.set_defaults(fn=_form_transfer)

@@ -41,10 +41,13 @@ __all__ = [
     "form_answers",
     "model_form_scores",
     "organism_transfer",
+    "ASRU_TRAINED_FORMS",
+    "organism_asru_transfer",
     "smollm2_transfer",
     "known_facts",
     "FIT_KW",
     "transfer_table",
+    "held_out_forms",
     "transfer_verdict",
     "describe_transfer",
 ]
@@ -231,6 +234,28 @@ def organism_transfer(session, forget_pct: int = 5, n_fit: int = 24, n_scored: i
                               progress=progress)
 
 
+# The form families ASRU's training queries are written in (erasebook.asru_results.asru_queries: the organism's
+# text generation questions and its cloze statements); every other family is one its training never saw.
+ASRU_TRAINED_FORMS = ("question", "cloze")
+
+
+def organism_asru_transfer(session, forget_pct: int = 5, n_scored: int = 20,
+                           families: Sequence[str] = FAMILIES) -> dict:
+    """ASRU's unlearned organism (chapter 08's model, :func:`erasebook.asru_results.asru_model`: same stage 1, data
+    and seed, trained once and cached) scored per form family by :func:`model_form_scores` on the same facts as
+    :func:`organism_transfer`: forget facts, ``n_scored`` held-out retain people and celebrities, harmless requests
+    in held-out wordings. ASRU is not refitted per held-out form: it trains on :data:`ASRU_TRAINED_FORMS` only, so
+    every other family is held out of its training and its rules (``held_out``), and those two are marked trained."""
+    from .asru_results import asru_model
+    from .recipes import gate_setup
+
+    model = asru_model(session, gate_setup(session), forget_pct)
+    facts = organism_form_facts(session, forget_pct, n_scored)
+    return model_form_scores(session.adapter, model, facts["forget"],
+                             {"retain": facts["retain_scored"], "cele": facts["cele"]}, families=families,
+                             trained_forms=ASRU_TRAINED_FORMS)
+
+
 def known_facts(adapter, facts: Sequence[Fact], max_new_tokens: int = 16, batch_size: int = 32) -> list[Fact]:
     """The facts ``adapter`` answers correctly to EVERY direct question (greedy): the facts it knows."""
     ps = render(facts, ["question"])
@@ -286,10 +311,17 @@ def transfer_table(record: Mapping[str, Mapping[str, Mapping]]):
     return pd.concat(frames, axis=1)
 
 
+def held_out_forms(fams: Mapping[str, Mapping]) -> dict[str, Mapping]:
+    """The families of one method's record that no fit, rule or training of it saw (``held_out``, default True:
+    leave-one-form-out rows are held out by construction)."""
+    return {f: r for f, r in fams.items() if r.get("held_out", True)}
+
+
 def transfer_verdict(record: Mapping[str, Mapping[str, Mapping]], method: str) -> dict:
     """The bars per held-out form for one method: ``{"met": [...], "missed": {form: [reasons]}, "worst_leak":
-    (form, %), "worst_retain_drop": (form, points)}``."""
-    fams = record[method]
+    (form, %), "worst_retain_drop": (form, points)}``; forms the method trained on (``held_out`` False) are not
+    held out and not judged."""
+    fams = held_out_forms(record[method])
     missed: dict[str, list[str]] = {}
     drops = {}
     for fam, r in fams.items():
@@ -316,11 +348,14 @@ def transfer_verdict(record: Mapping[str, Mapping[str, Mapping]], method: str) -
 def describe_transfer(record: Mapping[str, Mapping[str, Mapping]], method: str, label: str) -> str:
     """One paragraph, every number from ``record`` (one model's :func:`leave_one_form_out` result)."""
     v = transfer_verdict(record, method)
-    fams = record[method]
+    trained = [f for f, r in record[method].items() if not r.get("held_out", True)]
+    fams = held_out_forms(record[method])
     leaks = [r["forget_leak"] for r in fams.values()]
     van = [r["forget_vanilla"] for r in fams.values()]
     n = len(fams)
-    text = (f"**{label}**, fitted on every form but the one scored: forget facts leak {min(leaks):.0f}–"
+    how = f"trained on the {' and '.join(trained)} forms, scored on the others" if trained else \
+        "fitted on every form but the one scored"
+    text = (f"**{label}**, {how}: forget facts leak {min(leaks):.0f}–"
             f"{max(leaks):.0f} % on the held-out form (vanilla answers {min(van):.0f}–{max(van):.0f} %); worst: "
             f"{v['worst_leak'][0]} at {v['worst_leak'][1]:.0f} %.")
     if v["worst_retain_drop"] is not None:
