@@ -48,7 +48,7 @@ from .pipeline import group_rows
 from .recipes import GATE_NAMES, GateSetup, score_summary
 from .session import Session
 
-__all__ = ["BACKEND_SETTINGS", "backends_frame", "paired_difference", "describe_backends",
+__all__ = ["describe_warm_start", "BACKEND_SETTINGS", "backends_frame", "paired_difference", "describe_backends",
            "backends_summary", "TRAIN", "ASRUData",
            "asru_queries", "stage1_strength", "asru_stage1", "asru_model", "asru_key",
            "warm_start_probe", "run_asru", "with_fluency", "method_scores", "asru_record", "ASRU_NAME", "PAPER_AUTHORS",
@@ -519,6 +519,111 @@ def probe_frame(probe: dict) -> pd.DataFrame:
                      "forget refusal %": r["forget_refusal"], "forget contextual %": r["forget_contextual"],
                      "tune-retain refusal %": r["tune_retain_refusal"]})
     return pd.DataFrame(rows)
+
+
+def _probe_rows(probe: dict, **want) -> list[dict]:
+    """The probe record's rows whose settings equal ``want`` (a GRPO row's unset RL knobs read as the record's
+    ``base``; ``grpo`` False and ``seed`` 0 where absent)."""
+    base = probe["base"]
+    out = []
+    for r in probe["rows"]:
+        def get(k, r=r):
+            if k == "grpo":
+                return bool(r.get("grpo"))
+            if k == "seed":
+                return r.get("seed", 0)
+            return r.get(k, base.get(k) if r.get("grpo") else None)
+        if all(get(k) == v for k, v in want.items()):
+            out.append(r)
+    return out
+
+
+def describe_warm_start(probe: dict) -> str:
+    """What ``scripts/asru_warm_start.py``'s record says, every number read from it: the warm start's targets and
+    negatives, then GRPO with every unlabelled person in the warm start, half of them held out, a stronger KL, and
+    the seeds. A setting the record lacks is left out of the text."""
+    base = probe["base"]
+
+    def one(key, **want):
+        rows = _probe_rows(probe, **want)
+        return rows[0][key] if rows else None
+
+    def pct(v):
+        return "–" if v is None else f"{v:.1f} %"
+
+    parts = []
+    verbatim = one("forget_contextual", warm_targets="stage1")
+    short = one("forget_contextual", warm_targets="contextual", warm_epochs=3, teacher_fraction=0.0, grpo=False)
+    long_ = _probe_rows(probe, warm_targets="contextual", warm_epochs=base["warm_epochs"], teacher_fraction=0.0,
+                        retain_fraction=base["retain_fraction"], grpo=False)
+    if verbatim is not None and long_:
+        parts.append(
+            f"Read it top to bottom: verbatim stage-1 targets give {pct(verbatim)} contextual refusals; a clause "
+            f"naming the person gives the policy one to start from ({pct(short)} after {3} warm-start epochs, "
+            f"{pct(long_[0]['forget_contextual'])} after {base['warm_epochs']}); and with only the labelled "
+            f"supervision people as negatives the distilled model refuses {pct(long_[0]['tune_retain_refusal'])} "
+            "of *other* people's questions (it learns \"refuse people\", not \"refuse these people\").")
+    more = sorted((r["retain_fraction"], r["tune_retain_refusal"]) for r in _probe_rows(
+        probe, warm_targets="contextual", warm_epochs=base["warm_epochs"], teacher_fraction=0.0, grpo=False)
+        if r["retain_fraction"] != base["retain_fraction"])
+    teach = sorted((r["teacher_fraction"], r["tune_retain_refusal"]) for r in _probe_rows(
+        probe, warm_targets="contextual", warm_epochs=base["warm_epochs"], grpo=False,
+        retain_fraction=base["retain_fraction"], rl_only_share=None) if r["teacher_fraction"] > 0)
+    if more or teach:
+        parts.append("More labelled people shrink that (" + ", ".join(
+            f"{f:g} of the retain split labelled: {pct(v)}" for f, v in more) + "); so do stage 1's own answers on "
+            "unlabelled people, without any ground truth (" + ", ".join(
+                f"{f:g} of it unlabelled: {pct(v)}" for f, v in teach) + ").")
+    full = [r["tune_retain_refusal"] for r in _probe_rows(probe, grpo=True, rl_only_share=0.0, seed=0)]
+    held = one("tune_retain_refusal", grpo=True, rl_only_share=0.5, beta=base["beta"], lr=base["lr"],
+               retain_share=base["retain_share"], seed=0)
+    strong = [(r["beta"], r["tune_retain_refusal"]) for r in _probe_rows(probe, grpo=True, rl_only_share=0.0, seed=0)
+              if r["beta"] > base["beta"] and r["retain_share"] == base["retain_share"]]
+    both = _probe_rows(probe, grpo=True, rl_only_share=0.5, seed=0, retain_share=base["retain_share"],
+                       lr=base["lr"])
+    both = [r for r in both if r["beta"] > base["beta"]]
+    if full:
+        text = (f"GRPO then left the tune-retain refusal between {min(full):.1f} and {max(full):.1f} % in every "
+                f"setting that kept all unlabelled people in the warm start ({len(full)} settings: retain shares, KL "
+                "weights, fewer steps, advantages not divided by the group's std, an answer NLL on the retain "
+                "targets in each update).")
+        if held is not None:
+            text += (f" Keeping half of the unlabelled people out of the warm start (RL retain prompts only, stage "
+                     f"1's answers as their key) gave {pct(held)}")
+            if strong:
+                text += ", a stronger KL to the warm-start model alone " + ", ".join(
+                    f"{pct(v)} (β {b:g})" for b, v in strong)
+            if both:
+                text += f", both together {pct(both[0]['tune_retain_refusal'])} (β {both[0]['beta']:g})"
+            text += "."
+        parts.append(text)
+    if both:
+        b = both[0]["beta"]
+        seeds = {r.get("seed", 0): r["tune_retain_refusal"] for r in _probe_rows(probe, grpo=True, rl_only_share=0.5,
+                                                                           beta=b, lr=base["lr"])}
+        runner = {r.get("seed", 0): r["tune_retain_refusal"] for r in _probe_rows(
+            probe, grpo=True, rl_only_share=0.5, beta=base["beta"], lr=base["lr"], retain_share=base["retain_share"])}
+        if len(seeds) > 1:
+            mean = sum(seeds.values()) / len(seeds)
+            rmean = sum(runner.values()) / max(len(runner), 1)
+            parts.append(
+                f"The seed rows temper that: over seeds {', '.join(map(str, sorted(seeds)))} the same setting refuses "
+                + ", ".join(f"{seeds[k]:.1f}" for k in sorted(seeds)) + f" % of the tune-retain questions (mean "
+                f"{mean:.1f} %), its runner-up without the stronger KL " + ", ".join(
+                    f"{runner[k]:.1f}" for k in sorted(runner)) + f" % (mean {rmean:.1f} %)"
+                + (": the choice holds on average, but seed 0's number is not what to expect."
+                   if mean > seeds[0] else "."))
+    norl = _probe_rows(probe, grpo=False, rl_only_share=0.5)
+    if norl and both:
+        parts.append(
+            f"And ASRU's own warm start without any RL (half of the unlabelled people held out) refuses "
+            f"{pct(norl[0]['tune_retain_refusal'])} of the tune-retain questions with "
+            f"{pct(norl[0]['forget_contextual'])} contextual forget refusals, against "
+            f"{pct(both[0]['tune_retain_refusal'])} and "
+            f"{pct(both[0]['forget_contextual'])} for the whole of ASRU at seed 0: at this KL weight GRPO moves its "
+            f"own warm start by {both[0]['forget_contextual'] - norl[0]['forget_contextual']:+.1f} contextual and "
+            f"{both[0]['tune_retain_refusal'] - norl[0]['tune_retain_refusal']:+.1f} tune-refusal points.")
+    return "\n\n".join(parts)
 
 
 def _get(record, pct, method, split, key, part="boundary"):

@@ -153,3 +153,25 @@ def test_backends_reading_pairs_by_seed_and_says_noise_when_the_interval_spans_z
     assert "1.50× the loop's seconds" in text
     frame = backends_frame(rec)
     assert list(frame.index) == list(BACKEND_SETTINGS) and frame.loc[warm, "seeds"] == 3
+
+
+def test_describe_warm_start_reads_every_number_from_the_record():
+    """The warm-start prose of chapter 08 is computed from asru_warm_start.json: the committed record's numbers
+    appear, and a changed row changes the text."""
+    import copy
+    import json
+
+    from erasebook import paths
+
+    probe = json.loads((paths.data_dir() / "results" / "asru_warm_start.json").read_text())
+    text = R.describe_warm_start(probe)
+    full = [r["tune_retain_refusal"] for r in R._probe_rows(probe, grpo=True, rl_only_share=0.0, seed=0)]
+    assert f"between {min(full):.1f} and {max(full):.1f} %" in text
+    verbatim = R._probe_rows(probe, warm_targets="stage1")[0]
+    assert f"verbatim stage-1 targets give {verbatim['forget_contextual']:.1f} % contextual" in text
+    changed = copy.deepcopy(probe)
+    for r in changed["rows"]:
+        if r.get("warm_targets") == "stage1":
+            r["forget_contextual"] = 42.0
+    assert "give 42.0 % contextual" in R.describe_warm_start(changed)
+    assert R.describe_warm_start({"base": probe["base"], "rows": []}) == ""
