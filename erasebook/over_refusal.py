@@ -17,7 +17,8 @@ import pandas as pd
 from erasekit.scoring import is_refusal
 from erasekit.tuning import auc
 
-__all__ = ["trigram_similarity", "nearest_name", "refusals_by_person", "over_refusal_people", "describe_over_refusal"]
+__all__ = ["trigram_similarity", "nearest_name", "refusals_by_person", "over_refusal_people", "describe_over_refusal",
+           "p_sample_misses", "tune_vs_heldout", "describe_tune_vs_heldout"]
 
 
 def _trigrams(name: str) -> set[str]:
@@ -119,3 +120,84 @@ def describe_over_refusal(table: pd.DataFrame, method: str) -> str:
             f"of them among {method}'s. Name similarity to the nearest forget person separates the refused people "
             f"from the others with a rank AUC of {name_auc:.2f}; of the {len(top)} people with the most similar names, "
             f"{int((top[f'refused: {method}'] > 0).sum())} are among them.")
+
+
+def p_sample_misses(n: int, m: int, k: int) -> float:
+    """The chance that ``k`` of ``n`` people drawn without replacement include none of ``m`` marked ones
+    (hypergeometric); nan when ``k > n``.
+
+    >>> round(p_sample_misses(30, 3, 5), 3), p_sample_misses(10, 0, 5), p_sample_misses(4, 1, 4)
+    (0.567, 1.0, 0.0)
+    """
+    from math import comb
+
+    if not 0 <= m <= n or k < 0:
+        raise ValueError(f"need 0 <= m <= n and k >= 0, got n={n}, m={m}, k={k}")
+    return comb(n - m, k) / comb(n, k) if k <= n else float("nan")
+
+
+def tune_vs_heldout(session, setup, forget_pct: int = 5, model=None, rule_questions: int = 40,
+                    max_new_tokens: int = 32) -> dict:
+    """Why the tune people under-predict held-out over-refusal: stage 1 (and ``model``, e.g. ASRU's adapter, if
+    given) answers the text generation questions of EVERY ``tune`` and every held-out (``eval``) retain person, and
+    the refusals are counted per person.
+
+    Returns ``{"rule_people": k, "methods": {method: {"tune"|"heldout": {"questions", "refused", "people",
+    "people_refused", "per_person": [...]}, "rule_sample": {...}, "p_rule_sees_none": p}}}``: ``rule_sample`` is
+    what stage 1's λ rule read (the first ``rule_questions`` tune questions: ``k`` people), ``p_rule_sees_none``
+    the hypergeometric chance that ``k`` people drawn at random from the tune and held-out people together include
+    none that the method refuses at all. Refusals cluster by person (identity errors), so a sample of
+    ``rule_questions`` questions carries the information of ``k`` draws, not ``rule_questions``."""
+    from erasekit.evaluate import build_items
+    from erasekit.generation import generate
+
+    from .asru_results import asru_stage1
+    from .pipeline import group_rows
+
+    groups = {"tune": group_rows(session, forget_pct, ("Ret",), "tune")["Ret"],
+              "heldout": group_rows(session, forget_pct, ("Ret",), "eval")["Ret"]}
+    items = {g: build_items({"Ret": rows}, modes=("QA",), tasks=("generation",)) for g, rows in groups.items()}
+    stage1, lam = asru_stage1(session, setup, forget_pct)
+    ops = stage1.operators("generation", session.num_layers)
+    runs = {"stage 1": (session.adapter, lambda: stage1.context(session.adapter, ops))}
+    if model is not None:
+        runs["ASRU"] = (model, None)
+    per_q = len(items["tune"]) // max(len(groups["tune"]), 1)
+    k = -(-rule_questions // per_q)  # people whose questions the rule read (rounded up)
+    out: dict = {"forget_pct": forget_pct, "stage1_strength": lam["chosen"], "questions_per_person": per_q,
+                 "rule_questions": rule_questions, "rule_people": k, "methods": {}}
+    for name, (adapter, ctx) in runs.items():
+        rec: dict = {}
+        for g, its in items.items():
+            answers = generate(adapter, [i.prompt for i in its], None, context=ctx, max_new_tokens=max_new_tokens,
+                               progress=False)
+            counts: dict = {}
+            for it, a in zip(its, answers):
+                counts.setdefault(it.id, [0, 0])
+                counts[it.id][0] += int(is_refusal(a))
+                counts[it.id][1] += 1
+            per = [counts[r["ID"]][0] for r in groups[g] if r["ID"] in counts]
+            rec[g] = {"questions": len(its), "refused": sum(per), "people": len(per),
+                      "people_refused": sum(c > 0 for c in per), "per_person": per}
+        first = rec["tune"]["per_person"][:k]
+        rec["rule_sample"] = {"people": len(first), "refused": sum(first)}
+        n_all = rec["tune"]["people"] + rec["heldout"]["people"]
+        m = rec["tune"]["people_refused"] + rec["heldout"]["people_refused"]
+        rec["p_rule_sees_none"] = p_sample_misses(n_all, m, k)
+        out["methods"][name] = rec
+    return out
+
+
+def describe_tune_vs_heldout(record: Mapping) -> str:
+    """Markdown from :func:`tune_vs_heldout`'s record, every number read from it."""
+    parts = []
+    k = record["rule_people"]
+    for name, r in record["methods"].items():
+        t, h = r["tune"], r["heldout"]
+        parts.append(
+            f"**{name}** refuses {t['refused']} of {t['questions']} tune questions ({t['people_refused']} of "
+            f"{t['people']} people) and {h['refused']} of {h['questions']} held-out ones ({h['people_refused']} of "
+            f"{h['people']} people); the λ rule read {record['rule_questions']} questions, {k} people, and saw "
+            f"{r['rule_sample']['refused']} refusals. Were the tune and held-out people one population, {k} people "
+            f"drawn from it would include no refused person with probability {r['p_rule_sees_none']:.2f}.")
+    return " ".join(parts)

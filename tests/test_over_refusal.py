@@ -49,3 +49,18 @@ def test_describe_over_refusal_reads_the_table():
     text = O.describe_over_refusal(t, "M")
     assert "refuses 5 of the 12 questions, spread over 2 of the 3" in text and "(1 refused on every question)" in text
     assert "stage 1 refuses 2 questions of 1 people, 1 of them" in text and "rank AUC of 0.50" in text
+
+
+def test_p_sample_misses_and_the_tune_reading():
+    from erasebook.over_refusal import describe_tune_vs_heldout, p_sample_misses
+
+    assert p_sample_misses(10, 0, 5) == 1.0 and p_sample_misses(4, 1, 4) == 0.0
+    assert abs(p_sample_misses(30, 3, 5) - (27 * 26 * 25 * 24 * 23) / (30 * 29 * 28 * 27 * 26)) < 1e-12
+    with pytest.raises(ValueError, match="0 <= m <= n"):
+        p_sample_misses(3, 4, 1)
+    rec = {"rule_questions": 40, "rule_people": 5, "methods": {"stage 1": {
+        "tune": {"questions": 80, "refused": 0, "people": 10, "people_refused": 0},
+        "heldout": {"questions": 80, "refused": 13, "people": 10, "people_refused": 2},
+        "rule_sample": {"people": 5, "refused": 0}, "p_rule_sees_none": p_sample_misses(20, 2, 5)}}}
+    text = describe_tune_vs_heldout(rec)
+    assert "13 of 80 held-out ones (2 of 10 people)" in text and "probability 0.55" in text
