@@ -122,18 +122,22 @@ def describe_over_refusal(table: pd.DataFrame, method: str) -> str:
             f"{int((top[f'refused: {method}'] > 0).sum())} are among them.")
 
 
-def p_sample_misses(n: int, m: int, k: int) -> float:
-    """The chance that ``k`` of ``n`` people drawn without replacement include none of ``m`` marked ones
-    (hypergeometric); nan when ``k > n``.
+def p_sample_misses(n: int, m: int, k: int, at_most: int = 0) -> float:
+    """The chance that ``k`` of ``n`` people drawn without replacement include at most ``at_most`` (default none)
+    of ``m`` marked ones (the hypergeometric CDF); nan when ``k > n``.
 
     >>> round(p_sample_misses(30, 3, 5), 3), p_sample_misses(10, 0, 5), p_sample_misses(4, 1, 4)
     (0.567, 1.0, 0.0)
+    >>> p_sample_misses(4, 2, 2, at_most=2)
+    1.0
     """
     from math import comb
 
     if not 0 <= m <= n or k < 0:
         raise ValueError(f"need 0 <= m <= n and k >= 0, got n={n}, m={m}, k={k}")
-    return comb(n - m, k) / comb(n, k) if k <= n else float("nan")
+    if k > n:
+        return float("nan")
+    return sum(comb(m, j) * comb(n - m, k - j) for j in range(0, min(at_most, m, k) + 1)) / comb(n, k)
 
 
 def tune_vs_heldout(session, setup, forget_pct: int = 5, model=None, rule_questions: int = 40,
@@ -143,7 +147,8 @@ def tune_vs_heldout(session, setup, forget_pct: int = 5, model=None, rule_questi
     the refusals are counted per person.
 
     Returns ``{"rule_people": k, "methods": {method: {"tune"|"heldout": {"questions", "refused", "people",
-    "people_refused", "per_person": [...]}, "rule_sample": {...}, "p_rule_sees_none": p}}}``: ``rule_sample`` is
+    "people_refused", "per_person": [...]}, "rule_sample": {...}, "p_rule_sees_none": p, "p_tune_this_low": p}}}``:
+    ``rule_sample`` is
     what stage 1's λ rule read (the first ``rule_questions`` tune questions: ``k`` people), ``p_rule_sees_none``
     the hypergeometric chance that ``k`` people drawn at random from the tune and held-out people together include
     none that the method refuses at all. Refusals cluster by person (identity errors), so a sample of
@@ -184,20 +189,32 @@ def tune_vs_heldout(session, setup, forget_pct: int = 5, model=None, rule_questi
         n_all = rec["tune"]["people"] + rec["heldout"]["people"]
         m = rec["tune"]["people_refused"] + rec["heldout"]["people_refused"]
         rec["p_rule_sees_none"] = p_sample_misses(n_all, m, k)
+        # the whole tune set: as few refused people as observed, were tune and held-out people one population
+        rec["p_tune_this_low"] = p_sample_misses(n_all, m, rec["tune"]["people"], rec["tune"]["people_refused"])
         out["methods"][name] = rec
     return out
 
 
-def describe_tune_vs_heldout(record: Mapping) -> str:
-    """Markdown from :func:`tune_vs_heldout`'s record, every number read from it."""
+def describe_tune_vs_heldout(record: Mapping, alpha: float = 0.1) -> str:
+    """Markdown from :func:`tune_vs_heldout`'s record, every number read from it. Stage 1 is read against its λ
+    rule's sample (the first questions of the tune set); every other method against the whole tune set (ASRU's
+    defaults were chosen on it). A probability below ``alpha`` is called unlikely under one population."""
     parts = []
     k = record["rule_people"]
     for name, r in record["methods"].items():
         t, h = r["tune"], r["heldout"]
-        parts.append(
-            f"**{name}** refuses {t['refused']} of {t['questions']} tune questions ({t['people_refused']} of "
-            f"{t['people']} people) and {h['refused']} of {h['questions']} held-out ones ({h['people_refused']} of "
-            f"{h['people']} people); the λ rule read {record['rule_questions']} questions, {k} people, and saw "
-            f"{r['rule_sample']['refused']} refusals. Were the tune and held-out people one population, {k} people "
-            f"drawn from it would include no refused person with probability {r['p_rule_sees_none']:.2f}.")
+        text = (f"**{name}** refuses {t['refused']} of {t['questions']} tune questions ({t['people_refused']} of "
+                f"{t['people']} people) and {h['refused']} of {h['questions']} held-out ones ({h['people_refused']} "
+                f"of {h['people']} people).")
+        p = r["p_rule_sees_none"] if name == "stage 1" else r["p_tune_this_low"]
+        if name == "stage 1":
+            text += (f" Its λ rule read {record['rule_questions']} tune questions, {k} people, and saw "
+                     f"{r['rule_sample']['refused']} refusals; were tune and held-out people one population, {k} "
+                     f"people drawn from it would include no refused person with probability {p:.2f}")
+        else:
+            text += (f" Were tune and held-out people one population, the {t['people']} tune people would include as "
+                     f"few as {t['people_refused']} refused people with probability {p:.2f}")
+        text += (": unlikely by chance; these tune people are not a fair sample of other people for it." if p < alpha
+                 else ": chance alone explains the gap.")
+        parts.append(text)
     return " ".join(parts)

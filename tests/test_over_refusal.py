@@ -61,6 +61,11 @@ def test_p_sample_misses_and_the_tune_reading():
     rec = {"rule_questions": 40, "rule_people": 5, "methods": {"stage 1": {
         "tune": {"questions": 80, "refused": 0, "people": 10, "people_refused": 0},
         "heldout": {"questions": 80, "refused": 13, "people": 10, "people_refused": 2},
-        "rule_sample": {"people": 5, "refused": 0}, "p_rule_sees_none": p_sample_misses(20, 2, 5)}}}
+        "rule_sample": {"people": 5, "refused": 0}, "p_rule_sees_none": p_sample_misses(20, 2, 5),
+        "p_tune_this_low": p_sample_misses(20, 2, 10, 0)}}}
     text = describe_tune_vs_heldout(rec)
-    assert "13 of 80 held-out ones (2 of 10 people)" in text and "probability 0.55" in text
+    assert "13 of 80 held-out ones (2 of 10 people)" in text and "probability 0.55: chance alone" in text
+    rec["methods"]["ASRU"] = {**rec["methods"]["stage 1"], "p_tune_this_low": 0.05}
+    assert "as few as 0 refused people with probability 0.05: unlikely by chance" in describe_tune_vs_heldout(rec)
+    # at_most sums the CDF: 2 of 4 marked, 2 drawn, at most 1 marked = 1 - P(both marked) = 1 - 1/6
+    assert abs(p_sample_misses(4, 2, 2, at_most=1) - 5 / 6) < 1e-12
