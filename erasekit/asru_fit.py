@@ -8,7 +8,8 @@ Steps (each a rule, nothing tuned on the scored people):
    prompts it is the vanilla model's own greedy answer (forget side: what must stop being revealed; retain side:
    what must keep being said).
 2. Stage 1 = an :class:`erasekit.eraser.Eraser` (``eraser=``, or :func:`erasekit.fit_eraser` on the same inputs):
-   its steered answers are the warm start's targets (:func:`erasekit.asru.train_asru`).
+   its steered answers are the warm start's targets (:func:`erasekit.asru.train_asru`). The retain subjects its
+   rules tuned on (every fourth retain subject, by default) are not trained on (:func:`rule_held_out`).
 3. Warm start + GRPO (:func:`erasekit.asru.train_asru`, :class:`erasekit.asru.ASRUConfig`).
 4. Export: both stages are LoRA updates of rank ``cfg.lora_r`` on the same ``nn.Linear`` layers, merged in turn,
    so the trained model differs from the user's model by ``ΔW`` of rank <= 2 r per layer (nothing else changes:
@@ -38,11 +39,11 @@ from torch import nn
 from .asru import ASRUConfig, ASRUResult, Query, train_asru
 from .baselines.lora import fresh_copy, lora_model, lora_targets
 from .eraser import Eraser, are_facts, fit_eraser, split_prompts
-from .forms import Fact, render
+from .forms import Fact, render, split_subjects
 from .generation import generate
 from .scoring import is_degenerate, is_refusal
 
-__all__ = ["ASRUFit", "fit_asru", "lora_from_delta", "ASRU_FORMS"]
+__all__ = ["ASRUFit", "fit_asru", "lora_from_delta", "rule_held_out", "ASRU_FORMS"]
 
 # The form families ASRU trains on by default: free-text answers (ASRU's reward reads a generated answer).
 ASRU_FORMS = ("question", "paraphrase", "cloze", "completion", "context")
@@ -131,6 +132,19 @@ def lora_from_delta(base: nn.Module, tuned: nn.Module, targets: Sequence[str], r
     return factors, worst
 
 
+def rule_held_out(retain: Sequence[Any], tune_from: str | None) -> tuple[list[Any], list[Any]]:
+    """(retain items ASRU trains on, items kept for the eraser's rules only): when stage 1's rules tuned on part of
+    ``retain`` (``tune_from``, :func:`erasekit.fit_eraser`'s record: every fourth retain subject, or every fourth
+    retain prompt), that part stays out of the warm start and of GRPO, so the subjects the rules read are never
+    trained on; otherwise (``"given"``: the rules read other subjects) all of ``retain``."""
+    retain = list(retain)
+    if tune_from == "every fourth retain subject" and are_facts(retain):
+        return split_subjects(retain)
+    if tune_from == "every fourth retain prompt":
+        return [r for i, r in enumerate(retain) if i % 4 != 3], retain[3::4]
+    return retain, []
+
+
 def fit_asru(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, eraser: Eraser | None = None,
              cfg: ASRUConfig = ASRUConfig(), forms: Sequence[str] = ASRU_FORMS, max_new_tokens: int = 32,
              batch_size: int = 16, eraser_kwargs: dict | None = None, progress: bool = True) -> ASRUFit:
@@ -158,8 +172,9 @@ def fit_asru(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, eras
         raise TypeError(f"eraser must be an erasekit.Eraser, got {type(eraser).__name__}")
     t_eraser = time.perf_counter() - t0
     pool = [x for x in (*forget, *retain) if isinstance(x, Fact)]
+    train_retain, rule_only = rule_held_out(retain, eraser.steerer.meta.get("tune_from"))
     kw = dict(forms=forms, pool=pool, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
-    fq, rq = _queries(adapter, forget, True, **kw), _queries(adapter, retain, False, **kw)
+    fq, rq = _queries(adapter, forget, True, **kw), _queries(adapter, train_retain, False, **kw)
     result = train_asru(adapter, fq, rq, cfg, stage1=lambda q: eraser.context(adapter), progress=progress)
 
     targets = lora_targets(adapter.model, cfg.lora_vision)
@@ -174,7 +189,8 @@ def fit_asru(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], *, eras
             layer.lora_A["default"].weight.copy_(A)
             layer.lora_B["default"].weight.copy_(B)
     peft.eval()
-    report = {"n_forget_queries": len(fq), "n_retain_queries": len(rq), "lora_rank": rank,
+    report = {"n_forget_queries": len(fq), "n_retain_queries": len(rq), "n_rule_only_retain": len(rule_only),
+              "lora_rank": rank,
               "lora_modules": len(targets), "lora_rel_error": err,
               "seconds": {"eraser": t_eraser, **result.seconds, "total": time.perf_counter() - t0},
               "peak_mib": round(result.peak_bytes / 2**20, 1), "memory_kind": result.memory_kind}

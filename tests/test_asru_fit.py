@@ -7,7 +7,7 @@ import torch
 
 import erasekit as ek
 from erasekit.asru_fit import lora_from_delta
-from erasekit.forms import capital_facts, render
+from erasekit.forms import capital_facts, render, split_subjects
 
 CFG = dict(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=4, warm_epochs=1, warm_batch=4, lora_r=2,
            lora_alpha=2)
@@ -32,7 +32,10 @@ def test_fit_asru_returns_a_peft_lora_that_loads_without_erasekit(adapter_name, 
     assert fit.report["lora_rank"] == 4 and fit.report["lora_rel_error"] < 1e-3
     facts = capital_facts()
     n = lambda fs: len(render(fs, ("question", "cloze")))  # noqa: E731
-    assert (fit.report["n_forget_queries"], fit.report["n_retain_queries"]) == (n(facts[:4]), n(facts[4:12]))
+    # the eraser's rules tuned on every fourth retain subject: ASRU does not train on them
+    trained, rule_only = split_subjects(facts[4:12])
+    assert (fit.report["n_forget_queries"], fit.report["n_retain_queries"]) == (n(facts[:4]), n(trained))
+    assert fit.report["n_rule_only_retain"] == len(rule_only) == 2
     fit.save(tmp_path / "lora")
     assert (tmp_path / "lora" / "adapter_config.json").exists()
     # transformers + peft alone: the base model from its folder, the adapter from peft's
@@ -48,6 +51,18 @@ def test_fit_asru_returns_a_peft_lora_that_loads_without_erasekit(adapter_name, 
     merged = loaded.merge_and_unload()  # mergeable the peft way
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, want, atol=1e-4, rtol=1e-4)
+
+
+def test_rule_held_out_keeps_the_rules_subjects_out_of_training():
+    from erasekit.asru_fit import rule_held_out
+
+    facts = capital_facts()[:8]
+    kept, held = rule_held_out(facts, "every fourth retain subject")
+    assert {f.subject for f in held} == {facts[3].subject, facts[7].subject} and len(kept) == 6
+    prompts = [f"q{i}" for i in range(8)]
+    assert rule_held_out(prompts, "every fourth retain prompt") == ([p for i, p in enumerate(prompts) if i % 4 != 3],
+                                                                   ["q3", "q7"])
+    assert rule_held_out(prompts, "given") == (prompts, []) and rule_held_out(prompts, None) == (prompts, [])
 
 
 def test_lora_from_delta_is_exact_at_the_rank_and_refuses_other_changes(tiny_causal_lm):
