@@ -22,6 +22,12 @@ def test_notebook_is_clean(path):
              and (c.get("outputs") or c.get("execution_count") is not None)]
     assert not dirty, (f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing "
                        f"(jupyter nbconvert --clear-output --inplace {path.name})")
+    ids = [c.get("id") for c in nb["cells"]]
+    missing = [i for i, v in enumerate(ids) if not v]
+    assert not missing and len(set(ids)) == len(ids), (
+        f"{path.name}: cells {missing} have no id (or ids repeat); nbformat 4.5 needs one per cell "
+        "(python -c 'import nbformat as n, sys; nb = n.read(sys.argv[1], 4); n.validator.normalize(nb); "
+        "n.write(nb, sys.argv[1])' FILE)")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
