@@ -142,9 +142,10 @@ def bars(table: Any, ylabel: str = "", title: str | None = None, ax=None, ylim: 
 
     A missing value (NaN: the measurement does not apply) draws no bar and is labelled "n/a", never drawn as 0.
     """
-    fig, ax = _ax(ax)
     rows = [" / ".join(map(str, r)) if isinstance(r, tuple) else str(r) for r in table.index]
     cols = list(table.columns)
+    # room for every bar: wider with more bars, up to the page's width
+    fig, ax = _ax(ax, figsize=(min(PAGE_WIDTH, max(6.0, 1.5 + 0.18 * len(rows) * len(cols))), 3.8))
     width = 0.8 / max(1, len(cols))
     x = np.arange(len(rows))
     for j, c in enumerate(cols):
@@ -159,10 +160,12 @@ def bars(table: Any, ylabel: str = "", title: str | None = None, ax=None, ylim: 
     ax.set_ylabel(ylabel)
     if ylim is not None:
         ax.set_ylim(ylim[0], ylim[1] * 1.1)  # room for the labels
+    # the legend in rows above the axes (never over a bar, and the bars keep the page's width), the title above it
+    ncol = min(len(cols), 3)
+    if len(cols) > 1:
+        ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=ncol, frameon=False)
     if title:
-        ax.set_title(title)
-    if len(cols) > 1:  # beside the axes, never over a bar
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax.set_title(title, pad=6 + (14 * -(-len(cols) // ncol) if len(cols) > 1 else 0))
     return fig
 
 
