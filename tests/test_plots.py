@@ -76,10 +76,15 @@ def test_bars_slant_long_labels_and_keep_the_legend_off_the_bars():
     ax = plots.bars(long, ylim=None).axes[0]
     assert ax.get_xticklabels()[0].get_rotation() == 30
     short = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]}, index=["VQA", "QA"])
-    ax = plots.bars(short).axes[0]
+    ax = plots.bars(short, title="a title").axes[0]
     assert ax.get_xticklabels()[0].get_rotation() == 0
     legend = ax.get_legend()
-    assert legend is not None and legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1  # right of the axes
+    # above the axes (off the bars), below the title
+    fig = ax.figure
+    fig.canvas.draw()
+    box, axbox = legend.get_window_extent(), ax.get_window_extent()
+    assert legend is not None and box.y0 >= axbox.y1 - 1
+    assert ax.title.get_window_extent().y0 >= box.y1 - 1
     plt.close("all")
 
 
