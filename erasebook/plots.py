@@ -165,7 +165,7 @@ def bars(table: Any, ylabel: str = "", title: str | None = None, ax=None, ylim: 
     if len(cols) > 1:
         ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=ncol, frameon=False)
     if title:
-        ax.set_title(title, pad=6 + (14 * -(-len(cols) // ncol) if len(cols) > 1 else 0))
+        ax.set_title(title, pad=6 + (18 * -(-len(cols) // ncol) if len(cols) > 1 else 0))
     return fig
 
 
