@@ -9,7 +9,7 @@ wordings refused, each beside the vanilla model; families outside TRAIN_FORMS ar
 Writes data/results/asru_smollm2.json. The bar (issue "ASRU anywhere"): leak <= 20 % per form, retain within 5
 points, harmless refusal <= 5 %.
 
-    python scripts/asru_smollm2.py [--steps 20] [--seed 0] [--threads 2] [--out FILE]
+    python scripts/asru_smollm2.py [--steps 20] [--seed 0] [--threads 2] [--warm-only] [--out FILE]
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--warm-only", action="store_true",
+                    help="stage 1 + the warm start alone: one GRPO step at learning rate 0 (AdamW then changes no "
+                         "weight and the LoRA's B stays 0, so the model is the warm start's, exactly)")
     ap.add_argument("--out", default=str(paths.data_dir() / "results" / "asru_smollm2.json"))
     args = ap.parse_args(argv)
     if args.threads:
@@ -55,7 +58,8 @@ def main(argv=None) -> dict:
         sys.exit(f"SmolLM2 knows {len(known)} capitals; need {N_FORGET + N_FIT + 4}")
     eraser = fit_eraser(adapter, forget, retain, forms=TRAIN_FORMS, progress=False, **FIT_KW_LM)
     t_eraser = time.perf_counter() - t0
-    cfg = ASRUConfig(steps=args.steps, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    cfg = ASRUConfig(steps=1 if args.warm_only else args.steps, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                     **({"lr": 0.0} if args.warm_only else {}))
     fit = fit_asru(adapter, forget, retain, eraser=eraser, cfg=cfg, forms=TRAIN_FORMS,
                    max_new_tokens=args.max_new_tokens, progress=True)
     t_asru = time.perf_counter() - t0 - t_eraser
@@ -63,7 +67,7 @@ def main(argv=None) -> dict:
     families = tuple(f for f in FAMILIES if f != "portrait")
     scores = model_form_scores(adapter, model, forget, {"retain": scored}, families=families,
                                trained_forms=TRAIN_FORMS, max_new_tokens=12)
-    record = {"model": "SmolLM2-135M-Instruct", "forget": [f.subject for f in forget],
+    record = {"model": "SmolLM2-135M-Instruct", "warm_only": args.warm_only, "forget": [f.subject for f in forget],
               "fit": [f.subject for f in retain], "scored": [f.subject for f in scored], "known": len(known),
               "train_forms": list(TRAIN_FORMS), "stage1": {"strength": eraser.strength, "fit_kw": dict(FIT_KW_LM),
                                                            "layers": list(eraser.steerer.layers)},
