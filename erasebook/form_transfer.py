@@ -353,7 +353,8 @@ def describe_transfer(record: Mapping[str, Mapping[str, Mapping]], method: str, 
     leaks = [r["forget_leak"] for r in fams.values()]
     van = [r["forget_vanilla"] for r in fams.values()]
     n = len(fams)
-    how = f"trained on the {' and '.join(trained)} forms, scored on the others" if trained else \
+    names = ", ".join(trained[:-1]) + (" and " if len(trained) > 1 else "") + trained[-1] if trained else ""
+    how = f"trained on the {names} forms, scored on the others" if trained else \
         "fitted on every form but the one scored"
     text = (f"**{label}**, {how}: forget facts leak {min(leaks):.0f}–"
             f"{max(leaks):.0f} % on the held-out form (vanilla answers {min(van):.0f}–{max(van):.0f} %); worst: "
