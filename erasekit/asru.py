@@ -108,7 +108,7 @@ class ASRUConfig:
     """
 
     # stage 2: GRPO
-    steps: int = 60
+    steps: int = 60                 # 0: no GRPO, the model is stage 1 distilled by the warm start alone
     prompts_per_step: int = 8
     group_size: int = 6
     temperature: float = 1.0
@@ -140,7 +140,11 @@ class ASRUConfig:
     backend: str = "erasekit"       # stage 2 by erasekit's loop, or "trl": TRL's GRPOTrainer (erasekit.asru_trl)
 
     def __post_init__(self):
-        for name in ("steps", "prompts_per_step", "max_new_tokens", "updates_per_batch", "warm_batch", "lora_r"):
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"ASRUConfig.steps must be an int >= 0 (0: the warm start alone), got {self.steps!r}")
+        if self.steps == 0 and self.warm_epochs == 0:
+            raise ValueError("ASRUConfig with steps=0 and warm_epochs=0 trains nothing")
+        for name in ("prompts_per_step", "max_new_tokens", "updates_per_batch", "warm_batch", "lora_r"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"ASRUConfig.{name} must be a positive int, got {v!r}")
@@ -293,12 +297,14 @@ def train_asru(adapter: Any, forget: Sequence[Query], retain: Sequence[Query], c
         # vanilla's own greedy answers: the fluency yardstick of the quality reward, once per query
         all_q = list(forget) + list(retain)
         ref_nll: dict = {}
-        if cfg.quality_weight > 0:
+        if cfg.quality_weight > 0 and cfg.steps > 0:
             own = generate(adapter, [q.prompt for q in all_q], query_images(all_q), max_new_tokens=cfg.max_new_tokens)
             nll = fluency_nll(adapter, [q.prompt for q in all_q], answer_texts(adapter, own),
                               images=query_images(all_q))
             ref_nll = {id(q): v for q, v in zip(all_q, nll)}
-        if cfg.backend == "trl":
+        if cfg.steps == 0:  # the warm start alone
+            merged, curve = model, []
+        elif cfg.backend == "trl":
             from .asru_trl import grpo_trl
 
             merged, curve = grpo_trl(adapter, model, forget, retain, cfg, ref_nll, progress)

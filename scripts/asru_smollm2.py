@@ -41,8 +41,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--warm-only", action="store_true",
-                    help="stage 1 + the warm start alone: one GRPO step at learning rate 0 (AdamW then changes no "
-                         "weight and the LoRA's B stays 0, so the model is the warm start's, exactly)")
+                    help="stage 1 + the warm start alone (ASRUConfig(steps=0): no GRPO)")
     ap.add_argument("--out", default=str(paths.data_dir() / "results" / "asru_smollm2.json"))
     args = ap.parse_args(argv)
     if args.threads:
@@ -58,8 +57,7 @@ def main(argv=None) -> dict:
         sys.exit(f"SmolLM2 knows {len(known)} capitals; need {N_FORGET + N_FIT + 4}")
     eraser = fit_eraser(adapter, forget, retain, forms=TRAIN_FORMS, progress=False, **FIT_KW_LM)
     t_eraser = time.perf_counter() - t0
-    cfg = ASRUConfig(steps=1 if args.warm_only else args.steps, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                     **({"lr": 0.0} if args.warm_only else {}))
+    cfg = ASRUConfig(steps=0 if args.warm_only else args.steps, max_new_tokens=args.max_new_tokens, seed=args.seed)
     fit = fit_asru(adapter, forget, retain, eraser=eraser, cfg=cfg, forms=TRAIN_FORMS,
                    max_new_tokens=args.max_new_tokens, progress=True)
     t_asru = time.perf_counter() - t0 - t_eraser

@@ -201,7 +201,10 @@ def test_config_validates():
     with pytest.raises(ValueError, match="retain_share"):
         A.ASRUConfig(retain_share=1.0)
     with pytest.raises(ValueError, match="steps"):
-        A.ASRUConfig(steps=0)
+        A.ASRUConfig(steps=-1)
+    with pytest.raises(ValueError, match="trains nothing"):
+        A.ASRUConfig(steps=0, warm_epochs=0)
+    assert A.ASRUConfig(steps=0).steps == 0  # the warm start alone
     with pytest.raises(ValueError, match="warm_targets"):
         A.ASRUConfig(warm_targets="templates")
     with pytest.raises(ValueError, match="rl_only_share"):

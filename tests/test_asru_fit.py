@@ -53,6 +53,18 @@ def test_fit_asru_returns_a_peft_lora_that_loads_without_erasekit(adapter_name, 
         torch.testing.assert_close(merged(**batch).logits, want, atol=1e-4, rtol=1e-4)
 
 
+def test_fit_asru_warm_start_alone(tiny_causal_lm):
+    """steps=0: no GRPO (no curve), the model is the warm start's: changed, and a LoRA of rank r holds it."""
+    facts = capital_facts()
+    fit = ek.fit_asru(tiny_causal_lm, facts[:4], facts[4:12], cfg=ek.ASRUConfig(**{**CFG, "steps": 0}),
+                      forms=("question",), max_new_tokens=4, progress=False,
+                      eraser_kwargs={"strength": 1.0, "read_at": "last", "forms": ("question",)})
+    assert fit.result.curve == [] and fit.report["seconds"]["grpo"] < fit.report["seconds"]["warm_start"]
+    batch = tiny_causal_lm.encode(["What is the capital of France?"])
+    with torch.no_grad():
+        assert not torch.allclose(fit.model(**batch).logits, tiny_causal_lm.model(**batch).logits, atol=1e-4)
+
+
 def test_rule_held_out_keeps_the_rules_subjects_out_of_training():
     from erasekit.asru_fit import rule_held_out
 
