@@ -189,7 +189,8 @@ def test_fit_asru_on_smollm2(tmp_path):
     known = known_facts(adapter, capital_facts()[:16])
     fit = ek.fit_asru(adapter, known[:4], known[4:12], cfg=ek.ASRUConfig(**CFG), forms=("question",),
                       max_new_tokens=4, eraser_kwargs={"strength": 4.0, "forms": ("question",)}, progress=False)
-    assert fit.report["n_rule_only_retain"] == 2 and fit.report["lora_rel_error"] < 1e-3
+    assert fit.report["n_rule_only_retain"] == len(split_subjects(known[4:12])[1]) >= 1
+    assert fit.report["lora_rel_error"] < 1e-3
     fit.save(tmp_path / "lora")
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32),
                                        str(tmp_path / "lora")).eval()
