@@ -71,6 +71,7 @@ __all__ = [
     "group_items",
     "query_activations",
     "ForgetRetain",
+    "forget_retain_key",
     "forget_retain_activations",
     "input_aware_steerer",
     "gate_prompts",
@@ -410,6 +411,25 @@ class ForgetRetain:
         return sorted(self.forget)
 
 
+def forget_retain_key(session: Session, forget_pct: int = 5, retain_sample: int | None = None,
+                      celeb_sample: int | None = None, layers: Sequence[int] | None = None,
+                      modes: Sequence[str] = ("VQA",)) -> str:
+    """:func:`forget_retain_activations`' key (``ForgetRetain.key``), from its inputs alone: what the steps fitted on
+    H_f and H_r are keyed by, without computing the activations."""
+    return cache_key(
+        step="forget_retain",
+        version=VERSION,
+        model=session.model_key,
+        forget_pct=forget_pct,
+        partition=session.partition.key() if session.partition else None,
+        retain_sample=retain_sample,
+        celeb_sample=celeb_sample,
+        layers=check_layers(session.adapter, layers),
+        modes=list(modes),
+        data=session.data_key,
+    )
+
+
 def forget_retain_activations(session: Session, forget_pct: int = 5, retain_sample: int | None = None,
                               celeb_sample: int | None = None, layers: Sequence[int] | None = None,
                               modes: Sequence[str] = ("VQA",), progress: bool = True,
@@ -422,18 +442,7 @@ def forget_retain_activations(session: Session, forget_pct: int = 5, retain_samp
                              layers=layers, role="fit", progress=progress, refresh=refresh)
     fit_rows = group_rows(session, forget_pct, ("Ret", "Cele"), "fit", retain_sample, celeb_sample)
     retain = {l: torch.cat([acts["Ret"][l], acts["Cele"][l]]) for l in acts["Fgt"]}
-    key = cache_key(
-        step="forget_retain",
-        version=VERSION,
-        model=session.model_key,
-        forget_pct=forget_pct,
-        partition=session.partition.key() if session.partition else None,
-        retain_sample=retain_sample,
-        celeb_sample=celeb_sample,
-        layers=sorted(acts["Fgt"]),
-        modes=list(modes),
-        data=session.data_key,
-    )
+    key = forget_retain_key(session, forget_pct, retain_sample, celeb_sample, sorted(acts["Fgt"]), modes)
     l0 = min(acts["Fgt"])
     meta = {"forget_pct": forget_pct, "n_forget": int(acts["Fgt"][l0].shape[0]),
             "n_retain": int(acts["Ret"][l0].shape[0]), "n_celebrity": int(acts["Cele"][l0].shape[0]),
@@ -446,9 +455,9 @@ def forget_retain_activations(session: Session, forget_pct: int = 5, retain_samp
 # (f) the steerer and its interventions
 
 
-def _fit_steering_key(session: Session, direction: ErasureDirection, acts: ForgetRetain, hyper: dict) -> str:
+def _fit_steering_key(session: Session, direction: ErasureDirection, acts_key: str, hyper: dict) -> str:
     return cache_key(step="fit_steering", version=VERSION, model=session.model_key, direction=key_of(direction),
-                     acts=acts.key, **hyper)
+                     acts=acts_key, **hyper)
 
 
 def input_aware_steerer(session: Session, direction: ErasureDirection, acts: ForgetRetain, gamma: float = 0.1,
@@ -472,7 +481,7 @@ def input_aware_steerer(session: Session, direction: ErasureDirection, acts: For
     hyper = {"gamma": gamma, "null_space": null_space, "layers": layers, "kind": kind, **mlp_kwargs}
     if kind == "rank_one" and (gate, gamma_scale) != ("nullspace", "absolute"):
         hyper.update(gate=gate, gamma_scale=gamma_scale, alpha=alpha)
-    key = _fit_steering_key(session, direction, acts, hyper)
+    key = _fit_steering_key(session, direction, acts.key, hyper)
 
     def compute():
         if kind == "rank_one":
@@ -513,12 +522,12 @@ def paper_steerer(session: Session, direction: ErasureDirection, forget_pct: int
     """(f) MLLMEraser's steerer as the authors run it: the front door's ``gate="paper"`` (null-space gate, γ 0.1,
     ratio 0.3, layers 1..L-1; :data:`erasekit.eraser.PAPER_GATE`) on :func:`gate_prompts`. The same steerer as
     ``input_aware_steerer(session, direction, forget_retain_activations(...), gamma=0.1, null_space=0.3)``, under
-    that step's cache key (``tests/test_one_route.py`` checks the two routes agree)."""
-    acts = forget_retain_activations(session, forget_pct, modes=fit_modes, progress=progress)
+    that step's cache key (``tests/test_pipeline.py::test_the_books_steerers_are_the_front_doors`` checks the two
+    routes agree)."""
     layers = list(range(1, session.num_layers))
     hyper = {"gamma": PAPER_GATE["gamma"], "null_space": PAPER_GATE["null_space"], "layers": layers,
              "kind": "rank_one"}
-    key = _fit_steering_key(session, direction, acts, hyper)
+    key = _fit_steering_key(session, direction, forget_retain_key(session, forget_pct, modes=fit_modes), hyper)
 
     def compute():
         p = gate_prompts(session, forget_pct, fit_modes)
@@ -546,13 +555,12 @@ def default_steerer(session: Session, direction: ErasureDirection, forget_pct: i
     negatives = questions of the ``tune`` retain profiles, all in ``fit_modes``. Candidate layers: 1..L-1.
     Use it with ``TaskSteering(steerer, read="frozen")`` (gates read from an unsteered pass).
     """
-    acts = forget_retain_activations(session, forget_pct, retain_sample, celeb_sample, modes=fit_modes,
-                                     progress=progress)
     layers = list(range(1, session.num_layers)) if layers is None else check_layers(session.adapter, layers)
     hyper = {"alpha": alpha, "gammas": [float(g) for g in gammas], "margin": margin,
              "floor_quantile": floor_quantile, "layers": layers}
     key = cache_key(step="fit_default_steering", version=VERSION, model=session.model_key, direction=key_of(direction),
-                    acts=acts.key, modes=list(fit_modes),
+                    acts=forget_retain_key(session, forget_pct, retain_sample, celeb_sample, modes=fit_modes),
+                    modes=list(fit_modes),
                     tune=[r["ID"] for r in group_rows(session, forget_pct, ("Ret",), "tune")["Ret"]], **hyper)
 
     def compute():
