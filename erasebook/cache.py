@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import collections
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from erasekit.artifacts import artifact_exists, load_artifact, save_artifact
-from erasekit.cache_keys import cache_key, key_of
+from erasekit.cache_keys import key_of
 from erasekit.files import atomic_write
 
 from . import paths
 
-__all__ = ["VERSION", "STATS", "cache_path", "cached", "cached_frame", "cached_weights", "key_of", "image_digests"]
+__all__ = ["VERSION", "STATS", "cache_path", "cached", "cached_frame", "cached_weights", "key_of"]
 
 # Bump when a step's computation changes: every cached result made by an older version is then recomputed.
 VERSION = 1
@@ -118,17 +118,3 @@ def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
             if len(types) > 1 or (types and not types <= {str, bool}):
                 df[c] = df[c].map(lambda v: None if v is None else str(v))
     return df
-
-
-def image_digests(images: Sequence[Any]) -> list[Any]:
-    """Per-image content digests, computed once per distinct object (portraits repeat across questions)."""
-    seen: dict[int, str] = {}
-    out = []
-    for im in images:
-        if im is None:
-            out.append(None)
-            continue
-        if id(im) not in seen:
-            seen[id(im)] = cache_key(image=im)
-        out.append(seen[id(im)])
-    return out

@@ -44,7 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from erasekit.attack import AdversarialImages, harmful_target_loss, pgd_attack
-from erasekit.cache_keys import cache_key
+from erasekit.cache_keys import cache_key, image_digests
 from erasekit.directions import ErasureDirection, diff_in_means
 from erasekit.eraser import PAPER_GATE, fit_eraser
 from erasekit.evaluate import TASKS, benchmark_rows, build_items
@@ -55,7 +55,7 @@ from erasekit.scoring import is_degenerate, is_refusal
 from erasekit.steering import InputAwareSteerer, fit_mlp_steerer, fit_steerer
 from erasekit.tuning import GAMMA_GRID, LAYER_AUC_MARGIN
 
-from .cache import VERSION, cached, image_digests, key_of
+from .cache import VERSION, cached, key_of
 from .session import Session
 from .world import HARMFUL_TARGETS, natural_images, safety_prompts
 

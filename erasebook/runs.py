@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from erasekit.baselines import build_examples, unlearn
-from erasekit.cache_keys import cache_key
+from erasekit.cache_keys import cache_key, image_digests
 from erasekit.evaluate import TASKS, build_items, evaluate
 from erasekit.files import atomic_write
 from erasekit.generation import generate
@@ -25,7 +25,7 @@ from erasekit.scoring import is_refusal
 from erasekit.strengths import TaskSteering
 from erasekit.tables import results_table
 
-from .cache import VERSION, cache_path, cached_frame, cached_weights, image_digests
+from .cache import VERSION, cache_path, cached_frame, cached_weights
 from .pipeline import group_items, group_rows
 from .session import Session
 

@@ -11,12 +11,13 @@ import dataclasses
 import hashlib
 import os
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["cache_key", "key_of"]
+__all__ = ["cache_key", "key_of", "image_digests"]
 
 
 def _feed(h: Any, obj: Any, where: str) -> None:
@@ -94,3 +95,18 @@ def key_of(obj: Any) -> str:
     if isinstance(key, str):
         return key
     return cache_key(obj=obj)
+
+
+def image_digests(images: Sequence[Any]) -> list[str | None]:
+    """Per-image content digests (:func:`cache_key` of the image; None for no image), computed once per distinct
+    object (portraits repeat across questions)."""
+    seen: dict[int, str] = {}
+    out: list[str | None] = []
+    for im in images:
+        if im is None:
+            out.append(None)
+            continue
+        if id(im) not in seen:
+            seen[id(im)] = cache_key(image=im)
+        out.append(seen[id(im)])
+    return out

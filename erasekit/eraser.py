@@ -54,7 +54,7 @@ from typing import Any
 from torch import Tensor
 
 from .artifacts import load_artifact, read_sidecar, save_artifact
-from .cache_keys import cache_key
+from .cache_keys import image_digests
 from .directions import ErasureDirection, diff_in_means
 from .forms import FAMILIES, Fact, render, split_subjects
 from .generation import generate, prefill_gate_values
@@ -178,19 +178,6 @@ def _sample(texts: list[str], images: list | None, n: int | None) -> tuple[list[
     return [texts[i] for i in idx], None if images is None else [images[i] for i in idx]
 
 
-def _prompt_id(p: Any, digests: dict[int, str]) -> tuple[str, str | None]:
-    """A prompt's identity: its text and its image's content (one question asked about two portraits is two
-    prompts); ``digests`` memoises the image hashes per object."""
-    if isinstance(p, str):
-        return p, None
-    im = p[1]
-    if im is None:
-        return p[0], None
-    if id(im) not in digests:
-        digests[id(im)] = cache_key(image=im)
-    return p[0], digests[id(im)]
-
-
 def _check_tune(forget: Sequence[Any], retain: Sequence[Any], tune: Sequence[Any] | str | None) -> bool:
     """The rules tune on people the fit does not contain (module docstring, step 2). Returns True when the
     caller asked for the prompt-level split (``tune="every_fourth"``); raises where the tune set would be about
@@ -216,11 +203,14 @@ def _check_tune(forget: Sequence[Any], retain: Sequence[Any], tune: Sequence[Any
                              f"{', …' if len(shared) > 5 else ''}): the rules would predict refusals on people "
                              "the fit contains. Give tune facts about other subjects")
     else:
-        digests: dict[int, str] = {}
-        overlap = {_prompt_id(p, digests) for p in tune} & \
-            {_prompt_id(p, digests) for p in retain if not isinstance(p, Fact)}
+        # a prompt is its text AND its image: one question asked about two portraits is two prompts
+        prompts = [(p, None) if isinstance(p, str) else tuple(p) for p in tune] + \
+            [(p, None) if isinstance(p, str) else tuple(p) for p in retain if not isinstance(p, Fact)]
+        ids = list(zip([t for t, _ in prompts], image_digests([im for _, im in prompts])))
+        overlap = set(ids[:len(tune)]) & set(ids[len(tune):])
         if overlap:
-            raise ValueError(f"{len(overlap)} tune prompts are also retain prompts (e.g. {sorted(overlap)[0][0]!r}); "
+            example = sorted(t for t, _ in overlap)[0]
+            raise ValueError(f"{len(overlap)} tune prompts are also retain prompts (e.g. {example!r}); "
                              "tune on prompts the fit does not contain")
     return False
 
