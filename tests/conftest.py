@@ -225,6 +225,23 @@ def organism_adapter():
     return load_model(str(paths.organism_dir()), device="cpu", dtype=torch.float32)
 
 
+@pytest.fixture(scope="session")
+def smollm2_known():
+    """SmolLM2-135M-Instruct (float32 on the CPU; the test is skipped where it is not cached) and the capitals of the
+    first 16 built-in ones it answers to every direct question: ``(adapter, known facts)``."""
+    from erasebook.form_transfer import known_facts
+    from erasekit.forms import capital_facts
+    from erasekit.models import load_model
+    from erasekit.models.smollm2 import smollm2_dir
+
+    folder = smollm2_dir()
+    if folder is None:
+        pytest.skip("SmolLM2 is not cached (erasekit.models.smollm2.fetch_smollm2)")
+    torch.manual_seed(0)
+    adapter = load_model(str(folder), device="cpu", dtype=torch.float32)
+    return adapter, known_facts(adapter, capital_facts()[:16])
+
+
 @pytest.fixture(params=["tiny_llava", "tiny_qwen25vl", "tiny_qwen3vl", "tiny_causal_lm"])
 def any_adapter(request):
     """Each of the four tiny adapters in turn."""

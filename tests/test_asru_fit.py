@@ -172,21 +172,15 @@ def test_trl_backend_refuses_what_it_cannot_do(tiny_causal_lm):
 
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_fit_asru_on_smollm2(tmp_path):
+def test_fit_asru_on_smollm2(smollm2_known, tmp_path):
     """fit_asru on a real pretrained LM (SmolLM2-135M-Instruct, skipped where it is not cached): capitals it knows,
     a short run; the LoRA loads with transformers + peft alone and gives the trained model's logits."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from erasebook.form_transfer import known_facts
-    from erasekit.models.smollm2 import smollm2_dir
-
-    folder = smollm2_dir()
-    if folder is None:
-        pytest.skip("SmolLM2 is not cached (erasekit.models.smollm2.fetch_smollm2)")
+    adapter, known = smollm2_known
+    folder = adapter.model_id
     torch.manual_seed(0)
-    adapter = ek.load_model(str(folder), device="cpu", dtype=torch.float32)
-    known = known_facts(adapter, capital_facts()[:16])
     fit = ek.fit_asru(adapter, known[:4], known[4:12], cfg=ek.ASRUConfig(**CFG), forms=("question",),
                       max_new_tokens=4, eraser_kwargs={"strength": 4.0, "forms": ("question",)}, progress=False)
     assert fit.report["n_rule_only_retain"] == len(split_subjects(known[4:12])[1]) >= 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import torch
 
 import erasebook as eb
 import erasekit as ek
@@ -104,20 +103,13 @@ def test_organism_both_routes_choose_the_same_strength():
 
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_smollm2_both_routes_choose_the_same_strength():
+def test_smollm2_both_routes_choose_the_same_strength(smollm2_known):
     """SmolLM2-135M-Instruct (skipped where it is not cached): capitals it knows (of the first 16), two text forms,
     the λ rule of erasebook.form_transfer.FIT_KW_LM on 8 prompts a side; the rule's inputs from one fit, both routes
     on them."""
-    from erasebook.form_transfer import FIT_KW_LM, known_facts
-    from erasekit.forms import capital_facts
-    from erasekit.models.smollm2 import smollm2_dir
+    from erasebook.form_transfer import FIT_KW_LM
 
-    folder = smollm2_dir()
-    if folder is None:
-        pytest.skip("SmolLM2 is not cached (erasekit.models.smollm2.fetch_smollm2)")
-    torch.manual_seed(0)
-    adapter = ek.load_model(str(folder), device="cpu", dtype=torch.float32)
-    known = known_facts(adapter, capital_facts()[:16])
+    adapter, known = smollm2_known
     seen = {}
 
     def capture(adapter, steerer, read, forget, tune, **kw):
